@@ -1,0 +1,1 @@
+"""Building blocks: normalisation, rotary attention with a KV cache, dense FFN, thought branches."""

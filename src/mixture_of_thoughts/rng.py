@@ -1,0 +1,159 @@
+"""Explicit, reproducible randomness for batched branches.
+
+Two noise sources share one interface (``uniform``, ``gumbel``, ``normal``):
+
+* :class:`GeneratorNoise` draws from one ``torch.Generator``. A whole batch is reproducible from
+  the generator's seed; this is what training uses (fast, one draw per call).
+* :class:`RowNoise` is *counter based*: row ``b`` owns a 64-bit key and every number it sees is a
+  pure function of ``(key_b, stream, position, index)``, computed with a vectorised integer hash.
+  No draw depends on which other rows share the batch, on the batch order, or on how many steps
+  were taken before. This is what lets ``think`` run N branches in one batched pass and still
+  regenerate any single branch alone from its seed; it also makes ``route="sequence"`` draws
+  persistent across KV-cache steps for free (the draw simply ignores the position). JAX's
+  ``jax.random`` and Philox are counter based for the same reasons (Salmon et al., 2011,
+  "Parallel random numbers: as easy as 1, 2, 3").
+
+``positions`` is a ``(T,)`` or ``(B, T)`` tensor of absolute positions, or ``None`` for a draw that
+is the same at every position (shape ``(B, 1, *tail)``). ``stream`` separates independent uses
+(router noise of layer 3, hidden noise of layer 3, token sampling, ...): see :func:`stream_id`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_TWO32 = float(2**32)
+
+# Stream kinds; combined with a layer index by :func:`stream_id`.
+SAMPLE = 1  # token sampling (Gumbel-max)
+ROUTER = 2  # Gumbel noise of a router
+INPUT_NOISE = 3  # branch input noise
+HIDDEN_NOISE = 4  # branch hidden noise
+K_DRAW = 5  # number of active branches when k is a range
+DIFFUSION = 6  # diffusion samplers (masking and token choice)
+
+
+def stream_id(kind: int, layer: int = 0, sub: int = 0) -> int:
+    """A 32-bit stream number for draw ``kind`` in ``layer`` (``sub`` separates paired draws)."""
+    return ((kind & 0xFF) << 24) | ((layer & 0xFFFF) << 8) | (sub & 0xFF)
+
+
+def _mul32(a: torch.Tensor, b: int) -> torch.Tensor:
+    """``(a * b) mod 2**32`` for ``a`` in [0, 2**32) without int64 overflow (split b in halves)."""
+    lo = a * (b & 0xFFFF)
+    hi = ((a * (b >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' ``lowbias32`` integer hash on int64 tensors holding 32-bit values."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    x = x ^ (x >> 16)
+    return x
+
+
+def seed_to_key(seed: int) -> int:
+    """A 32-bit key from any Python int seed (hash of its low and high halves)."""
+    s = int(seed) & 0xFFFFFFFFFFFFFFFF
+    t = torch.tensor([s & _MASK32, (s >> 32) & _MASK32], dtype=torch.int64)
+    h = hash32(t[0:1] ^ hash32(t[1:2] + 0x9E3779B9))
+    return int(h.item())
+
+
+class RowNoise:
+    """Counter-based noise with one key per batch row (see module docstring).
+
+    Args:
+        seeds: one integer seed per row (a list or a ``(B,)`` tensor).
+        device: where the draws are made.
+    """
+
+    def __init__(self, seeds, device: torch.device | str = "cpu"):
+        seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
+        self.seeds = seeds
+        self.device = torch.device(device)
+        self.keys = torch.tensor([seed_to_key(s) for s in seeds], dtype=torch.int64, device=self.device)
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[0]
+
+    def select(self, rows: torch.Tensor) -> RowNoise:
+        """The noise of a subset of rows (e.g. the branches kept by a search), same keys."""
+        out = RowNoise.__new__(RowNoise)
+        out.seeds = [self.seeds[i] for i in rows.tolist()]
+        out.device = self.device
+        out.keys = self.keys[rows.to(self.keys.device)]
+        return out
+
+    def _bits(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...]) -> torch.Tensor:
+        B = self.keys.shape[0]
+        n = 1
+        for s in tail:
+            n *= s
+        if positions is None:
+            pos = torch.zeros(B, 1, dtype=torch.int64, device=self.device)
+        else:
+            pos = positions.to(self.device, torch.int64)
+            pos = pos.expand(B, -1) if pos.dim() == 1 else pos
+        T = pos.shape[1]
+        # Chain the hash over (key, stream, position, index): each stage mixes a new 32-bit word.
+        h = hash32(self.keys ^ hash32(torch.tensor(stream, dtype=torch.int64, device=self.device)))
+        h = hash32(h.view(B, 1) ^ (pos + 0x632BE5AB))  # (B, T); +const so position 0 is not special
+        idx = torch.arange(n, dtype=torch.int64, device=self.device)
+        h = hash32(h.view(B, T, 1) ^ hash32(idx + 0x85EBCA77))  # (B, T, n)
+        return h.view(B, T, *tail)
+
+    def uniform(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...] = (),
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform draws in the open interval (0, 1), shape ``(B, T or 1, *tail)``."""
+        bits = self._bits(stream, positions, tuple(tail))
+        return ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
+
+    def gumbel(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
+        """Standard Gumbel draws ``-log(-log u)``."""
+        u = self.uniform(stream, positions, tail, torch.float64)
+        return (-torch.log(-torch.log(u))).to(dtype)
+
+    def normal(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
+        """Standard normal draws (Box-Muller over two independent sub-streams)."""
+        u1 = self.uniform(stream ^ 0x5A, positions, tail, torch.float64)
+        u2 = self.uniform(stream ^ 0xA5, positions, tail, torch.float64)
+        return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * torch.pi * u2)).to(dtype)
+
+
+class GeneratorNoise:
+    """Noise from a single ``torch.Generator``: one draw per call for the whole batch (training).
+
+    Args:
+        generator: the generator to draw from (its device decides where draws are made).
+        batch_size: rows of the batch the draws are for.
+    """
+
+    def __init__(self, generator: torch.Generator, batch_size: int):
+        self.generator = generator
+        self.batch_size = batch_size
+        self.device = generator.device
+
+    def _shape(self, positions, tail):
+        T = 1 if positions is None else positions.shape[-1]
+        return (self.batch_size, T, *tail)
+
+    def uniform(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
+        u = torch.rand(self._shape(positions, tail), generator=self.generator, device=self.device)
+        return u.clamp_(min=torch.finfo(u.dtype).tiny, max=1 - torch.finfo(u.dtype).eps).to(dtype)
+
+    def gumbel(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
+        return -torch.log(-torch.log(self.uniform(stream, positions, tail, torch.float32))).to(dtype)
+
+    def normal(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
+        n = torch.randn(self._shape(positions, tail), generator=self.generator, device=self.device)
+        return n.to(dtype)
+
+
+Noise = RowNoise | GeneratorNoise
