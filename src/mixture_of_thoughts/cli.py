@@ -1,0 +1,316 @@
+"""The ``mot`` command line: thin subcommands over the library.
+
+Each subcommand parses its flags, calls one library function and prints or writes the result.
+User mistakes end with a one-line ``mot: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import typing
+from pathlib import Path
+
+from .config import ModelConfig, ThoughtConfig, TrainConfig, load_json, preset
+from .errors import ConfigError, MotError
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare-mot"
+
+
+# ----------------------------------------------------------------------------- config flags
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_layers(s: str):
+    if s in ("all", "none"):
+        return s
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, none or comma-separated layer indices, got {s!r}") from None
+
+
+def _add_dataclass_flags(p: argparse.ArgumentParser, cls, skip=()) -> None:
+    """A ``--kebab-case`` flag for every field of ``cls`` (default None = not given)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name == "thoughts":
+            continue
+        t = hints[f.name]
+        if f.name == "thought_layers":
+            p.add_argument(_flag(f.name), type=_parse_layers, default=None, help="all, none, or indices like 0,2")
+            continue
+        base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
+        if base is bool:
+            p.add_argument(_flag(f.name), type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                           metavar="BOOL")
+        else:
+            p.add_argument(_flag(f.name), type=base if base in (int, float, str) else str, default=None)
+
+
+def _build_configs(args) -> tuple[ModelConfig, TrainConfig]:
+    """Preset, then ``--config FILE``, then individual flags."""
+    d = preset(args.preset)
+    if args.config:
+        f = load_json(args.config)
+        if "model" in f or "train" in f:
+            d["model"].update(f.get("model", {}))
+            d["train"].update(f.get("train", {}))
+        else:
+            d["model"].update(f)
+    th = dict(d["model"].get("thoughts", {}))
+    for f in dataclasses.fields(ThoughtConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            th[f.name] = v
+    for f in dataclasses.fields(ModelConfig):
+        v = getattr(args, f.name, None)
+        if v is not None and f.name != "thoughts":
+            d["model"][f.name] = v
+    d["model"]["thoughts"] = th
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            d["train"][f.name] = v
+    try:
+        return ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"])
+    except TypeError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_train(args) -> int:
+    """Train a model on a character corpus, or resume a run.
+
+    Example: mot train --data shakespeare --preset cpu-small --max-steps 2000 --out runs/base
+    """
+    from .training.trainer import train
+
+    if args.resume:
+        res = train(args.data, args.resume, None, None, resume=True, device=args.device, dtype=args.dtype,
+                    progress=not args.quiet, max_steps=args.max_steps)
+    else:
+        if not args.out:
+            raise ConfigError("--out is required (the run directory to create), or --resume RUN_DIR")
+        if not args.data:
+            raise ConfigError("--data is required: a path to a UTF-8 text file or 'shakespeare'")
+        model_cfg, train_cfg = _build_configs(args)
+        res = train(args.data, args.out, model_cfg, train_cfg, force=args.force, device=args.device,
+                    dtype=args.dtype, progress=not args.quiet)
+    if res.interrupted:
+        print(f"interrupted at step {res.step}; saved {res.run_dir / 'latest'}. "
+              f"Continue with: mot train --resume {res.run_dir}", file=sys.stderr)
+        return 130
+    print(f"trained to step {res.step}: val loss {res.last_val_loss:.4f} nats "
+          f"({res.last_val_loss / math.log(2):.4f} bpc), best {res.best_val_loss:.4f}; run in {res.run_dir}")
+    return 0
+
+
+def _load(run, *, expect=None, which="best", device=None):
+    from .device import resolve_device
+    from .training.checkpoint import load_checkpoint
+
+    return load_checkpoint(run or DEFAULT_MODEL, which=which, device=resolve_device(device), expect=expect)
+
+
+def _sampling_flags(p: argparse.ArgumentParser, temperature=1.0) -> None:
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--stop", default=None, help="stop a sample once it ends with this string")
+    p.add_argument("--unknown-chars", choices=["error", "skip", "replace"], default="error",
+                   help="prompt characters outside the vocabulary: error (default), skip or replace")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-cache", action="store_true", help="recompute the context at every step (slow; reference)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_sample(args) -> int:
+    """Sample continuations from an autoregressive run, batched, with the KV cache.
+
+    Example: mot sample runs/base --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40
+    --top-p 0.95 --num-samples 3 --seed 7
+    """
+    from .generation.autoregressive import think
+
+    ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
+    res = think(ck.model, ck.tokenizer, args.prompt, branches=args.num_samples, seed=args.seed,
+                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, min_p=args.min_p, stop=args.stop, unknown_chars=args.unknown_chars,
+                use_cache=not args.no_cache, creativity=args.creativity)
+    if args.json:
+        print(json.dumps({"prompt": res.prompt, "samples": [{"seed": b.seed, "text": b.text} for b in res.branches]}))
+        return 0
+    for b in res.branches:
+        print(f"--- sample seed={b.seed}")
+        print(res.prompt + b.text)
+    return 0
+
+
+def _parse_creativity(s: str | None):
+    if s is None:
+        return None
+    try:
+        if ":" in s:
+            lo, hi = s.split(":")
+            return (float(lo), float(hi))
+        if "," in s:
+            return [float(v) for v in s.split(",")]
+        return float(s)
+    except ValueError:
+        raise ConfigError(f"--creativity must be a number, LO:HI or a comma-separated list, got {s!r}") from None
+
+
+def cmd_think(args) -> int:
+    """Generate N thought branches for one prompt in one batched pass.
+
+    Example: mot think runs/mot --prompt "ROMEO:" --branches 8 --creativity 0.5:1.5 --max-new-tokens 200 --seed 1
+    Without RUN_DIR, uses the small MoT model that ships with the package.
+    """
+    from .generation.autoregressive import think
+
+    ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
+    seeds = [args.branch_seed] if args.branch_seed is not None else None
+    res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
+                creativity=_parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache)
+    if args.json:
+        print(json.dumps(res.to_dict()))
+        return 0
+    kind = "MoT" if ck.model.config.has_thoughts else "dense"
+    print(f"{len(res.branches)} branches from {ck.path} ({kind}); prompt {res.prompt!r}")
+    for i, b in enumerate(res.branches):
+        crea = "n/a" if b.creativity is None else f"{b.creativity:.2f}"
+        top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items())
+        print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} nats/char"
+              + (f"  routes {top}" if top else ""))
+        print(res.prompt + b.text)
+    d = res.diversity
+    print(f"\ndiversity of the set: distinct-2 {d['distinct_2']:.3f}  distinct-3 {d['distinct_3']:.3f}  "
+          f"self-BLEU {d['self_bleu']:.1f}")
+    return 0
+
+
+def _top_branches(load: list[float], n: int = 2) -> str:
+    order = sorted(range(len(load)), key=lambda e: -load[e])[:n]
+    return ",".join(f"{e}" for e in order)
+
+
+def cmd_eval(args) -> int:
+    """Validation loss and bits per character of a run on the last 10% of its corpus.
+
+    Example: mot eval runs/base --json
+    """
+    from .data.batches import CharDataset
+    from .data.corpus import load_corpus
+    from .metrics.quality import LN2, ar_nll
+
+    ck = _load(args.run, which=args.checkpoint, device=args.device)
+    data = args.data or ck.meta.get("data")
+    if not data:
+        raise ConfigError("this checkpoint does not record its corpus; pass --data PATH")
+    ds = CharDataset(load_corpus(data), ck.model.config.block_size, ck.tokenizer)
+    if ck.objective == "diffusion":
+        from .models.diffusion import diffusion_nll
+
+        total, count, k = diffusion_nll(ck.model, ds.val, draws=args.draws, seed=args.seed)
+        res = {"objective": "diffusion", "val_loss": total / count, "val_bpc": total / count / LN2,
+               "bound": "ELBO upper bound", "t_draws": k}
+    else:
+        total, count = ar_nll(ck.model, ds.val, seed=args.seed)
+        res = {"objective": "ar", "val_loss": total / count, "val_bpc": total / count / LN2, "bound": "exact"}
+    res.update({"characters": count, "checkpoint": str(ck.path), "data": str(data)})
+    if args.json:
+        print(json.dumps(res))
+    else:
+        extra = f" (upper bound, K={res['t_draws']} draws of t)" if ck.objective == "diffusion" else ""
+        print(f"{ck.path}: val loss {res['val_loss']:.4f} nats/char, {res['val_bpc']:.4f} bpc{extra} "
+              f"over {count} characters of {data}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mot", description="Mixture of Thoughts: parallel thought branches in transformers.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn):
+        doc = fn.__doc__.strip()
+        sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    t = add("train", cmd_train)
+    t.add_argument("--data", default=None, help="a UTF-8 text file, or 'shakespeare'")
+    t.add_argument("--out", default=None, help="run directory to create")
+    t.add_argument("--preset", default="cpu-small", help="cpu-small, cpu-small-mot, shakespeare-char, shakespeare-char-mot")
+    t.add_argument("--config", default=None, help="JSON file with model (and train) fields")
+    t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    t.add_argument("--force", action="store_true", help="overwrite the run files in an existing --out")
+    t.add_argument("--device", default=None)
+    t.add_argument("--dtype", default=None, help="float32 (CPU default), bfloat16 (GPU default), float16")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = t.add_argument_group("model")
+    _add_dataclass_flags(g, ModelConfig)
+    g = t.add_argument_group("thought layers")
+    _add_dataclass_flags(g, ThoughtConfig)
+    g = t.add_argument_group("training")
+    _add_dataclass_flags(g, TrainConfig)
+
+    s = add("sample", cmd_sample)
+    s.add_argument("run", help="run or checkpoint directory")
+    _sampling_flags(s, temperature=1.0)
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i")
+    s.add_argument("--creativity", type=float, default=None, help="thought-layer creativity (MoT models)")
+
+    th = add("think", cmd_think)
+    th.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")
+    _sampling_flags(th)
+    th.add_argument("--branches", type=int, default=8)
+    th.add_argument("--creativity", default=None, help="a value, LO:HI spread over the branches, or a list a,b,c")
+    th.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
+    th.add_argument("--branch-seed", type=int, default=None, help="regenerate the one branch with this seed")
+
+    e = add("eval", cmd_eval)
+    e.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")
+    e.add_argument("--data", default=None, help="corpus (default: the one the run was trained on)")
+    e.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    e.add_argument("--device", default=None)
+    e.add_argument("--seed", type=int, default=0, help="seed of thought-layer noise and diffusion t draws")
+    e.add_argument("--draws", type=int, default=4, help="diffusion: draws of t per sequence (K)")
+    e.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.fn(args) or 0
+    except MotError as e:
+        print(f"mot: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mot: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
