@@ -1,24 +1,19 @@
-"""The ``mot`` command line: thin subcommands over the library.
-
-Each subcommand parses its flags, calls one library function and prints or writes the result.
-User mistakes end with a one-line ``mot: error: ...`` and exit status 2, never a traceback.
-"""
+"""``mot train``, ``mot sample``, ``mot think`` and ``mot eval``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import logging
 import math
 import sys
 import typing
 from pathlib import Path
 
-from .config import ModelConfig, ThoughtConfig, TrainConfig, load_json, preset
-from .errors import ConfigError, MotError
+from ..config import ModelConfig, ThoughtConfig, TrainConfig, load_json, preset
+from ..errors import ConfigError
 
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "shakespeare-mot"
+DEFAULT_MODEL = Path(__file__).parent.parent / "assets" / "shakespeare-mot"
 
 
 # ----------------------------------------------------------------------------- config flags
@@ -91,7 +86,7 @@ def cmd_train(args) -> int:
 
     Example: mot train --data shakespeare --preset cpu-small --max-steps 2000 --out runs/base
     """
-    from .training.trainer import train
+    from ..training.trainer import train
 
     if args.resume:
         res = train(args.data, args.resume, None, None, resume=True, device=args.device, dtype=args.dtype,
@@ -114,8 +109,8 @@ def cmd_train(args) -> int:
 
 
 def _load(run, *, expect=None, which="best", device=None):
-    from .device import resolve_device
-    from .training.checkpoint import load_checkpoint
+    from ..device import resolve_device
+    from ..training.checkpoint import load_checkpoint
 
     return load_checkpoint(run or DEFAULT_MODEL, which=which, device=resolve_device(device), expect=expect)
 
@@ -142,7 +137,7 @@ def cmd_sample(args) -> int:
     Example: mot sample runs/base --prompt "ROMEO:" --max-new-tokens 300 --temperature 0.8 --top-k 40
     --top-p 0.95 --num-samples 3 --seed 7
     """
-    from .generation.autoregressive import think
+    from ..generation.autoregressive import think
 
     ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
     res = think(ck.model, ck.tokenizer, args.prompt, branches=args.num_samples, seed=args.seed,
@@ -178,7 +173,7 @@ def cmd_think(args) -> int:
     Example: mot think runs/mot --prompt "ROMEO:" --branches 8 --creativity 0.5:1.5 --max-new-tokens 200 --seed 1
     Without RUN_DIR, uses the small MoT model that ships with the package.
     """
-    from .generation.autoregressive import think
+    from ..generation.autoregressive import think
 
     ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
     seeds = [args.branch_seed] if args.branch_seed is not None else None
@@ -213,9 +208,9 @@ def cmd_eval(args) -> int:
 
     Example: mot eval runs/base --json
     """
-    from .data.batches import CharDataset
-    from .data.corpus import load_corpus
-    from .metrics.quality import LN2, ar_nll
+    from ..data.batches import CharDataset
+    from ..data.corpus import load_corpus
+    from ..metrics.quality import LN2, ar_nll
 
     ck = _load(args.run, which=args.checkpoint, device=args.device)
     data = args.data or ck.meta.get("data")
@@ -223,7 +218,7 @@ def cmd_eval(args) -> int:
         raise ConfigError("this checkpoint does not record its corpus; pass --data PATH")
     ds = CharDataset(load_corpus(data), ck.model.config.block_size, ck.tokenizer)
     if ck.objective == "diffusion":
-        from .models.diffusion import diffusion_nll
+        from ..models.diffusion import diffusion_nll
 
         total, count, k = diffusion_nll(ck.model, ds.val, draws=args.draws, seed=args.seed)
         res = {"objective": "diffusion", "val_loss": total / count, "val_bpc": total / count / LN2,
@@ -241,19 +236,8 @@ def cmd_eval(args) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- parser
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mot", description="Mixture of Thoughts: parallel thought branches in transformers.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(name, fn):
-        doc = fn.__doc__.strip()
-        sp = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.set_defaults(fn=fn)
-        return sp
+def register(add) -> None:
+    """Add this module's subcommands; ``add(name, fn)`` returns the new subparser."""
 
     t = add("train", cmd_train)
     t.add_argument("--data", default=None, help="a UTF-8 text file, or 'shakespeare'")
@@ -295,22 +279,3 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of thought-layer noise and diffusion t draws")
     e.add_argument("--draws", type=int, default=4, help="diffusion: draws of t per sequence (K)")
     e.add_argument("--json", action="store_true")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return args.fn(args) or 0
-    except MotError as e:
-        print(f"mot: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mot: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
