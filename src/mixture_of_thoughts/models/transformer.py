@@ -96,22 +96,26 @@ class Transformer(nn.Module):
 
     def init_weights(self, generator: torch.Generator) -> Transformer:
         """nanoGPT's initialisation from an explicit generator: N(0, 0.02), residual projections
-        scaled by 1/sqrt(2·n_layer), zero biases. Thought layers keep their own parameter inits for
-        non-matrix parameters (temperatures, noise scales)."""
+        scaled by 1/sqrt(2·n_layer), zero biases. Thought layers use their own ``reset_parameters``
+        (zero-initialised combiner query, noise scales, temperature) with the same generator."""
         std = 0.02
         resid_std = std / math.sqrt(2 * self.config.n_layer)
+        own_init = {id(p) for b in self.blocks if b.is_thought for p in b.ffn.parameters()}
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if p.dim() < 2:
-                    if name.endswith("bias"):
+                if id(p) in own_init or p.dim() < 2:
+                    if name.endswith("bias") and id(p) not in own_init:
                         p.zero_()
                     continue
                 if "time_embed" in name and name.endswith("2.weight"):
                     p.zero_()  # start with no time signal; training switches it on
                     continue
                 last = name.split(".")[-2] if "." in name else name
-                is_resid = last in ("proj", "fc_out") or name.endswith("w_out")
-                p.normal_(0.0, resid_std if is_resid else std, generator=generator)
+                p.normal_(0.0, resid_std if last in ("proj", "fc_out") else std, generator=generator)
+            for b in self.blocks:
+                if b.is_thought:
+                    b.ffn.reset_parameters(generator)
+                    b.ffn.w_out.mul_(resid_std / std)  # residual projection, scaled as nanoGPT's
         return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,

@@ -1,0 +1,365 @@
+"""The Mixture-of-Thoughts layer: an FFN replaced by E "thought branches" under a sampling router.
+
+DESIGN §1. Derived from a Switch/ST-MoE feed-forward layer, with three changes:
+
+* **Sampling router.** Branches are chosen with the Gumbel-top-k trick (Kool, van Hoof & Welling,
+  2019, "Stochastic Beams and Where to Find Them"): ``S = top-k(logits / tau + c * g)`` samples k
+  branches without replacement from ``softmax(logits / tau)`` when ``c = 1``; ``c = 0`` is the
+  ordinary deterministic top-k MoE, ``c > 1`` flattens the distribution. ``tau`` is learnable.
+* **Branch noise.** Each branch perturbs its input and its hidden *pre-activation* with learnable
+  per-branch scales: ``h = act((x + c s_in n1) W_in + c s_hid n2)``. The hidden noise goes before
+  the non-linearity so it perturbs which hidden units fire (the branch's "decision"), and GELU keeps
+  the perturbed activation in its usual range.
+* **Combiner.** ``weighted`` (the MoE sum) or ``attention``, one small attention per token over its
+  k selected branch outputs.
+
+Aux losses are pure functions: load balancing (Fedus, Zoph & Shazeer, 2021, "Switch Transformers",
+eq. 4-6), router z-loss (Zoph et al., 2022, "ST-MoE", eq. 5) and a branch-diversity loss.
+
+Every random number is drawn in the canonical ``(B, T, ...)`` layout keyed by token positions and only
+then gathered into dispatch order, so a row's draws never depend on the other rows of the batch: with
+:class:`~mixture_of_thoughts.rng.RowNoise` a branch computed alone equals the same branch in a batch.
+(:class:`~mixture_of_thoughts.rng.GeneratorNoise`, used in training, promises no per-row reproducibility,
+so its branch-noise normals are drawn directly in dispatch order: same distribution, no gather.)
+
+Dispatch sorts the (token, slot) pairs by branch and runs ``F.grouped_mm`` where it works (probed once:
+CUDA, bfloat16), else at most E matmuls on contiguous slices of the sorted rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import rng
+from ..config import ThoughtConfig
+from .ffn import activation
+
+INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT)
+TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
+COMBINE_DIM_DIVISOR = 4  # the attention combiner's query/key width is d / 4: cheap next to a branch
+_GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+class ThoughtOutput(NamedTuple):
+    """What a thought layer returns.
+
+    Attributes:
+        y: ``(B, T, d)`` output.
+        aux_loss: scalar, already scaled: ``balance_coef * LB + z_coef * Z + diversity_coef * D``.
+        stats: detached tensors for logging (see :meth:`ThoughtsFFN.forward`).
+    """
+
+    y: Tensor
+    aux_loss: Tensor
+    stats: dict[str, Tensor]
+
+
+class Routing(NamedTuple):
+    """A router's decision (see :meth:`ThoughtsFFN.route`).
+
+    Attributes:
+        logits: ``(B, T, E)`` raw router logits (after any hook on ``router``; may hold ``-inf``).
+        z: ``(B, T, E)`` ``logits / tau``.
+        tau: scalar temperature.
+        idx: ``(B, T, k)`` selected branches, slots in decreasing score.
+        active: ``(B, T, k)`` bool, slots that are computed (False beyond a drawn k or for banned branches).
+    """
+
+    logits: Tensor
+    z: Tensor
+    tau: Tensor
+    idx: Tensor
+    active: Tensor
+
+
+def load_balancing_loss(probs: Tensor, load: Tensor) -> Tensor:
+    """Switch Transformer load-balancing loss (Fedus et al., 2021, eq. 4-6): ``E * sum_e f_e P_e``.
+
+    Args:
+        probs: ``(..., E)`` router probabilities ``softmax(logits / tau)`` (differentiable).
+        load: ``(E,)`` fraction ``f_e`` of (token, slot) assignments routed to each branch (constant).
+    Returns:
+        A scalar; 1 for a perfectly uniform router and load, up to E when everything goes to one branch.
+    """
+    E = probs.shape[-1]
+    P = probs.reshape(-1, E).float().mean(0)
+    return E * (load.to(P.dtype) * P).sum()
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """Router z-loss (Zoph et al., 2022, ST-MoE eq. 5): ``mean(logsumexp(logits)^2)``.
+
+    Args:
+        logits: ``(..., E)`` raw router logits; ``-inf`` entries (banned branches) are fine as long as
+            one entry per token is finite.
+    """
+    return torch.logsumexp(logits.float(), dim=-1).square().mean()
+
+
+def branch_cosine(outputs: Tensor, active: Tensor) -> Tensor:
+    """Mean pairwise cosine similarity of each token's selected branch outputs (the diversity loss).
+
+    Args:
+        outputs: ``(N, k, d)`` branch outputs per token and slot.
+        active: ``(N, k)`` bool, which slots were computed.
+    Returns:
+        Mean over tokens with at least two active slots of the mean cosine over their slot pairs; 0 if
+        no token has two.
+    """
+    k = outputs.shape[1]
+    u = F.normalize(outputs.float(), dim=-1)
+    gram = u @ u.transpose(1, 2)  # (N, k, k)
+    pair = active.unsqueeze(2) & active.unsqueeze(1) & ~torch.eye(k, dtype=torch.bool, device=u.device)
+    n_pairs = pair.sum((1, 2))  # (N,)
+    per_token = (gram * pair).sum((1, 2)) / n_pairs.clamp(min=1)
+    has = n_pairs > 0
+    return (per_token * has).sum() / has.sum().clamp(min=1)
+
+
+def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Probe once per (device type, dtype) whether ``F.grouped_mm`` runs forward and backward."""
+    key = (device.type, dtype)
+    if key not in _GROUPED_MM_OK:
+        ok = device.type == "cuda" and dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+        if ok:
+            try:
+                a = torch.randn(32, 16, device=device, dtype=dtype, requires_grad=True)
+                b = torch.randn(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
+                offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
+                F.grouped_mm(a, b, offs=offs).sum().backward()
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _GROUPED_MM_OK[key] = ok
+    return _GROUPED_MM_OK[key]
+
+
+class ThoughtsFFN(nn.Module):
+    """E thought branches (FFNs ``d -> h -> d``) chosen per token by a sampling router.
+
+    Args:
+        n_embd: model width d.
+        cfg: the layer's :class:`~mixture_of_thoughts.config.ThoughtConfig`.
+        bias: biases in the branches.
+        dropout: dropout on the output.
+        layer_idx: separates this layer's noise streams from the other layers'.
+    """
+
+    def __init__(self, n_embd: int, cfg: ThoughtConfig, *, bias: bool = False, dropout: float = 0.0,
+                 layer_idx: int = 0):
+        super().__init__()
+        d, E = n_embd, cfg.n_branches
+        h = cfg.branch_hidden or 2 * d
+        self.cfg, self.n_embd, self.hidden, self.layer_idx = cfg, d, h, layer_idx
+        self.router = nn.Linear(d, E, bias=False)  # hooks may edit its output (force/ban experts)
+        # softplus(rho) + TAU_MIN = 1 at init
+        self.rho = nn.Parameter(torch.tensor(math.log(math.expm1(1.0 - TAU_MIN))))
+        self.w_in = nn.Parameter(torch.empty(E, d, h))
+        self.w_out = nn.Parameter(torch.empty(E, h, d))
+        self.b_in = nn.Parameter(torch.zeros(E, h)) if bias else None
+        self.b_out = nn.Parameter(torch.zeros(E, d)) if bias else None
+        self.s_in = nn.Parameter(torch.full((E,), float(cfg.noise_init)))
+        self.s_hid = nn.Parameter(torch.full((E,), float(cfg.noise_init)))
+        if cfg.combine == "attention":
+            dc = max(1, d // COMBINE_DIM_DIVISOR)
+            self.comb_q = nn.Linear(d, dc, bias=False)
+            self.comb_k = nn.Linear(d, dc, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, 0.02) weights; the combiner's query starts at 0 so attention starts as ``weighted``."""
+        for p in (self.router.weight, self.w_in, self.w_out):
+            nn.init.normal_(p, 0.0, INIT_STD, generator=generator)
+        for p in (self.b_in, self.b_out):
+            if p is not None:
+                nn.init.zeros_(p)
+        if self.cfg.combine == "attention":
+            nn.init.zeros_(self.comb_q.weight)
+            nn.init.normal_(self.comb_k.weight, 0.0, INIT_STD, generator=generator)
+
+    @property
+    def tau(self) -> Tensor:
+        return F.softplus(self.rho) + TAU_MIN
+
+    def forward(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
+                creativity: float | Tensor | None = None, costly_stats: bool = False) -> ThoughtOutput:
+        """Route, run the selected branches, combine.
+
+        Args:
+            x: ``(B, T, d)``.
+            noise: a ``RowNoise`` or ``GeneratorNoise``; ``None`` turns every random draw off.
+            positions: ``(T,)`` or ``(B, T)`` absolute positions keying the draws; ``None`` = ``arange(T)``.
+            creativity: ``None`` (the config's), a float, or a ``(B,)`` tensor (one per row).
+            costly_stats: also report ``branch_diversity`` (1 - mean pairwise cosine of the selected
+                branch outputs; 1 when no token has two active branches).
+        Returns:
+            :class:`ThoughtOutput`; ``stats`` holds ``router_entropy`` (nats), ``load`` ``(E,)``,
+            ``row_load`` ``(B, E)``, ``active_k``, ``tau``, ``balance_loss`` and ``z_loss`` (unscaled).
+        """
+        cfg = self.cfg
+        B, T, d = x.shape
+        E, k = cfg.n_branches, cfg.k
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        c, draws = self._creativity(creativity, noise, B, x)
+        r = self.route(x, noise=noise, positions=positions, creativity=creativity)
+        idx, active, z, tau = r.idx, r.active, r.z, r.tau
+        probs = torch.softmax(z, dim=-1)  # (B, T, E)
+        logw = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1)  # (B, T, k)
+        # k = 1: a renormalised weight is always 1; use the router probability so the router learns
+        w = probs.gather(-1, idx) * active if k == 1 else logw.exp()
+
+        # --- dispatch: (token, slot) pairs sorted by branch -------------------------------------------
+        N = B * T
+        e_flat = idx.reshape(-1)  # (N*k,) pair p = (b*T + t)*k + slot
+        pairs = active.reshape(-1).nonzero().squeeze(1) if not bool(active.all()) else None
+        e_act = e_flat if pairs is None else e_flat[pairs]
+        e_sorted, order = e_act.sort(stable=True)
+        pair_sorted = order if pairs is None else pairs[order]  # (M,)
+        counts = torch.bincount(e_sorted, minlength=E)  # (E,)
+        tok_sorted = pair_sorted // k
+        x2 = x.reshape(N, d)
+        xin = x2.index_select(0, tok_sorted)  # (M, d)
+        if draws:
+            c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * k)[pair_sorted]
+            n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, pair_sorted, x)  # (M, d)
+            xin = torch.addcmul(xin, (c_pair * self.s_in[e_sorted]).unsqueeze(1), n1)
+        hid = self._grouped(xin, self.w_in, counts)  # (M, h)
+        if self.b_in is not None:
+            hid = hid + self.b_in[e_sorted]
+        if draws:
+            n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, pair_sorted, x)  # (M, h)
+            hid = torch.addcmul(hid, (c_pair * self.s_hid[e_sorted]).unsqueeze(1), n2)
+        out_sorted = self._grouped(self._activate(hid, xin, counts), self.w_out, counts)  # (M, d)
+        if self.b_out is not None:
+            out_sorted = out_sorted + self.b_out[e_sorted]
+        outs = None  # (N, k, d) per token and slot; only the attention combiner and diversity need it
+        if cfg.combine == "attention" or cfg.diversity_coef > 0 or costly_stats:
+            outs = x.new_zeros(N * k, d).index_copy(0, pair_sorted, out_sorted).view(N, k, d)
+
+        # --- combine ----------------------------------------------------------------------------------
+        wf = w.reshape(N, k)
+        if cfg.combine == "weighted":
+            w_sorted = wf.reshape(-1).index_select(0, pair_sorted)  # (M,)
+            y = x.new_zeros(N, d).index_add(0, tok_sorted, out_sorted * w_sorted.unsqueeze(1))  # (N, d)
+        else:
+            q = self.comb_q(x2)  # (N, dc)
+            keys = self.comb_k(outs)  # (N, k, dc)
+            att = torch.bmm(keys, q.unsqueeze(2)).squeeze(2) / math.sqrt(q.shape[-1]) + logw.reshape(N, k)
+            a = torch.softmax(att, dim=-1)  # (N, k); inactive slots have logw = -inf -> 0
+            if k == 1:
+                a = a * wf  # keep the router's probability as a gate so it gets gradient
+            y = torch.bmm(a.unsqueeze(1), outs).squeeze(1)
+        y = self.dropout(y.view(B, T, d))
+
+        # --- losses and stats -------------------------------------------------------------------------
+        act_f = active.reshape(B, T * k).to(probs.dtype)
+        row_counts = torch.zeros(B, E, device=x.device, dtype=probs.dtype).scatter_add_(
+            1, idx.reshape(B, T * k), act_f)  # (B, E)
+        load = row_counts.sum(0) / row_counts.sum().clamp(min=1)
+        lb = load_balancing_loss(probs, load.detach())
+        zl = router_z_loss(r.logits)
+        aux = cfg.balance_coef * lb + cfg.z_coef * zl
+        div = None
+        if cfg.diversity_coef > 0 or costly_stats:
+            div = branch_cosine(outs, active.reshape(N, k))
+            if cfg.diversity_coef > 0:
+                aux = aux + cfg.diversity_coef * div
+        with torch.no_grad():
+            stats = {
+                "router_entropy": torch.special.entr(probs.float()).sum(-1).mean(),
+                "load": load.detach(),
+                "row_load": (row_counts / row_counts.sum(1, keepdim=True).clamp(min=1)).detach(),
+                "active_k": active.float().sum(-1).mean(),
+                "tau": tau.detach(),
+                "balance_loss": lb.detach(),
+                "z_loss": zl.detach(),
+            }
+            if costly_stats:
+                stats["branch_diversity"] = 1.0 - div.detach()
+        return ThoughtOutput(y, aux, stats)
+
+    def _creativity(self, creativity, noise, B: int, x: Tensor) -> tuple[float | Tensor, bool]:
+        """``(c, draws)``: c as a float or a ``(B, 1, 1)`` tensor; ``draws`` says whether to draw noise."""
+        c = self.cfg.creativity if creativity is None else creativity
+        if torch.is_tensor(c):
+            return c.to(x.device, x.dtype).reshape(B, 1, 1), noise is not None
+        return float(c), noise is not None and float(c) > 0
+
+    def route(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
+              creativity: float | Tensor | None = None) -> Routing:
+        """Gumbel-top-k selection (the first half of :meth:`forward`, also useful for routing traces).
+
+        Args: as :meth:`forward`.
+        Returns:
+            :class:`Routing` with ``idx`` ``(B, T, k)`` (slots in decreasing score) and ``active``.
+        """
+        cfg, L = self.cfg, self.layer_idx
+        B, T, _ = x.shape
+        E, k = cfg.n_branches, cfg.k
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        c, draws = self._creativity(creativity, noise, B, x)
+        route_pos = None if cfg.route == "sequence" else positions  # sequence: one draw, every position
+        logits = self.router(x)  # (B, T, E)
+        tau = self.tau
+        finite = torch.isfinite(logits)
+        # divide only finite logits: d(-inf / tau)/d tau would be NaN
+        z = (torch.where(finite, logits, 0.0) / tau).masked_fill(~finite, float("-inf"))  # (B, T, E)
+        with torch.no_grad():
+            scores = z
+            if draws:
+                g = noise.gumbel(rng.stream_id(rng.ROUTER, L), route_pos, (E,)).to(x.device, x.dtype)
+                scores = z + c * g  # g: (B, T or 1, E)
+            idx = scores.topk(k, dim=-1).indices  # (B, T, k)
+            active = torch.isfinite(z.gather(-1, idx))  # a banned branch is never computed
+            if cfg.k_min is not None and cfg.k_min < k and draws:
+                u = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(x.device)  # (B, T|1, 1)
+                k_tok = (cfg.k_min + (u * (k - cfg.k_min + 1)).floor()).clamp(max=k)
+                if torch.is_tensor(c):
+                    k_tok = torch.where(c > 0, k_tok, float(k))  # rows with c = 0 draw nothing
+                active = active & (torch.arange(k, device=x.device) < k_tok)
+        return Routing(logits, z, tau, idx, active)
+
+    def _pair_normal(self, noise: rng.Noise, kind: int, positions: Tensor, width: int, pair_sorted: Tensor,
+                     x: Tensor) -> Tensor:
+        """Standard normals ``(M, width)`` for the dispatched (token, slot) pairs, in dispatch order.
+
+        Drawn in the canonical ``(B, T, k, width)`` layout keyed by positions, then gathered, so a row's
+        draws never depend on the rest of the batch. ``GeneratorNoise`` draws i.i.d. numbers for the
+        whole batch with no per-row guarantee to keep, so there the ``M`` numbers are drawn directly in
+        dispatch order: the same distribution, without drawing inactive slots and without the gather.
+        """
+        B, T = x.shape[:2]
+        if isinstance(noise, rng.GeneratorNoise):
+            n = torch.randn(pair_sorted.shape[0], width, generator=noise.generator, device=noise.device)
+            return n.to(x.device, x.dtype)
+        n = noise.normal(rng.stream_id(kind, self.layer_idx), positions, (self.cfg.k, width))
+        return n.to(x.device, x.dtype).reshape(B * T * self.cfg.k, width).index_select(0, pair_sorted)
+
+    def _activate(self, hid: Tensor, xin: Tensor, counts: Tensor) -> Tensor:
+        """The branch non-linearity on the hidden pre-activation ``hid`` ``(M, h)``.
+
+        ``xin`` ``(M, d)`` are the (noisy) branch inputs sorted by branch, ``counts`` ``(E,)`` the rows
+        per branch. Grafted Hugging Face MLPs (``hf/graft.py``) override this, e.g. with a gated
+        ``silu(hid) * (xin @ W_up)``, and reuse everything else of this layer.
+        """
+        return activation(hid)
+
+    def _grouped(self, a: Tensor, w: Tensor, counts: Tensor) -> Tensor:
+        """``a[rows of branch e] @ w[e]`` for rows sorted by branch: ``(M, K) x (E, K, N) -> (M, N)``."""
+        if _grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
+            offs = counts.cumsum(0).to(torch.int32)
+            return F.grouped_mm(a, w, offs=offs)
+        # fallback: at most E matmuls on contiguous slices of the sorted rows. split/unbind (not
+        # indexing) so that backward concatenates the gradients instead of filling E zero buffers.
+        n = counts.tolist()
+        parts = [ai @ wi for ai, wi, ni in zip(a.split(n), w.unbind(0), n, strict=True) if ni]
+        if not parts:
+            return a.new_zeros(0, w.shape[-1])
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
