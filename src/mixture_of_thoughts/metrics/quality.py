@@ -62,3 +62,34 @@ def text_bpc(model, tokenizer: CharTokenizer, texts: list[str], **kw) -> list[fl
         ids = torch.tensor(tokenizer.encode(t, unknown="skip"), dtype=torch.long)
         out.append(ar_bpc(model, ids, **kw) if len(ids) > 1 else float("nan"))
     return out
+
+
+@torch.no_grad()
+def continuation_nll(model, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, int]:
+    """Summed NLL (nats) of ``tokens[:, start:]`` given everything before, for each row.
+
+    Texts longer than the block are scored through the sliding KV cache in chunks of the block
+    size, the same window a generating model sees. Thought layers run without noise (c = 0).
+
+    Args:
+        model: a causal :class:`~mixture_of_thoughts.models.Transformer`.
+        tokens: (B, L) ids; ``1 <= start < L``.
+    Returns:
+        ``(nll, count)``: (B,) summed nats and the number of scored tokens per row (``L - start``).
+    """
+    model.eval()
+    B, L = tokens.shape
+    if not 1 <= start < L:
+        raise ValueError(f"start must be in [1, {L - 1}], got {start}")
+    dev = model.wte.weight.device
+    tokens = tokens.to(dev)
+    cache = model.new_cache(B)
+    total = torch.zeros(B, device=dev)
+    chunk = model.config.block_size
+    for a in range(0, L - 1, chunk):
+        b = min(a + chunk, L - 1)  # logits at positions a..b-1 predict tokens a+1..b
+        logits = model(tokens[:, a:b], cache=cache).logits.float()
+        lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, a + 1:b + 1, None])[..., 0]  # (B, b-a)
+        keep = torch.arange(a + 1, b + 1, device=dev) >= start
+        total -= (lp * keep).sum(-1)
+    return total, L - start

@@ -1,0 +1,1 @@
+"""Metrics: quality (bits per character) and diversity of generated text."""
