@@ -1,0 +1,310 @@
+"""``mot graft``, ``mot experts``, ``mot steer`` and ``mot cost`` (pretrained models, DESIGN §6).
+
+``transformers`` is imported inside the commands only, so ``mot --help`` and ``mot cost`` work
+without it; the other commands say what to install when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+
+
+def _parse_layers(s: str):
+    if s == "all":
+        return s
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--layers must be 'all' or comma-separated layer indices, got {s!r}") from None
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} file {path} is not readable UTF-8 text: {e}") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise DataError(f"{what} file {path} holds no prompt (one prompt per non-empty line)")
+    return lines
+
+
+def _is_hf_dir(p: Path) -> bool:
+    """A Hugging Face model directory: its config.json names a ``model_type``."""
+    try:
+        return "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def _load_hf(path: str, device: str | None = None):
+    """(model, tokenizer) from a grafted directory, a mixture_of_thoughts run, or a Hugging Face model."""
+    from ..hf._compat import require_transformers
+    from ..hf.graft import is_grafted_dir, load_grafted
+    from ..training.checkpoint import is_checkpoint, is_run
+
+    p = Path(path)
+    if p.is_dir() and not is_grafted_dir(p) and (is_run(p) or (is_checkpoint(p) and not _is_hf_dir(p))):
+        from ..training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p, device=device or "cpu")
+        return ck.model.eval(), ck.tokenizer
+    require_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = load_grafted(path) if is_grafted_dir(path) else AutoModelForCausalLM.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"cannot load model {path!r}: {e}") from None
+    if device:
+        model.to(device)
+    return model.eval(), tok
+
+
+def cmd_graft(args) -> int:
+    """Graft Mixture-of-Thoughts layers into a Hugging Face causal LM and fine-tune only them.
+
+    Every chosen MLP becomes E branches copied from it, under a zero (uniform) router; the thought
+    parameters are trained on random windows of --data, everything else stays frozen. The output
+    directory holds the base model (save_pretrained), the tokenizer, graft.json and
+    thoughts.safetensors; load it with mixture_of_thoughts.hf.graft.load_grafted or `mot think DIR`.
+
+    Example: mot graft --model gpt2 --layers all --branches 4 --k 2 --data corpus.txt --steps 200 --out runs/gpt2-mot
+    """
+    from ..hf._compat import require_transformers
+
+    require_transformers()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..hf.finetune import train_graft
+    from ..hf.graft import freeze_except_thoughts, graft, save_grafted
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise ConfigError(f"--out {out} is not empty; choose another directory or pass --force")
+    try:
+        text = Path(args.data).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--data {args.data}: cannot read UTF-8 text: {e}") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+    except OSError as e:
+        raise ConfigError(f"cannot load --model {args.model!r}: {e}") from None
+    if args.device:
+        model.to(args.device)
+    graft(model, _parse_layers(args.layers), n_branches=args.branches, k=args.k, creativity=args.creativity,
+          route=args.route, noise_init=args.noise_init, seed=args.seed)
+    trainable, total = freeze_except_thoughts(model)
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() < 2:
+        raise DataError(f"--data {args.data} holds fewer than 2 tokens")
+    print(f"grafted {args.model} ({model.config.model_type}): layers {model.mot_graft.spec.layers}, "
+          f"E={args.branches}, k={args.k}; trainable {trainable:,} of {total:,} parameters "
+          f"({trainable / total:.1%}); {ids.numel():,} training tokens")
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc="graft", file=sys.stderr)
+
+    def progress(step, loss):
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    losses = train_graft(model, ids, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
+                         lr=args.lr, seed=args.seed, progress=progress)
+    if bar is not None:
+        bar.close()
+    save_grafted(model, out, tok, overwrite=args.force)
+    first, last = losses[0], sum(losses[-10:]) / len(losses[-10:])
+    print(f"LM loss {first:.4f} -> {last:.4f} nats/token (mean of the last {min(10, len(losses))} steps); "
+          f"saved {out}")
+    return 0
+
+
+def cmd_experts(args) -> int:
+    """Expert specialisation of an MoE model: activation rate per expert and layer on two prompt sets.
+
+    Prints, per MoE layer, the experts most specific to each set (difference of activation rates) and
+    writes a heatmap (rates on A, on B, and A − B) with --out. Works on Hugging Face MoE models
+    (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS), grafted models and MoT runs.
+
+    Example: mot experts mistralai/Mixtral-8x7B-v0.1 --prompts-a code.txt --prompts-b poems.txt --out experts.png
+    """
+    from ..hf.specialise import expert_specialisation, plot_specialisation
+
+    a = _read_lines(args.prompts_a, "--prompts-a")
+    b = _read_lines(args.prompts_b, "--prompts-b")
+    model, tok = _load_hf(args.model, args.device)
+    spec = expert_specialisation(model, tok, a, b)
+    if args.out:
+        plot_specialisation(spec, args.out, labels=(Path(args.prompts_a).stem, Path(args.prompts_b).stem))
+    if args.json:
+        print(json.dumps(spec.to_dict(args.top)))
+        return 0
+    print(spec.format(args.top))
+    if args.out:
+        print(f"heatmap written to {args.out}")
+    return 0
+
+
+def _parse_profile(s: str):
+    """``force=1,3;ban=0;boost=2;suppress=5;delta=2;name=x`` -> ExpertProfile."""
+    from ..hf.experts import ExpertProfile
+
+    kw = {}
+    for part in s.split(";"):
+        if not part.strip():
+            continue
+        key, _, val = part.partition("=")
+        key = key.strip()
+        if key in ("force", "ban", "boost", "suppress"):
+            try:
+                kw[key] = [int(v) for v in val.split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(f"--profile {s!r}: {key} takes comma-separated expert ids") from None
+        elif key == "delta":
+            kw["delta"] = float(val)
+        elif key == "name":
+            kw["name"] = val
+        else:
+            raise ConfigError(f"--profile {s!r}: unknown key {key!r}; use force, ban, boost, suppress, delta, name")
+    kw.setdefault("name", s)
+    return ExpertProfile(**kw)
+
+
+def cmd_steer(args) -> int:
+    """Branches with expert profiles: one continuation per --profile, all in one batched pass.
+
+    A profile is `force=IDS`, `ban=IDS`, `boost=IDS` or `suppress=IDS` (SteerMoE shift by delta),
+    joined by `;`, e.g. --profile "force=1,3" --profile "ban=0;boost=2;delta=2" --profile "" (plain).
+
+    Example: mot steer allenai/OLMoE-1B-7B-0924 --prompt "Once upon a time" --profile "" --profile "ban=3,7"
+    """
+    from ..hf.specialise import think_experts
+
+    profiles = [_parse_profile(p) for p in (args.profile or [""])]
+    model, tok = _load_hf(args.model, args.device)
+    res = think_experts(model, tok, args.prompt, profiles, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if args.json:
+        d = res.to_dict()
+        for br, p in zip(d["branches"], profiles, strict=True):
+            br["profile"] = p.name
+        print(json.dumps(d))
+        return 0
+    for p, b in zip(profiles, res.branches, strict=True):
+        print(f"=== profile {p.name or '(none)'!r}  seed={b.seed}  mean loglik={b.mean_loglik:.3f}")
+        print(res.prompt + b.text)
+    return 0
+
+
+def cmd_cost(args) -> int:
+    """Compute, GPU-hours and price of full training (6·N·D) versus grafting.
+
+    Grafting: 2·N·D forward + 2·N_bp·D activation gradients (N_bp = --backprop-fraction·N, the layers
+    from the lowest trainable one up; 1 when every layer is grafted) + 2·N_t·D weight gradients
+    (N_t = --trainable-fraction·N). See mixture_of_thoughts.hf.cost for the assumptions.
+
+    Example: mot cost --preset llama-7b --tokens 1T --graft-tokens 1B --trainable-fraction 0.1
+    """
+    from ..hf.cost import CHINCHILLA_TOKENS_PER_PARAM, PRESETS, Hardware, estimate, format_table, parse_count, to_dict
+
+    if args.params is None and args.preset is None:
+        raise ConfigError(f"give --params (e.g. 124M) or --preset ({', '.join(PRESETS)})")
+    params = parse_count(args.params, "--params") if args.params is not None else PRESETS[args.preset]
+    tokens = (parse_count(args.tokens, "--tokens") if args.tokens is not None
+              else CHINCHILLA_TOKENS_PER_PARAM * params)
+    hw = Hardware(args.gpu_tflops, args.mfu, args.gpu_hour_usd)
+    rows = estimate(params, tokens, hw, trainable_fraction=args.trainable_fraction,
+                    graft_tokens=parse_count(args.graft_tokens, "--graft-tokens"),
+                    backprop_fraction=args.backprop_fraction)
+    if args.json:
+        print(json.dumps({"params": params, "hardware": vars(hw), "estimates": to_dict(rows)}))
+    else:
+        print(format_table(params, hw, rows))
+    return 0
+
+
+def register(add) -> None:
+    """Add this module's subcommands; ``add(name, fn)`` returns the new subparser."""
+    from ..hf.cost import PRESETS
+
+    g = add("graft", cmd_graft)
+    g.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    g.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
+    g.add_argument("--branches", type=int, default=4, help="E, branches per grafted layer")
+    g.add_argument("--k", type=int, default=2, help="branches active per token")
+    g.add_argument("--creativity", type=float, default=1.0, help="default creativity of the grafted layers")
+    g.add_argument("--route", choices=["token", "sequence"], default="token")
+    g.add_argument("--noise-init", type=float, default=0.02, help="initial branch noise scales")
+    g.add_argument("--data", required=True, help="UTF-8 text file to fine-tune on")
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--block-size", type=int, default=128, help="tokens per training window")
+    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--seed", type=int, default=0, help="seeds the windows and the training noise")
+    g.add_argument("--out", required=True, help="directory to write")
+    g.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    g.add_argument("--device", default=None)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = add("experts", cmd_experts)
+    e.add_argument("model", help="Hugging Face MoE model (hub id or directory), grafted directory, or MoT run")
+    e.add_argument("--prompts-a", required=True, help="file with one prompt per line (set A)")
+    e.add_argument("--prompts-b", required=True, help="file with one prompt per line (set B)")
+    e.add_argument("--out", default=None, help="heatmap PNG to write")
+    e.add_argument("--top", type=int, default=3, help="experts to list per layer and set")
+    e.add_argument("--device", default=None)
+    e.add_argument("--json", action="store_true")
+
+    s = add("steer", cmd_steer)
+    s.add_argument("model", help="Hugging Face MoE model, grafted directory, or MoT run")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--profile", action="append", help="expert profile of one branch (repeat for more)")
+    s.add_argument("--max-new-tokens", type=int, default=50)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
+    s.add_argument("--device", default=None)
+    s.add_argument("--json", action="store_true")
+
+    c = add("cost", cmd_cost)
+    c.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="fill in --params (gpt2 124M, llama-7b 6.74B)")
+    c.add_argument("--params", default=None, help="parameters N, e.g. 124M, 6.74B")
+    c.add_argument("--tokens", default=None, help="full-training tokens D, e.g. 10B (default 20·N, Chinchilla)")
+    c.add_argument("--graft-tokens", default="1B", help="grafting tokens")
+    c.add_argument("--trainable-fraction", type=float, default=0.1, help="N_t / N, the trained share when grafting")
+    c.add_argument("--backprop-fraction", type=float, default=1.0,
+                   help="N_bp / N, the share the activation gradients pass through (1 = all layers grafted)")
+    c.add_argument("--gpu-tflops", type=float, default=989.0, help="dense peak TFLOP/s per GPU (H100 SXM BF16: 989)")
+    c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation achieved")
+    c.add_argument("--gpu-hour-usd", type=float, default=2.5, help="price of one GPU-hour")
+    c.add_argument("--json", action="store_true")
+
+
+def think_grafted(args, branch_seeds, creativity):
+    """``mot think DIR`` for a grafted Hugging Face directory: ``(ThinkResult, path, kind)``, or ``None``
+    when ``args.run`` is not a grafted directory (then ``mot think`` loads a MoT run as usual)."""
+    from ..hf.generate import think_hf
+    from ..hf.graft import is_grafted_dir
+
+    if not args.run or not is_grafted_dir(args.run):
+        return None
+    model, tok = _load_hf(args.run, args.device)
+    res = think_hf(model, tok, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=branch_seeds,
+                   creativity=creativity, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, stop=args.stop)
+    return res, args.run, f"grafted {model.config.model_type}"

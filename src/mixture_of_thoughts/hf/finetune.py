@@ -1,0 +1,63 @@
+"""Fine-tune only the thought parameters of a grafted Hugging Face model (DESIGN §6).
+
+Reuses the project's optimiser grouping and schedule (``training.trainer.make_optimizer`` and
+``lr_at``) in a small loop over random windows of one token stream: the trainer itself runs this
+package's ``Transformer`` on character corpora and cannot take a Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from .graft import freeze_except_thoughts, grafted_state, thought_noise
+
+
+def train_graft(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: int = 8, block_size: int = 64,
+                lr: float = 1e-3, seed: int = 0, grad_clip: float = 1.0, progress=None) -> list[float]:
+    """Fine-tune only the thought parameters on random windows of ``ids`` (1-D token ids).
+
+    AdamW (decay on matrices, :func:`~mixture_of_thoughts.training.trainer.make_optimizer`), linear
+    warm-up then cosine decay (:func:`~mixture_of_thoughts.training.trainer.lr_at`), gradient clipping;
+    windows drawn from a generator seeded by ``seed``. Loss = LM cross-entropy + the thought layers'
+    auxiliary losses. Returns the LM loss per step (nats/token).
+    """
+    from ..config import TrainConfig
+    from ..training.trainer import lr_at, make_optimizer
+
+    if ids.dim() != 1 or ids.numel() < 2:
+        raise ConfigError("training data must hold at least 2 tokens")
+    block_size = min(block_size, ids.numel() - 1)
+    cfg = TrainConfig(batch_size=batch_size, max_steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(10, steps // 10),
+                      weight_decay=0.0, grad_clip=grad_clip, seed=seed)
+    freeze_except_thoughts(model)
+    dev = next(model.parameters()).device
+    opt = make_optimizer(model, cfg, dev)
+    g = torch.Generator().manual_seed(seed)
+    st = grafted_state(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    losses = []
+    with thought_noise(model, "generator"):
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            starts = torch.randint(0, ids.numel() - block_size, (batch_size,), generator=g)
+            x = torch.stack([ids[s:s + block_size + 1] for s in starts.tolist()]).to(dev)
+            out = model(input_ids=x[:, :-1], use_cache=False)
+            lm = F.cross_entropy(out.logits.float().reshape(-1, out.logits.size(-1)), x[:, 1:].reshape(-1))
+            loss = lm + st.aux_loss().to(lm.device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            losses.append(float(lm.detach()))
+            if progress is not None:
+                progress(step, losses[-1])
+    model.eval()
+    return losses
+
+

@@ -1,0 +1,379 @@
+"""Graft Mixture-of-Thoughts layers into Hugging Face causal LMs (sparse upcycling, DESIGN §6).
+
+The MLP of each chosen layer becomes a :class:`GraftedThoughts`: a
+:class:`~mixture_of_thoughts.layers.thoughts.ThoughtsFFN` (same router, Gumbel-top-k selection,
+branch noise, aux losses and dispatch) whose E branches are copies of that MLP in its own form:
+
+* GPT-2 (``transformer.h[i].mlp``, Conv1D weights stored ``[in, out]``): ``c_proj(gelu_new(c_fc(x)))``
+  with biases: ``w_in = c_fc.weight``, ``b_in = c_fc.bias``, ``w_out = c_proj.weight``, ``b_out = c_proj.bias``.
+* Llama / Mistral / Qwen2 (``model.layers[i].mlp``): ``down(silu(gate(x)) * up(x))``:
+  ``w_in = gate.weight.T``, ``w_up = up.weight.T``, ``w_out = down.weight.T``; the branch hidden
+  noise perturbs the gate's pre-activation.
+
+The router starts at zero and the weights are renormalised over the k chosen branches, so at
+creativity 0 (or with no noise source) every branch computes the original MLP and the grafted
+model's logits equal the original's. Fine-tuning the thought parameters (everything else frozen:
+:func:`freeze_except_thoughts`) and branch noise break the symmetry.
+
+**Noise.** Hugging Face blocks call ``mlp(x)`` with nothing else, so the grafted layers of one model
+share a :class:`GraftState` (``model.mot_graft``) holding the noise source, the creativity and the
+absolute positions of the current call (read by a pre-hook on the base model from
+``position_ids`` / ``cache_position`` / the KV cache length). By default the noise is a
+:class:`~mixture_of_thoughts.rng.GeneratorNoise` over a ``torch.Generator`` seeded at graft time
+(training; reproducible from ``seed``). :func:`thought_noise` switches to per-row counter-based
+:class:`~mixture_of_thoughts.rng.RowNoise` for generation, so a branch's thought noise depends only
+on its seed and positions. ``model.generate(do_sample=True)`` still samples tokens from the global
+RNG: seed it (``torch.manual_seed``) or use :func:`mixture_of_thoughts.hf.generate.think_hf`, which
+samples with each branch's own noise and is reproducible branch by branch.
+
+Files written by :func:`save_grafted`: the original architecture's ``save_pretrained`` output (base
+weights, loadable by ``AutoModelForCausalLM`` alone), ``graft.json`` (the spec) and
+``thoughts.safetensors`` (the thought parameters).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ThoughtConfig
+from ..errors import CheckpointError, ConfigError, MotError
+from ..layers.thoughts import ThoughtsFFN
+from ..rng import GeneratorNoise, RowNoise
+from ._compat import require_transformers
+
+log = logging.getLogger(__name__)
+SPEC_FILE = "graft.json"
+WEIGHTS_FILE = "thoughts.safetensors"
+SPEC_FORMAT = 1
+# model_type -> (path of the decoder layer list, MLP form)
+SUPPORTED = {"gpt2": ("transformer.h", "gpt2"), "llama": ("model.layers", "gated"),
+             "mistral": ("model.layers", "gated"), "qwen2": ("model.layers", "gated")}
+
+
+class GraftError(MotError):
+    """A model that cannot be grafted, or a grafted directory that cannot be loaded."""
+
+
+@dataclass
+class GraftSpec:
+    """What was grafted: saved as ``graft.json`` and used to re-graft at load."""
+
+    model_type: str
+    layers: list[int]
+    thoughts: ThoughtConfig
+    seed: int = 0
+    format: int = SPEC_FORMAT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraftSpec:
+        d = dict(d)
+        d["thoughts"] = ThoughtConfig(**d["thoughts"])
+        return cls(**d)
+
+
+class GraftState:
+    """Shared by the grafted layers of one model: noise, creativity, positions, aux losses, stats."""
+
+    def __init__(self, spec: GraftSpec):
+        self.spec = spec
+        self.generator = torch.Generator().manual_seed(spec.seed)
+        self.noise: RowNoise | str | None = "generator"  # "generator" | RowNoise | None (no noise)
+        self.creativity: float | torch.Tensor | None = None  # None: the config's default
+        self.positions: torch.Tensor | None = None
+        self.aux: list[torch.Tensor] = []
+        self.stats: dict[int, dict[str, torch.Tensor]] = {}
+
+    def noise_for(self, batch_size: int, device: torch.device):
+        if self.noise == "generator":
+            if self.generator.device != device:
+                self.generator = torch.Generator(device=device).manual_seed(self.spec.seed)
+            return GeneratorNoise(self.generator, batch_size)
+        return self.noise
+
+    def aux_loss(self) -> torch.Tensor:
+        """The sum of the grafted layers' auxiliary losses over the last forward call."""
+        return torch.stack(self.aux).sum() if self.aux else torch.zeros(())
+
+
+class GraftedThoughts(ThoughtsFFN):
+    """A ThoughtsFFN whose branches have the grafted MLP's form; ``forward(x) -> y`` like an HF MLP.
+
+    Args:
+        n_embd: model width d.
+        hidden: the MLP's hidden width h.
+        cfg: the thought configuration (E, k, creativity, route, noise_init, ...).
+        form: ``"gpt2"`` (activation with biases) or ``"gated"`` (``act(gate) * up``).
+        act: the MLP's own activation module (exact parity with the original).
+        bias: biases in the branch projections.
+        dropout: output dropout (GPT-2's ``resid_pdrop``).
+        layer_idx: decoder layer index (separates noise streams).
+        state: the model's shared :class:`GraftState`.
+    """
+
+    is_thought_layer = True
+
+    def __init__(self, n_embd: int, hidden: int, cfg: ThoughtConfig, *, form: str, act: nn.Module, bias: bool,
+                 dropout: float, layer_idx: int, state: GraftState):
+        cfg = ThoughtConfig(**{**asdict(cfg), "branch_hidden": hidden})
+        super().__init__(n_embd, cfg, bias=bias, dropout=dropout, layer_idx=layer_idx)
+        self.form, self.act = form, act
+        if form == "gated":
+            self.w_up = nn.Parameter(torch.empty(cfg.n_branches, n_embd, hidden))
+            self.b_up = nn.Parameter(torch.zeros(cfg.n_branches, hidden)) if bias else None
+        self.__dict__["state"] = state  # not a submodule; shared by all grafted layers of a model
+        self.__dict__["base_mlp"] = None  # the original MLP, kept out of the parameters, for saving
+        self.last_stats: dict[str, torch.Tensor] = {}
+
+    def _activate(self, hid, xin, counts):
+        a = self.act(hid)
+        if self.form != "gated":
+            return a
+        up = self._grouped(xin, self.w_up, counts)  # (M, h)
+        if self.b_up is not None:
+            e_sorted = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+            up = up + self.b_up[e_sorted]
+        return a * up
+
+    @torch.no_grad()
+    def load_mlp(self, mlp: nn.Module) -> None:
+        """Copy ``mlp`` into every branch and zero the router."""
+        E = self.cfg.n_branches
+        if self.form == "gpt2":
+            mats = {"w_in": mlp.c_fc.weight, "w_out": mlp.c_proj.weight}  # Conv1D: [in, out]
+            vecs = {"b_in": mlp.c_fc.bias, "b_out": mlp.c_proj.bias}
+        else:
+            mats = {"w_in": mlp.gate_proj.weight.T, "w_up": mlp.up_proj.weight.T, "w_out": mlp.down_proj.weight.T}
+            vecs = {"b_in": mlp.gate_proj.bias, "b_up": mlp.up_proj.bias, "b_out": mlp.down_proj.bias}
+        for name, w in mats.items():
+            getattr(self, name).copy_(w.unsqueeze(0).expand(E, *w.shape))
+        for name, b in vecs.items():
+            if getattr(self, name, None) is not None:
+                getattr(self, name).copy_(b.unsqueeze(0).expand(E, -1))
+        self.router.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        st = self.state
+        out = super().forward(x, noise=st.noise_for(x.shape[0], x.device), positions=st.positions,
+                              creativity=st.creativity)
+        st.aux.append(out.aux_loss)
+        st.stats[self.layer_idx] = out.stats
+        self.last_stats = out.stats
+        return out.y
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _arch(model: nn.Module) -> tuple[str, str, str]:
+    mtype = getattr(getattr(model, "config", None), "model_type", None)
+    if mtype not in SUPPORTED:
+        raise GraftError(f"cannot graft a {mtype or type(model).__name__!r} model: supported architectures are "
+                         f"{', '.join(sorted(SUPPORTED))} (Hugging Face causal LMs)")
+    return mtype, *SUPPORTED[mtype]
+
+
+def _positions_hook(state: GraftState):
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        T = ids.shape[1]
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            pos = kwargs.get("cache_position")
+        if pos is None:
+            past = kwargs.get("cache", kwargs.get("past_key_values"))
+            start = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
+            pos = torch.arange(start, start + T, device=ids.device)
+        state.positions = pos[0] if pos.dim() == 2 and pos.shape[0] == 1 else pos
+        state.aux.clear()
+        state.stats.clear()
+    return hook
+
+
+def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int = 4, k: int = 2,
+          creativity: float = 1.0, route: str = "token", noise_init: float = 0.02, seed: int = 0,
+          thoughts: ThoughtConfig | None = None) -> nn.Module:
+    """Replace the MLP of ``layers`` by thought layers whose branches copy it (in place).
+
+    Args:
+        model: a Hugging Face causal LM of a supported architecture (see ``SUPPORTED``).
+        layers: ``"all"`` or decoder layer indices.
+        n_branches, k, creativity, route, noise_init: the :class:`ThoughtConfig` fields
+            (ignored when ``thoughts`` is given).
+        seed: seeds the training-time noise generator.
+    Returns:
+        ``model``, with ``model.mot_graft`` (its :class:`GraftState`).
+    Raises:
+        GraftError: unsupported architecture or an already grafted model; ConfigError: bad layers/config.
+    """
+    mtype, path, form = _arch(model)
+    if hasattr(model, "mot_graft"):
+        raise GraftError("this model is already grafted")
+    blocks = _get(model, path)
+    n = len(blocks)
+    if layers == "all":
+        idx = list(range(n))
+    else:
+        idx = sorted({int(i) for i in layers})
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad or not idx:
+            raise ConfigError(f"layers must be 'all' or indices in [0, {n - 1}], got {layers!r}")
+    cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
+                                    noise_init=noise_init, balance_coef=0.01, z_coef=1e-3)
+    state = GraftState(GraftSpec(mtype, idx, cfg, seed))
+    for i in idx:
+        mlp = blocks[i].mlp
+        if form == "gpt2":
+            d, h = mlp.c_fc.weight.shape
+            act, bias, drop = mlp.act, True, float(mlp.dropout.p)
+            ref = mlp.c_fc.weight
+        else:
+            h, d = mlp.gate_proj.weight.shape
+            act, bias, drop = mlp.act_fn, mlp.gate_proj.bias is not None, 0.0
+            ref = mlp.gate_proj.weight
+        layer = GraftedThoughts(d, h, cfg, form=form, act=act, bias=bias, dropout=drop, layer_idx=i, state=state)
+        layer.to(device=ref.device, dtype=ref.dtype)
+        layer.load_mlp(mlp)
+        layer.__dict__["base_mlp"] = mlp
+        layer.train(mlp.training)
+        blocks[i].mlp = layer
+    base = getattr(model, "base_model", model)
+    model.__dict__["mot_graft"] = state
+    model.__dict__["_mot_hook"] = base.register_forward_pre_hook(_positions_hook(state), with_kwargs=True)
+    return model
+
+
+def grafted_layers(model: nn.Module) -> dict[int, GraftedThoughts]:
+    """``{layer index: GraftedThoughts}`` of a grafted model."""
+    if not hasattr(model, "mot_graft"):
+        raise GraftError("this model is not grafted: call graft(model, ...) first")
+    _, path, _ = _arch(model)
+    blocks = _get(model, path)
+    return {i: blocks[i].mlp for i in model.mot_graft.spec.layers}
+
+
+def freeze_except_thoughts(model: nn.Module) -> tuple[int, int]:
+    """Freeze everything but the thought layers. Returns ``(trainable, total)`` parameter counts."""
+    layers = grafted_layers(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for layer in layers.values():
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    uniq = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in uniq if p.requires_grad), sum(p.numel() for p in uniq)
+
+
+@contextlib.contextmanager
+def thought_noise(model: nn.Module, noise: RowNoise | list[int] | str | None, creativity=None):
+    """Temporarily set the grafted layers' noise source and creativity.
+
+    Args:
+        noise: a :class:`RowNoise`, a list of per-row seeds, ``"generator"`` (the seeded training
+            generator) or ``None`` (no noise: deterministic top-k).
+        creativity: ``None`` (config default), a float or a ``(B,)`` tensor.
+    """
+    st = grafted_state(model)
+    old = (st.noise, st.creativity)
+    if isinstance(noise, (list, tuple)):
+        noise = RowNoise(noise, next(model.parameters()).device)
+    st.noise, st.creativity = noise, creativity
+    try:
+        yield st
+    finally:
+        st.noise, st.creativity = old
+
+
+def grafted_state(model: nn.Module) -> GraftState:
+    if not hasattr(model, "mot_graft"):
+        raise GraftError("this model is not grafted: call graft(model, ...) first")
+    return model.mot_graft
+
+
+# ------------------------------------------------------------------------------------ save / load
+
+def is_grafted_dir(path: str | Path) -> bool:
+    return (Path(path) / SPEC_FILE).is_file()
+
+
+@contextlib.contextmanager
+def _original_mlps(model):
+    """Temporarily put the original MLPs back (to save the base architecture's weights)."""
+    _, path, _ = _arch(model)
+    blocks = _get(model, path)
+    layers = grafted_layers(model)
+    try:
+        for i, layer in layers.items():
+            blocks[i].mlp = layer.base_mlp
+        yield
+    finally:
+        for i, layer in layers.items():
+            blocks[i].mlp = layer
+
+
+def save_grafted(model: nn.Module, out: str | Path, tokenizer=None, *, overwrite: bool = False) -> Path:
+    """Save base weights (``save_pretrained`` of the original architecture), ``graft.json`` and
+    ``thoughts.safetensors`` (plus the tokenizer if given), written to a temporary directory and renamed.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out} is not empty; choose another directory or pass overwrite=True (--force)")
+    st = grafted_state(model)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with _original_mlps(model):
+        model.save_pretrained(tmp)
+    tensors = {f"layers.{i}.{n}": p.detach().contiguous().cpu() for i, layer in grafted_layers(model).items()
+               for n, p in layer.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS_FILE))
+    (tmp / SPEC_FILE).write_text(json.dumps(st.spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_grafted(path: str | Path, **from_pretrained_kwargs) -> nn.Module:
+    """Rebuild a grafted model: ``AutoModelForCausalLM.from_pretrained(path)``, re-graft, load the thoughts."""
+    require_transformers()
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not is_grafted_dir(path):
+        raise CheckpointError(f"{path} has no {SPEC_FILE}: not a grafted model directory (make one with mot graft)")
+    try:
+        spec = GraftSpec.from_dict(json.loads((path / SPEC_FILE).read_text(encoding="utf-8")))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / SPEC_FILE} is not a valid graft spec: {e}") from None
+    if spec.format != SPEC_FORMAT:
+        raise CheckpointError(f"{path / SPEC_FILE} has format {spec.format}; this version reads {SPEC_FORMAT}")
+    model = AutoModelForCausalLM.from_pretrained(path, **from_pretrained_kwargs)
+    graft(model, spec.layers, thoughts=spec.thoughts, seed=spec.seed)
+    tensors = load_file(str(path / WEIGHTS_FILE))
+    for i, layer in grafted_layers(model).items():
+        prefix = f"layers.{i}."
+        sd = {n[len(prefix):]: t for n, t in tensors.items() if n.startswith(prefix)}
+        missing, unexpected = layer.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path / WEIGHTS_FILE}: layer {i} missing {missing}, unexpected {unexpected}")
+    return model.eval()

@@ -1,0 +1,191 @@
+"""Grafting MoT layers into tiny random Hugging Face causal LMs (no downloads).
+
+Each family (GPT-2 Conv1D MLP, Llama / Mistral / Qwen2 gated SiLU MLP) is built from a config with
+2 layers and width 32; a character tokenizer is built in the test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from mixture_of_thoughts.cli import main  # noqa: E402
+from mixture_of_thoughts.errors import ConfigError, MotError  # noqa: E402
+from mixture_of_thoughts.hf.finetune import train_graft  # noqa: E402
+from mixture_of_thoughts.hf.generate import think_hf  # noqa: E402
+from mixture_of_thoughts.hf.graft import (  # noqa: E402
+    GraftedThoughts,
+    GraftError,
+    freeze_except_thoughts,
+    graft,
+    grafted_layers,
+    load_grafted,
+    save_grafted,
+    thought_noise,
+)
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz .,\n")
+VOCAB = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(CHARS)}}
+FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and a busy 2-core machine makes them crawl."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def char_tokenizer():
+    """A character-level fast tokenizer (BPE without merges), built here: no download."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(vocab=VOCAB, merges=[], unk_token=None))
+    tk.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+
+def tiny_model(family: str, seed: int = 0):
+    import transformers as tf
+
+    torch.manual_seed(seed)  # transformers initialises from the global RNG; tests may seed it
+    V = len(VOCAB)
+    if family == "gpt2":
+        cfg = tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=V, n_positions=128, bos_token_id=0,
+                            eos_token_id=0)
+        return tf.GPT2LMHeadModel(cfg).eval()
+    kw = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              num_key_value_heads=2, vocab_size=V, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+              pad_token_id=0)
+    cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "mistral": (tf.MistralConfig, tf.MistralForCausalLM),
+           "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[family]
+    return cls[1](cls[0](**kw)).eval()
+
+
+IDS = torch.tensor([[1, 5, 9, 2, 27, 4, 8, 3, 12, 20], [7, 7, 1, 2, 3, 27, 9, 9, 10, 11]])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_graft_at_zero_creativity_equals_original(family):
+    model = tiny_model(family)
+    with torch.no_grad():
+        ref = model(IDS).logits
+        graft(model, "all", n_branches=4, k=2)
+        with thought_noise(model, [1, 2], creativity=0.0):
+            same = model(IDS).logits
+        with thought_noise(model, None):  # no noise source: deterministic top-k
+            same2 = model(IDS).logits
+        with thought_noise(model, [1, 2], creativity=1.0):
+            noisy = model(IDS).logits
+    assert torch.allclose(same, ref, atol=1e-5)
+    assert torch.allclose(same2, ref, atol=1e-5)
+    assert (noisy - ref).abs().max() > 1e-4  # branch noise is on at c > 0
+    layers = grafted_layers(model)
+    assert sorted(layers) == [0, 1] and all(isinstance(m, GraftedThoughts) for m in layers.values())
+    assert all(not m.router.weight.detach().any() for m in layers.values())
+
+
+def test_graft_chosen_layers_and_errors():
+    model = tiny_model("llama")
+    graft(model, [1], n_branches=3, k=1)
+    assert sorted(grafted_layers(model)) == [1]
+    assert not isinstance(model.model.layers[0].mlp, GraftedThoughts)
+    with pytest.raises(GraftError, match="already grafted"):
+        graft(model)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        graft(tiny_model("gpt2"), [5])
+
+
+def test_unsupported_architecture_lists_supported():
+    import transformers as tf
+
+    model = tf.MixtralForCausalLM(tf.MixtralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2, num_key_value_heads=2, vocab_size=50))
+    with pytest.raises(GraftError, match="gpt2, llama, mistral, qwen2"):
+        graft(model)
+    assert issubclass(GraftError, MotError)
+
+
+def test_freeze_train_and_generate():
+    model = tiny_model("gpt2")
+    graft(model, "all", n_branches=4, k=2)
+    trainable, total = freeze_except_thoughts(model)
+    assert 0 < trainable < total
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all(".mlp." in n for n in names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tok = char_tokenizer()
+    ids = torch.tensor(tok("the cat sat on the mat. " * 30)["input_ids"])
+    losses = train_graft(model, ids, steps=8, batch_size=4, block_size=24, lr=1e-2, seed=0)
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= names  # only thought parameters moved
+    out = model.generate(IDS[:1, :4], max_new_tokens=5, do_sample=False, pad_token_id=0)
+    assert out.shape == (1, 9)
+
+
+def test_save_load_roundtrip_and_think_reproducible(tmp_path):
+    tok = char_tokenizer()
+    model = tiny_model("qwen2")
+    graft(model, "all", n_branches=4, k=2, seed=3)
+    ids = torch.tensor(tok("a red dot and a cat. " * 30)["input_ids"])
+    train_graft(model, ids, steps=4, batch_size=2, block_size=16, lr=1e-2)
+    save_grafted(model, tmp_path / "g", tok)
+    spec = json.loads((tmp_path / "g" / "graft.json").read_text())
+    assert spec["layers"] == [0, 1] and spec["thoughts"]["n_branches"] == 4 and spec["thoughts"]["k"] == 2
+    # the base weights alone load as the original architecture, with the original MLPs
+    import transformers as tf
+
+    base = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "g")
+    assert not isinstance(base.model.layers[0].mlp, GraftedThoughts)
+    loaded = load_grafted(tmp_path / "g")
+    with torch.no_grad(), thought_noise(model, [5, 6], 1.0):
+        a = model(IDS).logits
+    with torch.no_grad(), thought_noise(loaded, [5, 6], 1.0):
+        b = loaded(IDS).logits
+    assert torch.equal(a, b)
+    kw = dict(max_new_tokens=12, creativity=(0.5, 1.5))
+    r1 = think_hf(model, tok, "the ", branches=3, seed=10, **kw)
+    r2 = think_hf(loaded, tok, "the ", branches=3, seed=10, **kw)
+    assert [b.text for b in r1.branches] == [b.text for b in r2.branches]
+    assert [b.creativity for b in r1.branches] == [0.5, 1.0, 1.5]
+    alone = think_hf(loaded, tok, "the ", branch_seeds=[11], creativity=[1.0], max_new_tokens=12)
+    assert alone.branches[0].text == r1.branches[1].text  # one branch regenerated alone
+    assert set(r1.branches[0].routing) == {0, 1}
+
+
+def test_save_refuses_non_empty_dir(tmp_path):
+    model = graft(tiny_model("gpt2"), [0])
+    (tmp_path / "x.txt").write_text("keep me")
+    with pytest.raises(MotError, match="not empty"):
+        save_grafted(model, tmp_path)
+    assert (tmp_path / "x.txt").read_text() == "keep me"
+
+
+def test_cli_graft_then_think(tmp_path, capsys):
+    tok = char_tokenizer()
+    base = tmp_path / "base"
+    tiny_model("llama").save_pretrained(base)
+    tok.save_pretrained(base)
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat on the mat.\nthe rat ate the tea.\n" * 20)
+    out = tmp_path / "grafted"
+    rc = main(["graft", "--model", str(base), "--layers", "all", "--branches", "4", "--k", "2", "--data", str(data),
+               "--steps", "3", "--batch-size", "2", "--block-size", "16", "--lr", "1e-3", "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert "trainable" in capsys.readouterr().out
+    assert (out / "graft.json").is_file() and (out / "thoughts.safetensors").is_file()
+    rc = main(["think", str(out), "--prompt", "the ", "--branches", "3", "--max-new-tokens", "8", "--seed", "1",
+               "--creativity", "0.5:1.5", "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert len(res["branches"]) == 3 and [b["seed"] for b in res["branches"]] == [1, 2, 3]
+    assert main(["graft", "--model", str(base), "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
