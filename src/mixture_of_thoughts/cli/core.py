@@ -174,18 +174,23 @@ def cmd_think(args) -> int:
     Without RUN_DIR, uses the small MoT model that ships with the package.
     """
     from ..generation.autoregressive import think
+    from .hf import think_grafted
 
-    ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
     seeds = [args.branch_seed] if args.branch_seed is not None else None
-    res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
-                creativity=_parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache)
+    grafted = think_grafted(args, seeds, _parse_creativity(args.creativity))  # None unless RUN_DIR is grafted
+    if grafted is not None:
+        res, path, kind = grafted
+    else:
+        ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
+        res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
+                    creativity=_parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache)
+        path, kind = ck.path, ("MoT" if ck.model.config.has_thoughts else "dense")
     if args.json:
         print(json.dumps(res.to_dict()))
         return 0
-    kind = "MoT" if ck.model.config.has_thoughts else "dense"
-    print(f"{len(res.branches)} branches from {ck.path} ({kind}); prompt {res.prompt!r}")
+    print(f"{len(res.branches)} branches from {path} ({kind}); prompt {res.prompt!r}")
     for i, b in enumerate(res.branches):
         crea = "n/a" if b.creativity is None else f"{b.creativity:.2f}"
         top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items())

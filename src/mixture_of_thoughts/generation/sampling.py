@@ -50,7 +50,7 @@ def process_logits(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0
         sorted_x, order = torch.sort(x, dim=-1, descending=True)
         probs = torch.softmax(sorted_x, dim=-1)
         before = probs.cumsum(-1) - probs  # mass strictly above each token
-        remove_sorted = before > top_p
+        remove_sorted = before >= top_p  # the tokens above already reach top_p: the smallest such set
         remove_sorted[:, 0] = False  # always keep the most likely token
         remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
         x = x.masked_fill(remove, NEG_INF)

@@ -67,7 +67,12 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: CharTokeniz
         if path.exists():
             old = path.parent / f".{path.name}.old-{os.getpid()}"
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:  # put the previous checkpoint back rather than leave it hidden
+                os.replace(old, path)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
@@ -129,7 +134,8 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str | torc
     cfg = read_config(ckpt)
     objective = cfg.get("objective", "ar")
     if expect is not None and objective != expect:
-        need = {"ar": "an autoregressive run (mot train)", "diffusion": "a diffusion run (mot train --objective diffusion)"}
+        need = {"ar": "an autoregressive run (mot train)",
+                "diffusion": "a diffusion run (mot train --objective diffusion)"}
         raise CheckpointError(f"{path} is a {objective} model but this command needs {need[expect]}")
     try:
         model_cfg = ModelConfig.from_dict(cfg["model"])

@@ -212,7 +212,7 @@ def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: 
             if not torch.isfinite(total):
                 checkpoint("latest", step, None)  # parameters are still those of the last good step
                 raise TrainingDiverged(
-                    f"the training loss became {float(total)} at step {step}; stopped. The last good state is "
+                    f"the training loss became {float(total.detach())} at step {step}; stopped. The last good state is "
                     f"saved in {out / 'latest'}: resume it with a lower learning rate (--lr) or more warm-up")
             optimizer.zero_grad(set_to_none=True)
             total.backward()

@@ -1,0 +1,134 @@
+"""RoPE and self-attention: relative positions, causality, and the sliding-window KV cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mixture_of_thoughts.layers.attention import KVCache, SelfAttention, apply_rope, rope_angles
+
+D, H, HS = 32, 2, 16
+ATOL = 1e-5
+
+
+def _attn(causal=True, seed=0) -> SelfAttention:
+    torch.manual_seed(seed)  # nn.Linear's default init; tests may seed the global RNG, the library never does
+    return SelfAttention(D, H, causal=causal).eval()
+
+
+def _x(B=2, T=12, seed=1) -> torch.Tensor:
+    return torch.randn(B, T, D, generator=torch.Generator().manual_seed(seed))
+
+
+def test_rope_is_a_rotation():
+    x = torch.randn(2, H, 10, HS, generator=torch.Generator().manual_seed(0))
+    cos, sin = rope_angles(torch.arange(10), HS, 10000.0)
+    r = apply_rope(x, cos, sin)
+    assert torch.allclose(r.norm(dim=-1), x.norm(dim=-1), atol=ATOL)
+    assert torch.allclose(r[:, :, 0], x[:, :, 0])  # position 0 is not rotated
+    assert not torch.allclose(r[:, :, 1:], x[:, :, 1:], atol=1e-3)
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, HS, generator=g), torch.randn(1, 1, 1, HS, generator=g)
+
+    def score(m, n):
+        cq, sq = rope_angles(torch.tensor([m]), HS, 10000.0)
+        ck, sk = rope_angles(torch.tensor([n]), HS, 10000.0)
+        return float((apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum())
+
+    assert score(7, 3) == pytest.approx(score(107, 103), abs=1e-4)
+    assert score(7, 3) == pytest.approx(score(4, 0), abs=1e-4)
+    assert abs(score(7, 3) - score(7, 5)) > 1e-3  # a different distance gives a different score
+
+
+def test_attention_output_is_invariant_to_shifting_all_positions():
+    attn, x = _attn(), _x()
+    with torch.no_grad():
+        base = attn(x, torch.arange(12))
+        for shift in (1, 37, 500):
+            shifted = attn(x, torch.arange(12) + shift)
+            assert torch.allclose(base, shifted, atol=1e-4), shift
+        # positions are used at all: reversing them changes the output
+        assert not torch.allclose(base, attn(x, torch.arange(12).flip(0)), atol=1e-3)
+
+
+def test_causal_attention_ignores_the_future():
+    attn, x = _attn(), _x()
+    x2 = x.clone()
+    x2[:, 7] += 1.0
+    with torch.no_grad():
+        a, b = attn(x, torch.arange(12)), attn(x2, torch.arange(12))
+    assert torch.equal(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:], atol=1e-4)
+
+
+def test_bidirectional_attention_sees_the_future():
+    attn, x = _attn(causal=False), _x()
+    x2 = x.clone()
+    x2[:, 7] += 1.0
+    with torch.no_grad():
+        a, b = attn(x, torch.arange(12)), attn(x2, torch.arange(12))
+    assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-4)
+
+
+def test_cache_refused_for_bidirectional_attention():
+    attn = _attn(causal=False)
+    cache = KVCache(1, 2, H, HS, capacity=16)
+    with pytest.raises(ValueError, match="causal"):
+        attn(_x(), cache.positions(12), cache, 0)
+
+
+def _run_cached(attn, x, capacity, prefill):
+    """Prefill ``prefill`` positions, then feed the rest one at a time; returns (B, T, D)."""
+    cache = KVCache(1, x.shape[0], H, HS, capacity)
+    outs = []
+    with torch.no_grad():
+        for lo, hi in [(0, prefill)] + [(t, t + 1) for t in range(prefill, x.shape[1])]:
+            pos = cache.positions(hi - lo)
+            outs.append(attn(x[:, lo:hi], pos, cache, 0))
+            cache.advance(pos)
+    return torch.cat(outs, dim=1), cache
+
+
+def test_cached_attention_equals_full_attention_within_the_window():
+    attn, x = _attn(), _x(T=16)
+    with torch.no_grad():
+        full = attn(x, torch.arange(16))
+    for prefill in (1, 5, 16):
+        cached, cache = _run_cached(attn, x, capacity=16, prefill=prefill)
+        assert torch.allclose(cached, full, atol=ATOL), prefill
+        assert cache.length == 16
+
+
+def test_sliding_cache_equals_attention_over_the_last_window():
+    """Past the capacity, position p attends to exactly positions p-cap+1..p (absolute RoPE angles)."""
+    cap, T = 8, 30
+    attn, x = _attn(), _x(T=T)
+    cached, cache = _run_cached(attn, x, capacity=cap, prefill=5)
+    assert cache.length == T and torch.isfinite(cached).all()
+    with torch.no_grad():
+        for p in range(T):
+            lo = max(0, p - cap + 1)
+            ref = attn(x[:, lo:p + 1], torch.arange(lo, p + 1))[:, -1]
+            assert torch.allclose(cached[:, p], ref, atol=ATOL), p
+
+
+def test_prefill_longer_than_the_cache():
+    cap, T = 8, 20
+    attn, x = _attn(), _x(T=T)
+    cached, _ = _run_cached(attn, x, capacity=cap, prefill=T - 2)
+    with torch.no_grad():
+        for p in range(T):
+            lo = max(0, p - cap + 1)
+            ref = attn(x[:, lo:p + 1], torch.arange(lo, p + 1))[:, -1]
+            assert torch.allclose(cached[:, p], ref, atol=ATOL), p
+
+
+def test_cache_reorder_keeps_selected_rows():
+    attn, x = _attn(), _x(B=3, T=6)
+    _, cache = _run_cached(attn, x, capacity=8, prefill=6)
+    k = cache.k.clone()
+    cache.reorder(torch.tensor([2, 0]))
+    assert torch.equal(cache.k[:, 0], k[:, 2]) and torch.equal(cache.k[:, 1], k[:, 0])

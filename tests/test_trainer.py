@@ -1,0 +1,176 @@
+"""The training loop: learning, bitwise resume, divergence, interruption, and the --out policy."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_model_config, tiny_train_config, train_tiny
+from mixture_of_thoughts.errors import CheckpointError, TrainingDiverged
+from mixture_of_thoughts.training import trainer
+from mixture_of_thoughts.training.checkpoint import load_checkpoint, load_trainer_state
+from mixture_of_thoughts.training.objectives import AutoregressiveObjective
+from mixture_of_thoughts.training.trainer import lr_at, train
+
+LOSS_KEYS = ("train_loss", "val_loss")
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run):
+    return [(m["step"], *(m[k] for k in LOSS_KEYS)) for m in _metrics(run)]
+
+
+def _weights(run, which="latest"):
+    return load_file(str(run / which / "model.safetensors"))
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, corpus_file):
+    """Six steps in one go, evaluated at every step (the reference for the resume tests)."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    res = train_tiny(corpus_file, out)
+    assert res.step == 6 and not res.interrupted
+    return out
+
+
+def test_lr_schedule():
+    cfg = tiny_train_config(max_steps=10, warmup_steps=2, lr=1e-2, min_lr=1e-3)
+    lrs = [lr_at(s, cfg) for s in range(12)]
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-2)  # linear warm-up reaches lr
+    assert all(a >= b for a, b in zip(lrs[2:-1], lrs[3:], strict=True))  # then decays monotonically
+    assert lrs[10] == lrs[11] == pytest.approx(1e-3)
+    assert lrs[6] == pytest.approx(1e-3 + 0.5 * (1e-2 - 1e-3))  # half-way through the cosine
+
+
+def test_loss_goes_down(tiny_run):
+    m = _metrics(tiny_run)
+    assert [r["step"] for r in m] == [10, 20, 30, 40]
+    assert m[-1]["val_loss"] < m[0]["val_loss"] - 0.1
+    assert m[-1]["train_loss"] < math.log(13) - 0.3  # the loss starts near ln V
+    assert all(r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2)) for r in m)
+    best = load_checkpoint(tiny_run)
+    assert best.meta["val_loss"] == pytest.approx(min(r["val_loss"] for r in m))
+
+
+def test_run_files(tiny_run):
+    assert {p.name for p in tiny_run.iterdir()} == {"latest", "best", "metrics.jsonl"}
+    ck = load_checkpoint(tiny_run, which="latest")
+    assert ck.meta["step"] == 40 and ck.meta["train"]["max_steps"] == 40 and ck.objective == "ar"
+    assert ck.model.config.vocab_size == 13  # set from the corpus, not the config given
+
+
+def test_resume_is_bitwise(straight_run, corpus_file, tmp_path):
+    out = tmp_path / "run"
+    res = train(str(corpus_file), out, tiny_model_config(), tiny_train_config(), device="cpu", stop_after=3)
+    assert res.step == 3 and load_trainer_state(out / "latest")["step"] == 3
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3]
+    res = train(str(corpus_file), out, None, None, resume=True, device="cpu")
+    assert res.step == 6
+    assert _losses(out) == _losses(straight_run)
+    _assert_same_weights(_weights(out), _weights(straight_run))
+    _assert_same_weights(_weights(out, "best"), _weights(straight_run, "best"))
+
+
+def test_resume_with_more_steps_and_data_from_the_run(straight_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    res = train(None, out, None, None, resume=True, device="cpu", max_steps=8)
+    assert res.step == 8
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert load_checkpoint(out, which="latest").meta["train"]["max_steps"] == 8
+
+
+def test_nan_loss_raises_and_keeps_last_good_state(corpus_file, tmp_path, monkeypatch):
+    real = AutoregressiveObjective.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, x, y, generator):
+        calls["n"] += 1
+        out = real(self, model, x, y, generator)
+        if calls["n"] == 4:  # the step that would take us from 3 to 4
+            return out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(AutoregressiveObjective, "loss", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 3.*--lr"):
+        train_tiny(corpus_file, out, max_steps=6, eval_interval=2)
+    ck = load_checkpoint(out, which="latest")
+    assert load_trainer_state(ck.path)["step"] == 3
+    assert all(torch.isfinite(p).all() for p in ck.model.state_dict().values())
+    # the saved weights are those after step 3, which a clean run reproduces
+    monkeypatch.undo()
+    clean = tmp_path / "clean"
+    train(str(corpus_file), clean, tiny_model_config(), tiny_train_config(eval_interval=2), device="cpu",
+          stop_after=3)
+    _assert_same_weights(_weights(out), _weights(clean))
+
+
+def test_keyboard_interrupt_saves_and_resume_continues(straight_run, corpus_file, tmp_path, monkeypatch):
+    real = trainer.lr_at
+
+    def interrupt_at_3(step, cfg):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real(step, cfg)
+
+    monkeypatch.setattr(trainer, "lr_at", interrupt_at_3)
+    out = tmp_path / "run"
+    res = train_tiny(corpus_file, out)
+    assert res.interrupted and res.step == 3
+    assert load_trainer_state(out / "latest")["step"] == 3
+    monkeypatch.undo()
+    res = train(str(corpus_file), out, None, None, resume=True, device="cpu")
+    assert res.step == 6 and not res.interrupted
+    assert _losses(out) == _losses(straight_run)
+    _assert_same_weights(_weights(out), _weights(straight_run))
+
+
+def test_out_dir_that_is_not_a_run_is_refused_unless_forced(corpus_file, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "sub").mkdir()
+    with pytest.raises(CheckpointError, match="not empty and is not a run.*--force"):
+        train_tiny(corpus_file, out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "sub"]
+    res = train(str(corpus_file), out, tiny_model_config(), tiny_train_config(max_steps=2), device="cpu", force=True)
+    assert res.step == 2
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "sub").is_dir()
+
+
+def test_existing_run_is_refused_unless_forced_and_force_starts_afresh(straight_run, corpus_file, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    with pytest.raises(CheckpointError, match="holds a run.*--resume"):
+        train_tiny(corpus_file, out)
+    train(str(corpus_file), out, tiny_model_config(), tiny_train_config(max_steps=2), device="cpu", force=True)
+    assert [m["step"] for m in _metrics(out)] == [1, 2]  # the old metrics are gone, not appended to
+    assert load_trainer_state(out / "latest")["step"] == 2
+
+
+def test_out_is_a_file_or_resume_of_a_non_run(corpus_file, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        train_tiny(corpus_file, f)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        train(str(corpus_file), tmp_path / "empty", None, None, resume=True, device="cpu")
