@@ -16,7 +16,7 @@ from ..errors import MotError
 
 # Submodules that add subcommands, in --help order. A group whose optional dependency is missing
 # still registers; its commands explain what to install when run.
-GROUPS = ("core", "diffusion")
+GROUPS = ("core", "diffusion", "experiments", "hf")
 
 
 def build_parser() -> argparse.ArgumentParser:

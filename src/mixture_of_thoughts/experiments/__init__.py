@@ -1,0 +1,1 @@
+"""Experiments: MoT against the dense baseline, with statistics and a written report."""
