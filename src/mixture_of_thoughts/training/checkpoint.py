@@ -61,6 +61,7 @@ def save_checkpoint(path: str | Path, model: Transformer, tokenizer: CharTokeniz
         if trainer_state is not None:
             torch.save(trainer_state, tmp / "trainer_state.pt")
         for f in tmp.iterdir():  # durable before the rename makes it visible
+            os.chmod(f, 0o644)  # safetensors writes owner-only files; a checkpoint is ordinary data
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = None
