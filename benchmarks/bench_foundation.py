@@ -51,7 +51,7 @@ def kv_cache_speed(name: str, new_tokens: int, batch: int) -> list[dict]:
     noise = RowNoise(list(range(batch)))
     rows = []
     for use_cache in (True, False):
-        t = timeit(lambda: generate(model, prompt, new_tokens, noise, use_cache=use_cache), repeat=3)
+        t = timeit(lambda c=use_cache: generate(model, prompt, new_tokens, noise, use_cache=c), repeat=3)
         rows.append({"model": name, "KV cache": use_cache, "new tokens": new_tokens, "batch": batch,
                      "tokens/s": batch * new_tokens / t})
     rows.append({"model": name, "KV cache": "speed-up", "new tokens": new_tokens, "batch": batch,

@@ -33,12 +33,13 @@ def run(branches: int, new_tokens: int, preset_name: str = "cpu-small-mot") -> l
 
     def one_by_one():
         crea = [0.5 + i / (branches - 1) for i in range(branches)]
-        return [think(model, tok, "ROMEO:", branch_seeds=[s], **{**kw, "creativity": c}) for s, c in zip(seeds, crea)]
+        pairs = zip(seeds, crea, strict=True)
+        return [think(model, tok, "ROMEO:", branch_seeds=[s], **{**kw, "creativity": c}) for s, c in pairs]
 
     sequential = timeit(one_by_one, repeat=3)
     res = think(model, tok, "ROMEO:", branch_seeds=seeds, **kw)
     alone = one_by_one()
-    same = sum(a.branches[0].text == b.text for a, b in zip(alone, res.branches))
+    same = sum(a.branches[0].text == b.text for a, b in zip(alone, res.branches, strict=True))
     return [{"model": preset_name, "branches": branches, "new tokens": new_tokens,
              "batched s": batched, "one at a time s": sequential, "speed-up": sequential / batched,
              "branches identical alone": f"{same}/{branches}"}]

@@ -22,13 +22,6 @@ E = 4
 IDS = torch.tensor([[1, 5, 9, 2, 27, 4, 8, 3], [7, 7, 1, 2, 3, 27, 9, 9]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_moe(family: str, seed: int = 0):
     """2 layers, width 32, 4 experts, top-2; routers given N(0, 1) weights (some families init them to 0)."""

@@ -33,14 +33,6 @@ VOCAB = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(CHARS)}}
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and a busy 2-core machine makes them crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def char_tokenizer():
     """A character-level fast tokenizer (BPE without merges), built here: no download."""

@@ -174,3 +174,15 @@ def test_out_is_a_file_or_resume_of_a_non_run(corpus_file, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a run directory"):
         train(str(corpus_file), tmp_path / "empty", None, None, resume=True, device="cpu")
+
+
+def test_resume_is_bitwise_with_dropout_and_thought_noise(corpus_file, tmp_path):
+    """Dropout (global RNG, forked and checkpointed) and MoT noise (generator) both resume exactly."""
+    cfg = dict(dropout=0.2, thought_layers="all")
+    straight = tmp_path / "straight"
+    train(str(corpus_file), straight, tiny_model_config(**cfg), tiny_train_config(), device="cpu")
+    out = tmp_path / "run"
+    train(str(corpus_file), out, tiny_model_config(**cfg), tiny_train_config(), device="cpu", stop_after=3)
+    train(str(corpus_file), out, None, None, resume=True, device="cpu")
+    assert _losses(out) == _losses(straight)
+    _assert_same_weights(_weights(out), _weights(straight))

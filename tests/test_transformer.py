@@ -121,3 +121,21 @@ def test_count_parameters_counts_tied_weights_once():
     assert total == active == expected
     # the state dict holds the tied matrix twice
     assert sum(v.numel() for v in model.state_dict().values()) == expected + V * d
+
+
+def test_library_leaves_the_global_rng_alone(tmp_path, corpus_file):
+    """Building models, generating and training (with dropout) never change the global RNG state."""
+    from conftest import train_tiny, tiny_model_config
+    from mixture_of_thoughts.config import ThoughtConfig
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+    from mixture_of_thoughts.generation.autoregressive import think
+    from mixture_of_thoughts.layers.thoughts import ThoughtsFFN
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    before = torch.get_rng_state()
+    ThoughtsFFN(32, ThoughtConfig(n_branches=4, k=2, combine="attention"))
+    cfg = tiny_model_config(vocab_size=13, thought_layers="all", dropout=0.1)
+    model = Transformer(cfg).init_weights(torch.Generator().manual_seed(0))
+    think(model, CharTokenizer.from_text(corpus_file.read_text()), "the", branches=2, max_new_tokens=5)
+    train_tiny(corpus_file, tmp_path / "run", model=tiny_model_config(dropout=0.1), max_steps=3)
+    assert torch.equal(torch.get_rng_state(), before)

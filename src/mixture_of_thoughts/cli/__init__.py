@@ -20,7 +20,8 @@ GROUPS = ("core", "diffusion", "experiments", "hf")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mot", description="Mixture of Thoughts: parallel thought branches in transformers.")
+    p = argparse.ArgumentParser(prog="mot",
+                                description="Mixture of Thoughts: parallel thought branches in transformers.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 

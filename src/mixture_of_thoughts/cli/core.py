@@ -178,8 +178,10 @@ def cmd_think(args) -> int:
 
     seeds = [args.branch_seed] if args.branch_seed is not None else None
     grafted = think_grafted(args, seeds, _parse_creativity(args.creativity))  # None unless RUN_DIR is grafted
+    unit = "nats/char"
     if grafted is not None:
         res, path, kind = grafted
+        unit = "nats/token"  # a Hugging Face tokenizer's tokens, not characters
     else:
         ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
         res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
@@ -194,7 +196,7 @@ def cmd_think(args) -> int:
     for i, b in enumerate(res.branches):
         crea = "n/a" if b.creativity is None else f"{b.creativity:.2f}"
         top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items())
-        print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} nats/char"
+        print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} {unit}"
               + (f"  routes {top}" if top else ""))
         print(res.prompt + b.text)
     d = res.diversity
@@ -247,7 +249,8 @@ def register(add) -> None:
     t = add("train", cmd_train)
     t.add_argument("--data", default=None, help="a UTF-8 text file, or 'shakespeare'")
     t.add_argument("--out", default=None, help="run directory to create")
-    t.add_argument("--preset", default="cpu-small", help="cpu-small, cpu-small-mot, shakespeare-char, shakespeare-char-mot")
+    t.add_argument("--preset", default="cpu-small",
+                   help="cpu-small, cpu-small-mot, shakespeare-char, shakespeare-char-mot")
     t.add_argument("--config", default=None, help="JSON file with model (and train) fields")
     t.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     t.add_argument("--force", action="store_true", help="overwrite the run files in an existing --out")

@@ -119,7 +119,7 @@ def routing(model, route: str | None):
                 layer.cfg = dataclasses.replace(layer.cfg, route=route)
         yield
     finally:
-        for layer, cfg in zip(layers, old):
+        for layer, cfg in zip(layers, old, strict=True):
             layer.cfg = cfg
 
 
@@ -254,22 +254,18 @@ def run_compare(cfg: CompareConfig, progress: bool = False) -> dict:
 
     settings = [Setting("baseline", t) for t in cfg.temperatures] + [Setting("baseline", 1.0, top_p=p)
                                                                     for p in cfg.top_ps]
-    bar = tqdm(total=len(settings), desc="baseline sweep", disable=not progress)
-    for s in settings:
-        _run_setting(s, runs["baseline"].model, ref, tok, prompts, cfg, dev)
-        bar.update(1)
-    bar.close()
+    def sweep(items: list[Setting], model, desc: str) -> None:
+        for s in tqdm(items, desc=desc, disable=not progress):
+            _run_setting(s, model, ref, tok, prompts, cfg, dev)
+
+    sweep(settings, runs["baseline"].model, "baseline sweep")
     human = _human_bpc(ref, ds, prompts, cfg, dev)
     temp_pts = [s for s in settings if s.top_p is None]
     calibrated = min(temp_pts, key=lambda s: abs(float(s.per_prompt["ref_bpc"].mean()) - human)).temperature
     mot_temps = sorted({1.0, calibrated})
     mot_settings = [Setting("mot", t, creativity=c, route=r) for r in cfg.routes for t in mot_temps
                     for c in cfg.creativities]
-    bar = tqdm(total=len(mot_settings), desc="MoT sweep", disable=not progress)
-    for s in mot_settings:
-        _run_setting(s, runs["mot"].model, ref, tok, prompts, cfg, dev)
-        bar.update(1)
-    bar.close()
+    sweep(mot_settings, runs["mot"].model, "MoT sweep")
     mechanism = _mechanism(runs["mot"], ds, cfg, dev)
     results = summarise(cfg, settings, mot_settings, val_bpc, human, calibrated, mechanism, out)
     write_report(results, out)

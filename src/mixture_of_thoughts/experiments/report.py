@@ -120,6 +120,7 @@ def write_report(res: dict, out: Path) -> None:
     plot_training(res, out / "training.png")
     (out / "metrics.json").write_text(json.dumps(_finite(res), indent=1, default=str), encoding="utf-8")
     c = res["config"]
+    val_note = f", first {c['val_chars']:,} characters" if c.get("val_chars") else ""
     L = ["# Do thought branches beat temperature?", ""]
     if c.get("command"):
         L += ["Command:", "", f"    {c['command']}", ""]
@@ -129,7 +130,7 @@ def write_report(res: dict, out: Path) -> None:
           "## Verdict", ""]
     L += [f"- {v}" for v in res["verdicts"]]
     L += ["", "![quality-diversity frontier](frontier.png)", "",
-          "## Models", "", "| model | validation bpc (exact" + (f", first {c['val_chars']:,} characters" if c.get("val_chars") else "") + ") |", "|---|---|"]
+          "## Models", "", f"| model | validation bpc (exact{val_note}) |", "|---|---|"]
     L += [f"| {k} | {v:.4f} |" for k, v in res["val_bpc"].items()]
     L += ["", f"Real validation text scores {res['human_ref_bpc']:.3f} bpc under the reference model; the baseline "
           f"temperature closest to it (the *calibrated* temperature) is {res['calibrated_temperature']:g}.", "",
@@ -149,7 +150,8 @@ def write_report(res: dict, out: Path) -> None:
         cells = []
         for m in ("self_bleu", "distinct_3", "vendi"):
             d = r["vs_baseline_at_matched_quality"][m]
-            cells.append("" if not math.isfinite(d["delta"]) else f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+            ok = math.isfinite(d["delta"])
+            cells.append(f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if ok else "")
         L.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     L += ["", "## Mechanism", "", "![router entropy, branch load, specialisation](mechanism.png)", "",
           "| layer | router entropy (nats) | branch diversity | max class lift | load |", "|---|---|---|---|---|"]

@@ -215,7 +215,8 @@ def think(model: Transformer, tokenizer: CharTokenizer, prompt: str, *, branches
         text = tokenizer.decode(gen.tokens[b, T0:T0 + L])
         ll = float(gen.logprobs[b, :L].mean()) if L else 0.0
         route = {layer: [round(float(v), 4) for v in load[b]] for layer, load in gen.routing.items()}
-        out.append(Branch(text, seeds[b], None if crea is None or not model.config.has_thoughts else crea[b], ll, route))
+        branch_crea = None if crea is None or not model.config.has_thoughts else crea[b]
+        out.append(Branch(text, seeds[b], branch_crea, ll, route))
     texts = [br.text for br in out]
     div = {"distinct_2": distinct_n(texts, 2), "distinct_3": distinct_n(texts, 3)}
     div["self_bleu"] = self_bleu(texts) if n > 1 else float("nan")

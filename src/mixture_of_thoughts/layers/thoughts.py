@@ -41,7 +41,8 @@ from .ffn import activation
 
 INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT)
 TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
-COMBINE_DIM_DIVISOR = 4  # the attention combiner's query/key width is d / 4: cheap next to a branch
+COMBINE_DIM_DIVISOR = 4
+DEFAULT_INIT_SEED = 0  # seeds a layer's default init when no generator is given  # the attention combiner's query/key width is d / 4: cheap next to a branch
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 
@@ -155,7 +156,8 @@ class ThoughtsFFN(nn.Module):
         d, E = n_embd, cfg.n_branches
         h = cfg.branch_hidden or 2 * d
         self.cfg, self.n_embd, self.hidden, self.layer_idx = cfg, d, h, layer_idx
-        self.router = nn.Linear(d, E, bias=False)  # hooks may edit its output (force/ban experts)
+        # nn.Linear's default init draws from the global RNG: skip it (reset_parameters below sets the weights)
+        self.router = nn.utils.skip_init(nn.Linear, d, E, bias=False)  # hooks may edit its output (force/ban)
         # softplus(rho) + TAU_MIN = 1 at init
         self.rho = nn.Parameter(torch.tensor(math.log(math.expm1(1.0 - TAU_MIN))))
         self.w_in = nn.Parameter(torch.empty(E, d, h))
@@ -166,10 +168,12 @@ class ThoughtsFFN(nn.Module):
         self.s_hid = nn.Parameter(torch.full((E,), float(cfg.noise_init)))
         if cfg.combine == "attention":
             dc = max(1, d // COMBINE_DIM_DIVISOR)
-            self.comb_q = nn.Linear(d, dc, bias=False)
-            self.comb_k = nn.Linear(d, dc, bias=False)
+            self.comb_q = nn.utils.skip_init(nn.Linear, d, dc, bias=False)
+            self.comb_k = nn.utils.skip_init(nn.Linear, d, dc, bias=False)
         self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
+        # a seeded default init: the global RNG is never touched (Transformer.init_weights re-initialises
+        # from the training generator; a loaded checkpoint overwrites everything)
+        self.reset_parameters(torch.Generator().manual_seed(DEFAULT_INIT_SEED + layer_idx))
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Normal(0, 0.02) weights; the combiner's query starts at 0 so attention starts as ``weighted``."""

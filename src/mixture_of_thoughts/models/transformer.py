@@ -26,6 +26,7 @@ from ..layers.ffn import DenseFFN
 from ..layers.thoughts import ThoughtsFFN
 
 NORM_EPS = 1e-6
+BRANCH_PARAMS = ("w_in", "w_up", "w_out", "b_in", "b_out")  # per-branch stacked tensors of a thought layer
 
 
 class ModelOutput(NamedTuple):
@@ -86,12 +87,15 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.time_embed = TimeEmbedding(config.n_embd) if config.time_conditioning else None
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm_f = nn.RMSNorm(config.n_embd, eps=NORM_EPS)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # PyTorch's layer constructors draw their default init from the global RNG; fork it so that
+        # building a model leaves the caller's RNG as it was (weights come from init_weights or a file).
+        with torch.random.fork_rng(devices=[]):
+            self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+            self.time_embed = TimeEmbedding(config.n_embd) if config.time_conditioning else None
+            self.drop = nn.Dropout(config.dropout)
+            self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+            self.norm_f = nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+            self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as nanoGPT
 
     def init_weights(self, generator: torch.Generator) -> Transformer:
@@ -179,6 +183,7 @@ def count_parameters(model: Transformer) -> tuple[int, int]:
     for block in model.blocks:
         if block.is_thought:
             E, k = block.ffn.cfg.n_branches, block.ffn.cfg.k
-            per_branch = sum(p.numel() for n, p in block.ffn.named_parameters() if n.startswith(("w_in", "w_out", "b_in", "b_out"))) // E
+            branch_params = [p for n, p in block.ffn.named_parameters() if n.startswith(BRANCH_PARAMS)]
+            per_branch = sum(p.numel() for p in branch_params) // E
             inactive += (E - k) * per_branch
     return total, total - inactive

@@ -11,6 +11,7 @@ character, learning rate, tokens/s, auxiliary loss, per-layer router entropy and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -183,6 +184,7 @@ def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: 
         if not dist_info.is_main:
             return
         trainer_state = {"step": at_step, "optimizer": optimizer.state_dict(), "batch_gen": batch_gen.get_state(),
+                         "dropout_rng": torch.get_rng_state(),
                          "noise_gen": noise_gen.get_state().cpu(), "best_val_loss": best}
         save_checkpoint(out / name, model, tokenizer, objective=objective.name,
                         meta={**meta, "step": at_step, "val_loss": val_loss}, trainer_state=trainer_state)
@@ -200,6 +202,14 @@ def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: 
     t_last, steps_since, aux_acc = time.perf_counter(), 0, 0.0
     end = train_cfg.max_steps if stop_after is None else min(train_cfg.max_steps, stop_after)
     model.train()
+    # Dropout draws from the global RNG (it takes no generator): fork it, so the caller's state is
+    # left as it was, seed it from the run, and checkpoint it, so resuming stays exact.
+    fork = contextlib.ExitStack()
+    fork.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
+    if state is not None and "dropout_rng" in state:
+        torch.set_rng_state(state["dropout_rng"])
+    else:
+        torch.manual_seed(train_cfg.seed + 3 + dist_info.rank)
     try:
         while step < end:
             lr = lr_at(step, train_cfg)
@@ -248,6 +258,7 @@ def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: 
         interrupted = True
         checkpoint("latest", step, None)
     finally:
+        fork.close()
         if bar is not None:
             bar.close()
         if metrics_f is not None:
