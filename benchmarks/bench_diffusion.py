@@ -30,9 +30,10 @@ from mixture_of_thoughts.data.corpus import load_corpus  # noqa: E402
 from mixture_of_thoughts.generation.diffusion import denoise  # noqa: E402
 from mixture_of_thoughts.metrics.quality import ar_nll  # noqa: E402
 from mixture_of_thoughts.models import Transformer  # noqa: E402
-from mixture_of_thoughts.models.diffusion import DiffusionObjective, MaskSchedule, diffusion_nll  # noqa: E402
+from mixture_of_thoughts.models.diffusion import MaskSchedule, diffusion_nll  # noqa: E402
 from mixture_of_thoughts.rng import RowNoise  # noqa: E402
 from mixture_of_thoughts.training.checkpoint import load_checkpoint  # noqa: E402
+from mixture_of_thoughts.training.objectives import DiffusionObjective  # noqa: E402
 from mixture_of_thoughts.training.trainer import train  # noqa: E402
 
 LN2 = math.log(2.0)

@@ -125,7 +125,7 @@ def test_count_parameters_counts_tied_weights_once():
 
 def test_library_leaves_the_global_rng_alone(tmp_path, corpus_file):
     """Building models, generating and training (with dropout) never change the global RNG state."""
-    from conftest import train_tiny, tiny_model_config
+    from conftest import tiny_model_config, train_tiny
     from mixture_of_thoughts.config import ThoughtConfig
     from mixture_of_thoughts.data.tokenizer import CharTokenizer
     from mixture_of_thoughts.generation.autoregressive import think

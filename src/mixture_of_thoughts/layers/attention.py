@@ -68,6 +68,18 @@ class KVCache:
         T, cap = q.shape[2], self.capacity
         if self.length == 0 and T <= cap:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        elif T == 1:
+            # Decoding one token (the hot path): its key only overwrites the slot of position p - cap,
+            # which its query may not see anyway, so write first and attend over the buffer in place
+            # (no copy of the whole cache per step).
+            slot = positions % cap
+            self.k[layer][:, :, slot] = k.to(self.k.dtype)
+            self.v[layer][:, :, slot] = v.to(self.v.dtype)
+            key_pos = self.slot_pos.clone()
+            key_pos[slot] = positions
+            mask = None if self.length >= cap else (key_pos >= 0)[None, :]  # a full window sees every slot
+            return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask,
+                                                  dropout_p=dropout_p)
         else:
             keys = torch.cat([self.k[layer], k], dim=2)  # (B, nh, cap + T, hs)
             vals = torch.cat([self.v[layer], v], dim=2)
@@ -112,11 +124,12 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``rope``: precomputed ``rope_angles(positions, ...)``, shared by all layers of a model."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        cos, sin = rope_angles(positions, self.head_size, self.rope_base)
+        cos, sin = rope if rope is not None else rope_angles(positions, self.head_size, self.rope_base)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.dropout if self.training else 0.0
         if cache is not None:

@@ -41,8 +41,8 @@ from .ffn import activation
 
 INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT)
 TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
-COMBINE_DIM_DIVISOR = 4
-DEFAULT_INIT_SEED = 0  # seeds a layer's default init when no generator is given  # the attention combiner's query/key width is d / 4: cheap next to a branch
+COMBINE_DIM_DIVISOR = 4  # the attention combiner's query/key width is d / 4: cheap next to a branch
+DEFAULT_INIT_SEED = 0  # seeds a layer's default init when no generator is given
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 

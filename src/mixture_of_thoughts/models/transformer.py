@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..layers.attention import KVCache, SelfAttention
+from ..layers.attention import KVCache, SelfAttention, rope_angles
 from ..layers.ffn import DenseFFN
 from ..layers.thoughts import ThoughtsFFN
 
@@ -68,8 +68,8 @@ class Block(nn.Module):
         else:
             self.ffn = DenseFFN(cfg.n_embd, cfg.dense_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
-    def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False):
-        x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx)
+    def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False, rope=None):
+        x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope)
         h = self.norm2(x)
         if self.is_thought:
             out = self.ffn(h, noise=noise, positions=positions, creativity=creativity, costly_stats=costly_stats)
@@ -150,8 +150,9 @@ class Transformer(nn.Module):
         x = self.drop(x)
         aux = x.new_zeros(())
         stats: dict[int, dict[str, torch.Tensor]] = {}
+        rope = rope_angles(positions, self.config.head_size, self.config.rope_base)  # once for all layers
         for block in self.blocks:
-            x, a, s = block(x, positions, cache, noise, creativity, costly_stats)
+            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope)
             if a is not None:
                 aux = aux + a
                 stats[block.layer_idx] = s

@@ -1,0 +1,82 @@
+"""Counter-based noise: exact integer hashing, per-row independence, distributions."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from mixture_of_thoughts.rng import GeneratorNoise, RowNoise, _mul32, hash32, stream_id
+
+MASK = 0xFFFFFFFF
+
+
+def lowbias32(x: int) -> int:
+    """Pure-Python reference of Chris Wellons' lowbias32 hash."""
+    x &= MASK
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & MASK
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & MASK
+    x ^= x >> 16
+    return x
+
+
+def test_mul32_is_exact_even_when_the_int64_product_overflows():
+    xs = [0, 1, MASK, MASK - 1, 2**31, 2**31 - 1] + [random.Random(0).getrandbits(32) for _ in range(2000)]
+    a = torch.tensor(xs, dtype=torch.int64)
+    for b in (0x7FEB352D, 0x846CA68B, MASK):
+        assert _mul32(a, b).tolist() == [(x * b) & MASK for x in xs]
+
+
+def test_hash32_matches_the_reference():
+    xs = [0, 1, 12345, MASK] + [random.Random(1).getrandbits(32) for _ in range(1000)]
+    assert hash32(torch.tensor(xs, dtype=torch.int64)).tolist() == [lowbias32(x) for x in xs]
+
+
+def test_rows_do_not_depend_on_the_batch():
+    pos = torch.arange(5, 9)
+    batch = RowNoise([3, 1, 4])
+    for i, seed in enumerate([3, 1, 4]):
+        alone = RowNoise([seed])
+        for draw in ("uniform", "gumbel", "normal"):
+            a = getattr(batch, draw)(stream_id(2, 1), pos, (7,))[i]
+            b = getattr(alone, draw)(stream_id(2, 1), pos, (7,))[0]
+            assert torch.equal(a, b), draw
+    # a subset of rows keeps its keys
+    assert torch.equal(batch.select(torch.tensor([2])).uniform(9, pos, (3,)), RowNoise([4]).uniform(9, pos, (3,)))
+
+
+def test_draws_are_keyed_by_position_stream_and_seed():
+    n = RowNoise([7])
+    u = n.uniform(1, torch.arange(10), (4,))
+    # the same position alone gives the same numbers (what makes the KV cache and no-cache paths agree)
+    assert torch.equal(n.uniform(1, torch.tensor([6]), (4,))[0, 0], u[0, 6])
+    assert not torch.equal(n.uniform(2, torch.arange(10), (4,)), u)  # other stream
+    assert not torch.equal(RowNoise([8]).uniform(1, torch.arange(10), (4,)), u)  # other seed
+    seq = n.uniform(1, None, (4,))
+    assert seq.shape == (1, 1, 4)  # a per-sequence draw: one value for every position
+
+
+def test_distributions():
+    n = RowNoise(list(range(4)))
+    pos = torch.arange(64)
+    u = n.uniform(1, pos, (1000,))
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.005  # sd of the mean of 256k U(0,1): 0.00057
+    z = n.normal(2, pos, (1000,))
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01  # sd of mean: 0.002
+    g = n.gumbel(3, pos, (1000,))
+    assert abs(float(g.mean()) - 0.5772156649) < 0.01  # Euler-Mascheroni; sd of mean: 0.0025
+    # neighbouring numbers are uncorrelated
+    flat = u.flatten()
+    r = torch.corrcoef(torch.stack([flat[:-1], flat[1:]]))[0, 1]
+    assert abs(float(r)) < 0.01
+
+
+def test_generator_noise_reproduces_from_its_seed():
+    a = GeneratorNoise(torch.Generator().manual_seed(5), 3).normal(0, torch.arange(4), (2,))
+    b = GeneratorNoise(torch.Generator().manual_seed(5), 3).normal(0, torch.arange(4), (2,))
+    assert a.shape == (3, 4, 2) and torch.equal(a, b)
+    assert math.isfinite(float(GeneratorNoise(torch.Generator().manual_seed(0), 2).gumbel(0, None, (5,)).max()))
