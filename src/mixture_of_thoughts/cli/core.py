@@ -200,6 +200,8 @@ def cmd_think(args) -> int:
               + (f"  routes {top}" if top else ""))
         print(res.prompt + b.text)
     d = res.diversity
+    if len(res.branches) < 2:
+        return 0  # the diversity of a set needs two branches
     print(f"\ndiversity of the set: distinct-2 {d['distinct_2']:.3f}  distinct-3 {d['distinct_3']:.3f}  "
           f"self-BLEU {d['self_bleu']:.1f}")
     return 0
