@@ -50,7 +50,8 @@ def test_quick_compare_numbers_are_finite_and_in_range(quick_report):
     nums = list(_numbers(m))
     assert nums and all(math.isfinite(v) for _, v in nums)
     n = m["config"]["branches"]
-    for row in m["baseline"] + m["mot"]:
+    assert m["diffusion"], "the diffusion model is the third contender"
+    for row in m["baseline"] + m["mot"] + m["diffusion"]:
         assert 0 < row["ref_bpc"]["mean"] < 20
         assert 0 <= row["self_bleu"]["mean"] <= 100
         assert 0 <= row["distinct_2"]["mean"] <= 1 and 0 <= row["distinct_3"]["mean"] <= 1
@@ -59,6 +60,7 @@ def test_quick_compare_numbers_are_finite_and_in_range(quick_report):
             lo, hi = row[key]["ci"]
             assert lo <= row[key]["mean"] + 1e-9 and row[key]["mean"] <= hi + 1e-9
         assert row["best_of_n_bpc"]["mean"] <= row["ref_bpc"]["mean"] + 1e-9  # the best is never worse than the mean
+    assert set(m["val_bpc"]) == {"baseline", "mot", "reference", "diffusion"}
     for v in m["val_bpc"].values():
         assert 0 < v < math.log2(65)  # better than a uniform guess over a <=65-character vocabulary
     for layer in m["mechanism"]["layers"].values():

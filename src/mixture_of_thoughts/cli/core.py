@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -99,6 +100,8 @@ def cmd_train(args) -> int:
         model_cfg, train_cfg = _build_configs(args)
         res = train(args.data, args.out, model_cfg, train_cfg, force=args.force, device=args.device,
                     dtype=args.dtype, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 130 if res.interrupted else 0  # under torchrun, rank 0 alone reports
     if res.interrupted:
         print(f"interrupted at step {res.step}; saved {res.run_dir / 'latest'}. "
               f"Continue with: mot train --resume {res.run_dir}", file=sys.stderr)

@@ -36,8 +36,10 @@ from ..data.batches import CharDataset
 from ..data.corpus import load_corpus
 from ..errors import ConfigError
 from ..generation.autoregressive import generate
+from ..generation.diffusion import generate as diffusion_generate
 from ..metrics.diversity import distinct_n, self_bleu, vendi_score
 from ..metrics.quality import LN2, ar_nll, continuation_nll
+from ..models.diffusion import diffusion_nll
 from ..rng import GeneratorNoise, RowNoise
 from ..training.checkpoint import is_checkpoint, load_checkpoint
 from ..training.trainer import train
@@ -67,6 +69,9 @@ class CompareConfig:
     top_ps: tuple[float, ...] = (0.8, 0.9, 0.95)
     creativities: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0)
     routes: tuple[str, ...] = ("token", "sequence")
+    diffusion: bool = True  # the masked-diffusion model as a third contender
+    diffusion_temperatures: tuple[float, ...] = (0.8, 1.0)
+    diffusion_steps: int = 16  # denoising steps per block window (ancestral sampler)
     bootstrap: int = 1000
     eval_batches: int = 20  # validation batches per training evaluation
     val_chars: int | None = None  # score validation bpc on this many characters (None: the whole split)
@@ -88,13 +93,14 @@ class CompareConfig:
     def quick(cls, **kw) -> CompareConfig:
         base = dict(steps=60, prompts=6, branches=4, seeds=1, prompt_len=16, new_tokens=24, bootstrap=200,
                     eval_batches=2, val_chars=20_000,
-                    temperatures=(0.7, 1.0, 1.3), top_ps=(0.9,), creativities=(0.0, 1.0, 2.0))
+                    temperatures=(0.7, 1.0, 1.3), top_ps=(0.9,), creativities=(0.0, 1.0, 2.0),
+                    diffusion_temperatures=(1.0,), diffusion_steps=8)
         return cls(**{**base, **kw})
 
 
 @dataclass
 class Setting:
-    contender: str  # baseline | mot
+    contender: str  # baseline | mot | diffusion
     temperature: float
     top_p: float | None = None
     creativity: float | None = None
@@ -105,6 +111,8 @@ class Setting:
     def label(self) -> str:
         if self.contender == "baseline":
             return f"baseline T={self.temperature:g}" + (f" top-p={self.top_p:g}" if self.top_p else "")
+        if self.contender == "diffusion":
+            return f"diffusion T={self.temperature:g}"
         return f"MoT T={self.temperature:g} c={self.creativity:g} {self.route}"
 
 
@@ -124,15 +132,18 @@ def routing(model, route: str | None):
 
 
 def _train_all(cfg: CompareConfig, out: Path, progress: bool) -> dict[str, object]:
-    """Train (or reuse) baseline, MoT and reference models; returns loaded checkpoints."""
+    """Train (or reuse) baseline, MoT, reference (and diffusion) models; returns loaded checkpoints."""
     runs = {}
     p = preset(cfg.preset)
-    for name, model_preset, seed in (("baseline", cfg.preset, cfg.seed), ("mot", cfg.preset + "-mot", cfg.seed),
-                                     ("reference", cfg.preset, cfg.seed + 1)):
+    plan = [("baseline", cfg.preset, cfg.seed, "ar"), ("mot", cfg.preset + "-mot", cfg.seed, "ar"),
+            ("reference", cfg.preset, cfg.seed + 1, "ar")]
+    if cfg.diffusion:
+        plan.append(("diffusion", cfg.preset, cfg.seed, "diffusion"))
+    for name, model_preset, seed, objective in plan:
         run = out / "runs" / name
         if not (cfg.reuse and is_checkpoint(run / "latest")):
             mc = ModelConfig.from_dict(preset(model_preset)["model"])
-            tc = TrainConfig.from_dict({**p["train"], "max_steps": cfg.steps, "seed": seed,
+            tc = TrainConfig.from_dict({**p["train"], "max_steps": cfg.steps, "seed": seed, "objective": objective,
                                         "eval_interval": max(1, cfg.steps // 10), "eval_batches": cfg.eval_batches})
             train(cfg.data, run, mc, tc, force=True, device=cfg.device, progress=progress)
         runs[name] = load_checkpoint(run, which="latest", device=_device(cfg))
@@ -162,20 +173,27 @@ def _run_setting(s: Setting, model, ref, tok, prompts: torch.Tensor, cfg: Compar
     P, N, T0 = prompts.shape[0], cfg.branches, prompts.shape[1]
     rows = prompts.repeat_interleave(N, 0).to(dev)  # (P*N, T0): prompt p's branches are rows p*N .. p*N+N-1
     metrics: dict[str, list[np.ndarray]] = {k: [] for k in ("ref_bpc", "self_bleu", "distinct_2", "distinct_3",
-                                                           "vendi", "best_of_n_bpc", "own_loglik")}
+                                                           "vendi", "best_of_n_bpc")}
+    if s.contender != "diffusion":
+        metrics["own_loglik"] = []
     for seed in range(cfg.seeds):
         noise = RowNoise([seed * SEED_STRIDE + r for r in range(P * N)], dev)
-        with routing(model, s.route):
-            gen = generate(model, rows, cfg.new_tokens, noise, temperature=s.temperature, top_p=s.top_p,
-                           creativity=s.creativity)
-        nll, count = continuation_nll(ref, gen.tokens, T0)
+        if s.contender == "diffusion":
+            tokens = diffusion_generate(model, rows, T0 + cfg.new_tokens, noise, sampler="ancestral",
+                                        steps=cfg.diffusion_steps, temperature=s.temperature).tokens
+        else:
+            with routing(model, s.route):
+                gen = generate(model, rows, cfg.new_tokens, noise, temperature=s.temperature, top_p=s.top_p,
+                               creativity=s.creativity)
+            tokens = gen.tokens
+            metrics["own_loglik"].append(gen.logprobs.mean(1).view(P, N).mean(1).cpu().numpy())
+        nll, count = continuation_nll(ref, tokens, T0)
         bpc = (nll / count / LN2).view(P, N).cpu().numpy()
-        texts = [tok.decode(r) for r in gen.tokens[:, T0:].cpu()]
+        texts = [tok.decode(r) for r in tokens[:, T0:].cpu()]
         groups = [texts[p * N:(p + 1) * N] for p in range(P)]
         metrics["ref_bpc"].append(bpc.mean(1))
         # best-of-N: the branch the evaluator (the reference model's likelihood) prefers, scored by it
         metrics["best_of_n_bpc"].append(bpc.min(1))
-        metrics["own_loglik"].append(gen.logprobs.mean(1).view(P, N).mean(1).cpu().numpy())
         metrics["self_bleu"].append(np.array([self_bleu(g) for g in groups]))
         metrics["distinct_2"].append(np.array([distinct_n(g, 2) for g in groups]))
         metrics["distinct_3"].append(np.array([distinct_n(g, 3) for g in groups]))
@@ -249,7 +267,10 @@ def run_compare(cfg: CompareConfig, progress: bool = False) -> dict:
     val_bpc = {}
     val = ds.val if cfg.val_chars is None else ds.val[:cfg.val_chars]
     for name, ck in runs.items():
-        total, count = ar_nll(ck.model, val)
+        if ck.objective == "diffusion":  # an upper bound, not exact: labelled as such in the report
+            total, count, _ = diffusion_nll(ck.model, val, seed=cfg.seed)
+        else:
+            total, count = ar_nll(ck.model, val)
         val_bpc[name] = total / count / LN2
 
     settings = [Setting("baseline", t) for t in cfg.temperatures] + [Setting("baseline", 1.0, top_p=p)
@@ -266,8 +287,10 @@ def run_compare(cfg: CompareConfig, progress: bool = False) -> dict:
     mot_settings = [Setting("mot", t, creativity=c, route=r) for r in cfg.routes for t in mot_temps
                     for c in cfg.creativities]
     sweep(mot_settings, runs["mot"].model, "MoT sweep")
+    diff_settings = [Setting("diffusion", t) for t in cfg.diffusion_temperatures] if cfg.diffusion else []
+    sweep(diff_settings, runs["diffusion"].model if cfg.diffusion else None, "diffusion sweep")
     mechanism = _mechanism(runs["mot"], ds, cfg, dev)
-    results = summarise(cfg, settings, mot_settings, val_bpc, human, calibrated, mechanism, out)
+    results = summarise(cfg, settings, mot_settings, val_bpc, human, calibrated, mechanism, out, diff_settings)
     write_report(results, out)
     return results
 
@@ -283,7 +306,8 @@ def _human_bpc(ref, ds, prompts, cfg, dev) -> float:
     return float((nll / count / LN2).mean())
 
 
-def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mechanism, out: Path) -> dict:
+def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mechanism, out: Path,
+              diff_settings=()) -> dict:
     """Means, intervals, frontier comparisons and verdicts, as a JSON-ready dict."""
     n_units = cfg.prompts * cfg.seeds
     idx = stats.bootstrap_indices(n_units, cfg.bootstrap, cfg.seed)
@@ -292,7 +316,7 @@ def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mech
     def row(s: Setting) -> dict:
         d = {"label": s.label, "contender": s.contender, "temperature": s.temperature, "top_p": s.top_p,
              "creativity": s.creativity, "route": s.route, "example": list(s.per_prompt["example"][:3])}
-        for k in keys:
+        for k in (k for k in keys if k in s.per_prompt):
             m, lo, hi = stats.mean_ci(s.per_prompt[k], idx)
             d[k] = {"mean": m, "ci": [lo, hi]}
         return d
@@ -312,11 +336,15 @@ def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mech
         lo, hi = stats.interval(boots) if np.isfinite(point) else (float("nan"), float("nan"))
         return {"delta": float(point), "ci": [lo, hi]}
 
-    mot_rows = []
-    for s in mot_settings:
-        r = row(s)
-        r["vs_baseline_at_matched_quality"] = {m: matched(s, m) for m in ("self_bleu", "distinct_3", "vendi")}
-        mot_rows.append(r)
+    def compared(items):
+        rows = []
+        for s in items:
+            r = row(s)
+            r["vs_baseline_at_matched_quality"] = {m: matched(s, m) for m in ("self_bleu", "distinct_3", "vendi")}
+            rows.append(r)
+        return rows
+
+    mot_rows, diff_rows = compared(mot_settings), compared(diff_settings)
     # creativity <-> diversity correlation at the primary temperature and route
     corr = {}
     for route in cfg.routes:
@@ -326,20 +354,20 @@ def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mech
             cy = np.concatenate([s.per_prompt[m] for s in pts])
             corr[f"{route}/{m}"] = {"pearson": stats.pearson(cx, cy), "spearman": stats.spearman(cx, cy)}
     curves = {}
-    for name in ("baseline", "mot", "reference"):
+    for name in ("baseline", "mot", "reference", "diffusion"):
         f = out / "runs" / name / "metrics.jsonl"
         curves[name] = [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
     primary = next((r for r in mot_rows if all(r[k] == v for k, v in PRIMARY.items())), None)
     return {
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "val_bpc": val_bpc, "human_ref_bpc": human, "calibrated_temperature": calibrated,
-        "baseline": [row(s) for s in base_settings], "mot": mot_rows, "primary": primary,
+        "baseline": [row(s) for s in base_settings], "mot": mot_rows, "diffusion": diff_rows, "primary": primary,
         "creativity_correlation": corr, "mechanism": mechanism, "training_curves": curves,
-        "verdicts": verdicts(primary, mot_rows),
+        "verdicts": verdicts(primary, mot_rows, diff_rows),
     }
 
 
-def verdicts(primary: dict | None, mot_rows: list[dict]) -> list[str]:
+def verdicts(primary: dict | None, mot_rows: list[dict], diff_rows: list[dict] = ()) -> list[str]:
     """Sentences computed from the numbers; nothing in them is written by hand."""
     out = []
     if primary is None:
@@ -366,4 +394,14 @@ def verdicts(primary: dict | None, mot_rows: list[dict]) -> list[str]:
     out.append(f"Across all {len(mot_rows)} MoT settings, {len(finite)} fall inside the baseline's quality range and "
                f"{len(wins)} of those have a self-BLEU interval entirely below the baseline frontier "
                "(not corrected for multiple comparisons).")
+    for r in diff_rows:
+        d = r["vs_baseline_at_matched_quality"]["self_bleu"]
+        if not math.isfinite(d["delta"]):
+            out.append(f"{r['label']}: reference bpc {r['ref_bpc']['mean']:.3f} lies outside the baseline's "
+                       "temperature frontier, so no matched-quality comparison is possible.")
+        else:
+            lo, hi = d["ci"]
+            sig = "significant at 95%" if lo > 0 or hi < 0 else "the 95% interval contains 0"
+            out.append(f"{r['label']}: self-BLEU {d['delta']:+.3g} against the baseline at matched reference bpc "
+                       f"(95% CI {lo:.3g} to {hi:.3g}; {sig}).")
     return out

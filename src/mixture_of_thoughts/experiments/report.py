@@ -46,6 +46,8 @@ def plot_frontier(res: dict, path: Path, metric: str = "self_bleu", ylabel: str 
         for t in sorted({r["temperature"] for r in res["mot"]}):
             rows = [r for r in res["mot"] if r["route"] == route and r["temperature"] == t]
             draw(rows, f"MoT: creativity sweep, T={t:g}, {route} routing", "^-")
+    if res.get("diffusion"):
+        draw(res["diffusion"], "masked diffusion: temperature sweep", "D-")
     ax.axvline(res["human_ref_bpc"], color="grey", ls=":", label="real text (reference bpc)")
     ax.set_xlabel("reference bits per character (lower = better quality)")
     ax.set_ylabel(ylabel)
@@ -131,7 +133,7 @@ def write_report(res: dict, out: Path) -> None:
     L += [f"- {v}" for v in res["verdicts"]]
     L += ["", "![quality-diversity frontier](frontier.png)", "",
           "## Models", "", f"| model | validation bpc (exact{val_note}) |", "|---|---|"]
-    L += [f"| {k} | {v:.4f} |" for k, v in res["val_bpc"].items()]
+    L += [f"| {k} | {v:.4f}{' (ELBO upper bound)' if k == 'diffusion' else ''} |" for k, v in res["val_bpc"].items()]
     L += ["", f"Real validation text scores {res['human_ref_bpc']:.3f} bpc under the reference model; the baseline "
           f"temperature closest to it (the *calibrated* temperature) is {res['calibrated_temperature']:g}.", "",
           "## Sweeps", "",
@@ -139,14 +141,14 @@ def write_report(res: dict, out: Path) -> None:
           "the branch the reference model likes best (the same evaluator for every contender).", "",
           "| setting | reference bpc | self-BLEU | distinct-2 | distinct-3 | Vendi (char 2-3-grams) | best-of-N bpc |",
           "|---|---|---|---|---|---|---|"]
-    for r in res["baseline"] + res["mot"]:
+    for r in res["baseline"] + res["mot"] + res.get("diffusion", []):
         L.append(f"| {r['label']} | {_ci(r['ref_bpc'])} | {_ci(r['self_bleu'], '.1f')} | {_ci(r['distinct_2'])} | "
                  f"{_ci(r['distinct_3'])} | {_ci(r['vendi'], '.2f')} | {_ci(r['best_of_n_bpc'])} |")
-    L += ["", "## MoT against the baseline at matched quality", "",
-          "Difference MoT − baseline, the baseline's value read off its temperature frontier at the MoT setting's "
+    L += ["", "## MoT (and diffusion) against the baseline at matched quality", "",
+          "Difference contender − baseline, the baseline's value read off its temperature frontier at the setting's "
           "reference bpc (empty: outside the frontier's range).", "",
-          "| MoT setting | Δ self-BLEU | Δ distinct-3 | Δ Vendi |", "|---|---|---|---|"]
-    for r in res["mot"]:
+          "| setting | Δ self-BLEU | Δ distinct-3 | Δ Vendi |", "|---|---|---|---|"]
+    for r in res["mot"] + res.get("diffusion", []):
         cells = []
         for m in ("self_bleu", "distinct_3", "vendi"):
             d = r["vs_baseline_at_matched_quality"][m]
