@@ -69,7 +69,7 @@ class ARLikelihoodEvaluator:
     def score(self, texts: list[str], prompt: str) -> torch.Tensor:
         from ..metrics.quality import text_bpc
 
-        bpc = text_bpc(self.model, self.tokenizer, [prompt + t for t in texts], seed=self.seed)
+        bpc = text_bpc(self.model, self.tokenizer, [prompt + t for t in texts])
         return -torch.tensor(bpc) * LN2
 
 

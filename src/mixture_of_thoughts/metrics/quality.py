@@ -55,17 +55,30 @@ def ar_bpc(model, ids: torch.Tensor, **kw) -> float:
     return total / count / LN2
 
 
-def text_bpc(model, tokenizer: CharTokenizer, texts: list[str], **kw) -> list[float]:
-    """Bits per character of each text under an AR model (e.g. a reference model scoring generations)."""
-    out = []
-    for t in texts:
-        ids = torch.tensor(tokenizer.encode(t, unknown="skip"), dtype=torch.long)
-        out.append(ar_bpc(model, ids, **kw) if len(ids) > 1 else float("nan"))
-    return out
+def text_bpc(model, tokenizer: CharTokenizer, texts: list[str]) -> list[float]:
+    """Bits per character of each text under an AR model, all texts in one batch.
+
+    Texts are right-padded to a common length and scored through the sliding KV cache (see
+    :func:`continuation_nll`); every character after the first is scored. A text of fewer than
+    two characters has no score (NaN).
+    """
+    ids = [tokenizer.encode(t, unknown="skip") for t in texts]
+    L = max((len(i) for i in ids), default=0)
+    if L < 2:
+        return [float("nan")] * len(texts)
+    tokens = torch.zeros(len(ids), L, dtype=torch.long)
+    for r, row in enumerate(ids):  # building the padded batch is per text by nature; scoring is batched
+        tokens[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+    lengths = torch.tensor([len(i) for i in ids])
+    nll, _ = continuation_nll(model, tokens, 1, lengths=lengths)
+    scored = (lengths - 1).clamp(min=1)
+    return [float(v) if n > 1 else float("nan") for v, n in zip((nll.cpu() / scored / LN2).tolist(), lengths.tolist(),
+                                                                 strict=True)]
 
 
 @torch.no_grad()
-def continuation_nll(model, tokens: torch.Tensor, start: int) -> tuple[torch.Tensor, int]:
+def continuation_nll(model, tokens: torch.Tensor, start: int,
+                     lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Summed NLL (nats) of ``tokens[:, start:]`` given everything before, for each row.
 
     Texts longer than the block are scored through the sliding KV cache in chunks of the block
@@ -74,6 +87,7 @@ def continuation_nll(model, tokens: torch.Tensor, start: int) -> tuple[torch.Ten
     Args:
         model: a causal :class:`~mixture_of_thoughts.models.Transformer`.
         tokens: (B, L) ids; ``1 <= start < L``.
+        lengths: (B,) true lengths of right-padded rows (positions past a row's length are not scored).
     Returns:
         ``(nll, count)``: (B,) summed nats and the number of scored tokens per row (``L - start``).
     """
@@ -90,6 +104,9 @@ def continuation_nll(model, tokens: torch.Tensor, start: int) -> tuple[torch.Ten
         b = min(a + chunk, L - 1)  # logits at positions a..b-1 predict tokens a+1..b
         logits = model(tokens[:, a:b], cache=cache).logits.float()
         lp = torch.log_softmax(logits, -1).gather(-1, tokens[:, a + 1:b + 1, None])[..., 0]  # (B, b-a)
-        keep = torch.arange(a + 1, b + 1, device=dev) >= start
+        tgt = torch.arange(a + 1, b + 1, device=dev)
+        keep = (tgt >= start)[None, :]
+        if lengths is not None:
+            keep = keep & (tgt[None, :] < lengths.to(dev)[:, None])
         total -= (lp * keep).sum(-1)
     return total, L - start
