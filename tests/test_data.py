@@ -17,7 +17,7 @@ from mixture_of_thoughts.data.corpus import load_corpus, resolve_corpus
 from mixture_of_thoughts.data.tokenizer import CharTokenizer
 from mixture_of_thoughts.errors import CheckpointError, DataError
 
-FAKE = b"First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
+FAKE = b"FAKE CORPUS:\nA made-up line standing in for the downloaded file.\n" * 20
 FAKE_SHA = hashlib.sha256(FAKE).hexdigest()
 URL = "https://example.invalid/tinyshakespeare.txt"
 
