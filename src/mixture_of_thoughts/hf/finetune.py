@@ -40,12 +40,15 @@ def train_graft(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: 
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     losses = []
-    with thought_noise(model, "generator"):
+    # The model's own dropout draws from the global RNG: fork it (the caller's state is restored on
+    # exit) and seed it from ``seed`` so that fine-tuning is reproducible.
+    with thought_noise(model, "generator"), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed + 1)
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             starts = torch.randint(0, ids.numel() - block_size, (batch_size,), generator=g)
-            x = torch.stack([ids[s:s + block_size + 1] for s in starts.tolist()]).to(dev)
+            x = ids[starts[:, None] + torch.arange(block_size + 1)[None, :]].to(dev)  # (B, block + 1), one gather
             out = model(input_ids=x[:, :-1], use_cache=False)
             lm = F.cross_entropy(out.logits.float().reshape(-1, out.logits.size(-1)), x[:, 1:].reshape(-1))
             loss = lm + st.aux_loss().to(lm.device)
