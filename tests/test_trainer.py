@@ -186,3 +186,14 @@ def test_resume_is_bitwise_with_dropout_and_thought_noise(corpus_file, tmp_path)
     train(str(corpus_file), out, None, None, resume=True, device="cpu")
     assert _losses(out) == _losses(straight)
     _assert_same_weights(_weights(out), _weights(straight))
+
+
+def test_mot_run_logs_per_layer_router_statistics(corpus_file, tmp_path):
+    out = tmp_path / "mot"
+    train(str(corpus_file), out, tiny_model_config(thought_layers=[1], thoughts={"n_branches": 4, "k": 2}),
+          tiny_train_config(max_steps=2, eval_interval=2), device="cpu")
+    rec = _metrics(out)[-1]
+    assert set(rec["router_entropy"]) == set(rec["balance_loss"]) == set(rec["z_loss"]) == {"1"}
+    assert 0 < rec["router_entropy"]["1"] <= math.log(4) + 1e-6  # entropy of a 4-way distribution
+    assert 0 < rec["balance_loss"]["1"] <= 4  # E * sum_e f_e P_e lies in (0, E]; 1 when both are uniform
+    assert abs(sum(rec["branch_load"]["1"]) - 1) < 1e-4 and rec["aux_loss"] > 0

@@ -6,7 +6,8 @@ after resuming equal the uninterrupted run's, bit for bit on CPU.
 
 Files in the run directory (rank 0 only): ``latest/`` and ``best/`` checkpoints and
 ``metrics.jsonl`` (one JSON object per evaluation: step, train/val loss in nats and bits per
-character, learning rate, tokens/s, auxiliary loss, per-layer router entropy and branch load).
+character, learning rate, tokens/s, auxiliary loss, and per thought layer the router entropy,
+load-balancing and z-losses, and branch load).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from .objectives import get_objective
 log = logging.getLogger(__name__)
 LN2 = math.log(2.0)
 RANK_SEED_STRIDE = 1_000_003  # keeps the ranks' data streams apart
+LAYER_SCALARS = ("router_entropy", "balance_loss", "z_loss")  # per thought layer, logged at each evaluation
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -110,13 +112,15 @@ class _Evaluator:
                 losses.append(float(ev.loss))
                 if split == "val":
                     for layer, s in ev.stats.items():
-                        acc = stats_acc.setdefault(layer, {"router_entropy": 0.0, "load": 0})
-                        acc["router_entropy"] += float(s["router_entropy"]) / len(batches)
+                        acc = stats_acc.setdefault(layer, dict.fromkeys(LAYER_SCALARS, 0.0) | {"load": 0})
+                        for key in LAYER_SCALARS:
+                            acc[key] += float(s[key]) / len(batches)
                         acc["load"] = acc["load"] + s["load"].float().cpu() / len(batches)
             out[f"{split}_loss"] = sum(losses) / len(losses)
             out[f"{split}_bpc"] = out[f"{split}_loss"] / LN2
         if stats_acc:
-            out["router_entropy"] = {str(k): round(v["router_entropy"], 5) for k, v in stats_acc.items()}
+            for key in LAYER_SCALARS:
+                out[key] = {str(k): round(v[key], 5) for k, v in stats_acc.items()}
             out["branch_load"] = {str(k): [round(float(x), 5) for x in v["load"]] for k, v in stats_acc.items()}
         model.train()
         return out
