@@ -6,20 +6,24 @@ without it; the other commands say what to install when it is missing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from .core import _parse_layers as _parse_layer_list
 
 
 def _parse_layers(s: str):
-    if s == "all":
-        return s
+    """``all`` or comma-separated indices (the same syntax as ``mot train --thought-layers``)."""
     try:
-        return [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"--layers must be 'all' or comma-separated layer indices, got {s!r}") from None
+        layers = None if s == "none" else _parse_layer_list(s)
+    except argparse.ArgumentTypeError:
+        layers = None
+    if layers is None or layers == []:
+        raise ConfigError(f"--layers must be 'all' or comma-separated layer indices, got {s!r}")
+    return layers
 
 
 def _read_lines(path: str, what: str) -> list[str]:

@@ -41,12 +41,13 @@ class Generation:
     routing: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def prepare_prompt(tokenizer: CharTokenizer, prompt: str, block_size: int, unknown: str = "error") -> list[int]:
-    """Encode ``prompt``: an empty one becomes a newline; one longer than the block keeps its last block."""
+def prepare_prompt(tokenizer: CharTokenizer, prompt: str, block_size: int | None, unknown: str = "error") -> list[int]:
+    """Encode ``prompt``: an empty one becomes a newline; one longer than ``block_size`` (when given)
+    keeps its last block."""
     ids = tokenizer.encode(prompt, unknown=unknown)
     if not ids:
         ids = tokenizer.encode(EMPTY_PROMPT, unknown="replace")
-    if len(ids) > block_size:
+    if block_size is not None and len(ids) > block_size:
         log.warning("prompt has %d characters, more than the block size %d: keeping the last %d",
                     len(ids), block_size, block_size)
         ids = ids[-block_size:]

@@ -29,6 +29,7 @@ import torch
 from ..errors import ConfigError
 from ..models.diffusion import diffusion_nll, mask_id
 from ..rng import DIFFUSION, RowNoise, stream_id
+from .autoregressive import prepare_prompt
 from .diffusion import infill, validate
 
 LN2 = math.log(2.0)
@@ -124,11 +125,6 @@ def choose_positions(noise: RowNoise, eligible: torch.Tensor, count: int) -> tor
     u = u.masked_fill(~eligible, 2.0)  # never chosen before an eligible position
     idx = u.argsort(-1)[:, :count]
     return torch.zeros(B, N, dtype=torch.bool, device=eligible.device).scatter(1, idx, True) & eligible
-
-
-def _encode_prompt(tokenizer, prompt: str, unknown: str) -> list[int]:
-    ids = tokenizer.encode(prompt, unknown=unknown)
-    return ids or tokenizer.encode(EMPTY_PROMPT, unknown="replace")
 
 
 @dataclass
@@ -254,7 +250,7 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
     points = [float(f) for f in points]
     if any(not 0.0 < f <= 1.0 for f in points):
         raise ConfigError(f"fork points must be noise levels in (0, 1], got {points}")
-    ids = _encode_prompt(tokenizer, prompt, unknown_chars)
+    ids = prepare_prompt(tokenizer, prompt, None, unknown_chars)  # diffusion continues long prompts block by block
     P = len(ids)
     if length < P:
         raise ConfigError(f"length ({length}) must be at least the prompt length ({P} characters)")
