@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -35,8 +34,8 @@ from mixture_of_thoughts.rng import RowNoise  # noqa: E402
 from mixture_of_thoughts.training.checkpoint import load_checkpoint  # noqa: E402
 from mixture_of_thoughts.training.objectives import DiffusionObjective  # noqa: E402
 from mixture_of_thoughts.training.trainer import train  # noqa: E402
+from mixture_of_thoughts.units import LN2  # noqa: E402
 
-LN2 = math.log(2.0)
 SAMPLER_KW = {"ancestral": {"steps": 64}, "topk": {"k": 4}, "confidence": {"threshold": 0.9}}
 
 

@@ -116,3 +116,54 @@ def shakespeare() -> Path:
     if not d or not (Path(d) / "tinyshakespeare.txt").is_file():
         pytest.skip("MOT_DATA_DIR does not hold tinyshakespeare.txt")
     return Path(d) / "tinyshakespeare.txt"
+
+
+# --- Hugging Face: a character tokenizer and tiny random causal LMs, built offline ------------------
+
+HF_CHARS = list("abcdefghijklmnopqrstuvwxyz .,\n")
+
+
+@pytest.fixture(scope="session")
+def make_hf_char_tokenizer():
+    """Factory ``make(merges=())``: a character-level HF fast tokenizer (BPE), no download.
+
+    Ids: ``<eos>`` = 0 (also its EOS token), then the characters of ``HF_CHARS`` from 1; each merge
+    ``("t", "h")`` adds the merged token (``"th"``) after them, in order.
+    """
+    pytest.importorskip("transformers")
+
+    def make(merges=()):
+        from tokenizers import Tokenizer, decoders, models
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(HF_CHARS)}}
+        for a, b in merges:
+            vocab[a + b] = len(vocab)
+        tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges), unk_token=None))
+        tk.decoder = decoders.Fuse()
+        return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+
+    return make
+
+
+@pytest.fixture
+def hf_tokenizer(make_hf_char_tokenizer):
+    """The character tokenizer without merges (31 tokens, ``<eos>`` = 0)."""
+    return make_hf_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama():
+    """Factory ``make(vocab_size, seed=0)``: a fresh random Llama (2 layers, width 32), eval mode, EOS id 0."""
+    pytest.importorskip("transformers")
+
+    def make(vocab_size: int, seed: int = 0):
+        import transformers as tf
+
+        torch.manual_seed(seed)  # transformers initialises from the global RNG
+        cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                             num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=128,
+                             bos_token_id=0, eos_token_id=0, pad_token_id=0)
+        return tf.LlamaForCausalLM(cfg).eval()
+
+    return make

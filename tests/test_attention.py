@@ -122,3 +122,9 @@ def test_cache_reorder_keeps_selected_rows():
     k = cache.k.clone()
     cache.reorder(torch.tensor([2, 0]))
     assert torch.equal(cache.k[:, 0], k[:, 2]) and torch.equal(cache.k[:, 1], k[:, 0])
+
+
+def test_cache_start_gives_a_window_its_absolute_positions():
+    cache = KVCache(1, 2, 2, 4, capacity=8, start=13)
+    assert cache.length == 13
+    assert cache.positions(3).tolist() == [13, 14, 15]

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from mixture_of_thoughts.cli import main
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 TINY_FLAGS = ["--block-size", "16", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--batch-size", "4",
               "--eval-batches", "2", "--warmup-steps", "1", "--device", "cpu", "--quiet"]
@@ -226,3 +237,232 @@ def test_train_and_resume_from_the_cli(capsys, corpus_file, tmp_path):
     assert "trained to step 5" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------- --help
+
+
+def _subcommands() -> list[str]:
+    from mixture_of_thoughts.cli import build_parser
+
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: mot ")
+    for name in _subcommands():
+        assert name in out
+    assert "the last 10% of its corpus" in " ".join(out.split())  # a literal %, not a format directive
+
+
+def test_every_subcommand_has_help():
+    assert {"train", "sample", "think", "eval", "diffuse", "renoise", "compare", "graft", "experts", "steer",
+            "cost"} <= set(_subcommands())
+
+
+@pytest.mark.parametrize("name", _subcommands())
+def test_subcommand_help(capsys, name):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"usage: mot {name}"), captured.out[:200]
+    assert "Traceback" not in captured.err
+
+
+def test_percent_signs_in_docstrings_are_literal():
+    from mixture_of_thoughts.cli import add_command
+
+    def cmd_x(args):
+        """Uses 100% of %d things, %(prog)s and %o.
+
+        Second paragraph: 50% and %(prog)s.
+        """
+
+    def cmd_y(args):
+        """Plain 10% here."""
+
+    p = argparse.ArgumentParser(prog="mot")
+    sub = p.add_subparsers()
+    add_command(sub, "x", cmd_x)
+    add_command(sub, "y", cmd_y)
+    assert "Uses 100% of %d things, %(prog)s and %o." in p.format_help()
+    assert "Second paragraph: 50% and %(prog)s." in sub.choices["x"].format_help()
+    assert "Plain 10% here." in sub.choices["y"].format_help()
+
+
+# ----------------------------------------------------------------------------- boolean flags
+
+
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("True", True), ("YES", True), ("on", True), ("1", True),
+    ("false", False), ("False", False), ("no", False), ("OFF", False), ("0", False),
+])
+def test_parse_bool_accepts(text, value):
+    from mixture_of_thoughts.cli.common import parse_bool
+
+    assert parse_bool(text) is value
+
+
+@pytest.mark.parametrize("text", ["maybe", "", "2", "tru", "yess", "none"])
+def test_parse_bool_rejects(text):
+    from mixture_of_thoughts.cli.common import parse_bool
+
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(text)):
+        parse_bool(text)
+
+
+def test_bool_flags_parse_both_ways_and_reject_junk(capsys):
+    from mixture_of_thoughts.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["train", "--bias", "Off"]).bias is False
+    assert p.parse_args(["train", "--bias", "ON"]).bias is True
+    assert p.parse_args(["train", "--causal", "no"]).causal is False
+    assert p.parse_args(["train"]).bias is None  # not given: the preset decides
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--bias", "maybe", "--data", "x", "--out", "y"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "mot train: error: argument --bias" in err and "'maybe'" in err
+
+
+# ----------------------------------------------------------------------------- --data, one resolution
+
+
+def _named_corpus(monkeypatch, tmp_path, text: str):
+    """MOT_DATA_DIR holding a 'shakespeare' corpus, and a working directory without a file of that name."""
+    d = tmp_path / "datadir"
+    d.mkdir()
+    (d / "tinyshakespeare.txt").write_text(text, encoding="utf-8")
+    monkeypatch.setenv("MOT_DATA_DIR", str(d))
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+
+def test_read_corpus_resolves_names_like_train(monkeypatch, tmp_path, corpus_text):
+    from mixture_of_thoughts.cli.common import read_corpus
+    from mixture_of_thoughts.data.corpus import load_corpus
+
+    _named_corpus(monkeypatch, tmp_path, corpus_text)
+    assert read_corpus("shakespeare") == corpus_text == load_corpus("shakespeare")
+    (tmp_path / "cwd" / "shakespeare").write_text("a file that happens to be called shakespeare")
+    assert read_corpus("shakespeare") == corpus_text  # the name wins, as for mot train
+    p = tmp_path / "mine.txt"
+    p.write_text("my own text\n", encoding="utf-8")
+    assert read_corpus(str(p)) == "my own text\n"
+
+
+def test_graft_resolves_data_names(monkeypatch, tmp_path, corpus_text, capsys):
+    """``mot graft --data shakespeare`` reads the named corpus (not a file called 'shakespeare')."""
+    from mixture_of_thoughts.cli import hf as cli_hf
+    from mixture_of_thoughts.errors import ConfigError
+
+    _named_corpus(monkeypatch, tmp_path, corpus_text)
+    seen = []
+    real = cli_hf.read_corpus
+
+    def spy(data):
+        seen.append(real(data))
+        return seen[-1]
+
+    def stop(name, device):
+        raise ConfigError("stopped before loading the model")
+
+    monkeypatch.setattr(cli_hf, "read_corpus", spy)
+    monkeypatch.setattr(cli_hf, "_load_pretrained", stop)
+    _fails(capsys, ["graft", "--model", "gpt2", "--data", "shakespeare", "--out", tmp_path / "o"], "stopped before")
+    assert seen == [corpus_text]
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda tmp: tmp / "nope.txt", "does not exist"),
+    (lambda tmp: tmp, "not a regular file"),
+])
+def test_graft_bad_data_is_a_one_line_error(capsys, tmp_path, make, needle):
+    _fails(capsys, ["graft", "--model", "gpt2", "--data", make(tmp_path), "--out", tmp_path / "o"], needle)
+
+
+def test_graft_out_that_is_a_file(capsys, tmp_path, corpus_file):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    _fails(capsys, ["graft", "--model", "gpt2", "--data", corpus_file, "--out", f], "is a file")
+
+
+def test_steer_bad_profile_delta(capsys):
+    _fails(capsys, ["steer", "some-model", "--prompt", "x", "--profile", "boost=1;delta=lots"], "delta takes a number")
+
+
+def test_graft_named_corpus_then_think_end_to_end(monkeypatch, tmp_path, corpus_text, capsys):
+    """A tiny random Llama grafted on --data shakespeare, then ``mot think`` on the result (no download)."""
+    pytest.importorskip("transformers")
+    import transformers as tf
+    from tokenizers import Tokenizer, decoders, models
+
+    _named_corpus(monkeypatch, tmp_path, corpus_text)
+    vocab = {"<eos>": 0, **{c: i + 1 for i, c in enumerate(sorted(set(corpus_text)))}}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tk.decoder = decoders.Fuse()
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>")
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=len(vocab), max_position_embeddings=64,
+                         bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    base = tmp_path / "base"
+    tf.LlamaForCausalLM(cfg).save_pretrained(base)
+    tok.save_pretrained(base)
+    out = tmp_path / "grafted"
+    assert main(["graft", "--model", str(base), "--data", "shakespeare", "--steps", "2", "--batch-size", "2",
+                 "--block-size", "16", "--out", str(out), "--quiet"]) == 0
+    assert f"{len(corpus_text):,} training tokens" in capsys.readouterr().out  # one token per character
+    assert main(["think", str(out), "--prompt", "the ", "--branches", "2", "--max-new-tokens", "4", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["branches"]) == 2
+
+
+# ----------------------------------------------------------------------------- a closed stdout
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="needs Linux's F_SETPIPE_SZ to shrink the pipe")
+def test_output_into_a_closed_pipe_exits_quietly():
+    """``mot think --json | head -c 10``: no traceback, no 'Exception ignored', exit status 0."""
+    r, w = os.pipe()
+    try:
+        # a pipe smaller than the output, so that the writer is still writing when the reader leaves
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        proc = subprocess.Popen([sys.executable, "-m", "mixture_of_thoughts.cli", "think", "--json",
+                                 "--max-new-tokens", "50", "--branches", "16"], stdout=w, stderr=subprocess.PIPE)
+    finally:
+        os.close(w)
+    try:
+        head = os.read(r, 10)  # at most 10 bytes, like head -c 10
+    finally:
+        os.close(r)
+    _, err = proc.communicate(timeout=600)
+    err = err.decode(errors="replace")
+    assert head.startswith(b"{")
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 0, err
+
+
+# ----------------------------------------------------------------------------- code shape
+
+
+def test_no_function_in_the_cli_is_longer_than_60_lines():
+    import mixture_of_thoughts.cli as cli
+
+    long = []
+    for f in sorted(Path(cli.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{f.name}:{node.name} ({n} lines)")
+    assert not long, long

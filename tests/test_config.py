@@ -13,7 +13,6 @@ from mixture_of_thoughts.config import (
     TrainConfig,
     load_json,
     preset,
-    replace,
 )
 from mixture_of_thoughts.errors import ConfigError, MotError
 
@@ -150,13 +149,6 @@ def test_preset_returns_a_copy():
     d = preset("cpu-small")
     d["model"]["n_layer"] = 99
     assert preset("cpu-small")["model"]["n_layer"] == 4
-
-
-def test_replace_revalidates():
-    cfg = ModelConfig(**TINY)
-    assert replace(cfg, n_layer=3).n_layer == 3
-    with pytest.raises(ConfigError, match="n_embd"):
-        replace(cfg, n_embd=30)
 
 
 def test_load_json_errors(tmp_path):

@@ -56,10 +56,34 @@ def test_schedule_is_linear_and_antithetic():
     assert torch.allclose(s.weight(t), 1 / t)
     assert s.unmask_prob(0.5, 0.25) == pytest.approx(0.5) and s.unmask_prob(0.5, 0.0) == 1.0
     ts = s.sample_t(8, torch.Generator().manual_seed(3))
-    assert ts.min() >= EPS and ts.max() <= 1.0
-    # antithetic: the 8 draws are one uniform shifted by i/8, so sorted gaps are all (1 - eps)/8
+    # by hand: one uniform u from the generator, shifted by i/8 and wrapped, then mapped onto [eps, 1]
+    u = float(torch.rand((), generator=torch.Generator().manual_seed(3)))
+    assert ts.tolist() == pytest.approx([EPS + (1 - EPS) * ((u + i / 8) % 1.0) for i in range(8)], abs=1e-6)
+    # antithetic: sorted gaps are all (1 - eps)/8
     gaps = ts.sort().values.diff()
     assert torch.allclose(gaps, torch.full_like(gaps, (1 - EPS) / 8), atol=1e-5)
+    # time_input: each row's masked fraction, floored at eps for a row with nothing masked
+    masked = torch.tensor([[True, False, False, False], [True, True, True, True], [False] * 4])
+    assert s.time_input(masked).tolist() == pytest.approx([0.25, 1.0, EPS])
+
+
+def _slow_elbo(model, x, t, masked):
+    """Per-sequence sum over masked positions of CE / t, with explicit loops over rows and positions."""
+    B, L = x.shape
+    with torch.no_grad():
+        x_t = x.clone()
+        x_t[masked] = V
+        logits = model(x_t, time=t).logits.float()
+    expect = []
+    for b in range(B):
+        total = torch.zeros(())
+        for pos in range(L):
+            if masked[b, pos]:
+                row = logits[b, pos].clone()
+                row[V] = -math.inf  # [MASK] is never predicted
+                total += (1 / t[b]) * -(row[x[b, pos]] - torch.logsumexp(row, 0))
+        expect.append(total)
+    return torch.stack(expect)
 
 
 def test_loss_matches_hand_computation():
@@ -71,24 +95,24 @@ def test_loss_matches_hand_computation():
     masked = torch.rand(B, L, generator=torch.Generator().manual_seed(2)) < t[:, None]
     masked[0, 0] = True  # at least one masked position per row
     nats, _ = elbo_terms(model, x, t, masked)
-    # slow version: explicit loops over rows and positions
+    assert torch.allclose(nats, _slow_elbo(model, x, t, masked), rtol=1e-5)
+
+
+def test_training_loss_is_the_elbo_per_character():
+    """The objective draws t and the masks from its generator, then divides each sequence's ELBO by L
+    (every position), not by the number of masked positions."""
+    model = diffusion_model()
+    B, L = 4, 12
+    x = torch.randint(V, (B, L), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(5)  # replay the objective's draws: t first, then the masks
+    t = MaskSchedule().sample_t(B, g)
+    masked = torch.rand(B, L, generator=g) < t[:, None]
+    expect = (_slow_elbo(model, x, t, masked) / L).mean()
     with torch.no_grad():
-        x_t = x.clone()
-        x_t[masked] = V
-        logits = model(x_t, time=t).logits.float()
-    expect = []
-    for b in range(B):
-        total = 0.0
-        for pos in range(L):
-            if masked[b, pos]:
-                row = logits[b, pos].clone()
-                row[V] = -math.inf  # [MASK] is never predicted
-                total += (1 / t[b]) * -(row[x[b, pos]] - torch.logsumexp(row, 0))
-        expect.append(total)
-    assert torch.allclose(nats, torch.stack(expect), rtol=1e-5)
-    # the training loss is (1/L) * that, averaged over sequences (not over masked positions)
-    per_seq = torch.stack(expect) / L
-    assert not torch.allclose(per_seq.mean(), torch.stack(expect).sum() / masked.sum())
+        loss = DiffusionObjective().loss(model, x, None, torch.Generator().manual_seed(5)).loss
+    assert float(loss) == pytest.approx(float(expect), rel=1e-5)
+    # and these draws tell the two normalisations apart, so the check above has teeth
+    assert float(loss) != pytest.approx(float(_slow_elbo(model, x, t, masked).sum() / masked.sum()), rel=1e-3)
 
 
 def test_oracle_denoiser_has_zero_loss():
@@ -98,9 +122,13 @@ def test_oracle_denoiser_has_zero_loss():
     obj = DiffusionObjective()
     g = torch.Generator().manual_seed(0)
     loss = obj.loss(oracle, x.repeat(4, 1), None, g).loss
-    assert 0 <= float(loss) < 1e-6
+    assert float(loss) < 1e-6
     total, n, k = diffusion_nll(oracle, x[0], draws=3)
     assert total < 1e-6 and n == L and k == 3
+    # the same oracle scoring another text pays ~30 nats for each masked position it gets wrong
+    other = (x + 1) % V
+    assert float(obj.loss(oracle, other.repeat(4, 1), None, torch.Generator().manual_seed(0)).loss) > 1.0
+    assert diffusion_nll(oracle, other[0], draws=3)[0] > 30.0
 
 
 def test_monte_carlo_estimate_matches_closed_form():

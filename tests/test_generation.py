@@ -15,6 +15,7 @@ from mixture_of_thoughts.generation.autoregressive import (
     prepare_prompt,
     think,
 )
+from mixture_of_thoughts.generation.sampling import sample_tokens
 from mixture_of_thoughts.models.transformer import Transformer
 from mixture_of_thoughts.rng import RowNoise
 
@@ -53,11 +54,29 @@ def test_cache_and_no_cache_give_the_same_tokens_within_the_block(tiny_model, to
     assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
 
 
-def test_generation_runs_past_the_block_size(tiny_model, tokenizer):
+@torch.no_grad()
+def _reference_text(model, tokenizer, prompt, seed, n, temperature=1.0):
+    """One row alone, no KV cache: the last ``block_size`` tokens recomputed at every step, the token the
+    argmax (temperature 0) or a Gumbel-max draw from the row's own noise at its absolute position."""
+    block = model.config.block_size
+    ids = tokenizer.encode(prompt)
+    T0 = len(ids)
+    for i in range(n):
+        logits = model(torch.tensor([ids[-block:]])).logits[:, -1, :]
+        if temperature == 0:
+            ids.append(int(logits.argmax(-1)))
+        else:
+            ids.append(int(sample_tokens(logits, RowNoise([seed]), T0 + i, temperature)))
+    return tokenizer.decode(ids[T0:])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_generation_past_the_block_size_equals_a_step_by_step_recompute(tiny_model, tokenizer, temperature):
     n = 3 * tiny_model.config.block_size
-    res = think(tiny_model, tokenizer, PROMPT, branches=2, seed=0, max_new_tokens=n)
-    assert all(len(t) == n for t in _texts(res))
-    assert all(set(t) <= set(tokenizer.chars) for t in _texts(res))
+    res = think(tiny_model, tokenizer, PROMPT, branch_seeds=[0, 7], max_new_tokens=n, temperature=temperature)
+    for b in res.branches:
+        assert b.text == _reference_text(tiny_model, tokenizer, PROMPT, b.seed, n, temperature)
+    assert (len(set(_texts(res))) == 1) == (temperature == 0)  # greedy ignores the seed; sampling does not
 
 
 def test_logprobs_are_the_models_log_probabilities(tiny_model, tokenizer):
@@ -68,7 +87,14 @@ def test_logprobs_are_the_models_log_probabilities(tiny_model, tokenizer):
         logp = torch.log_softmax(tiny_model(gen.tokens).logits, -1)  # (1, T, V)
     expected = logp[0, T0 - 1:T0 + 4].gather(-1, gen.tokens[0, T0:, None])[:, 0]
     assert torch.allclose(gen.logprobs[0], expected, atol=1e-5)
-    assert (gen.logprobs <= 0).all()
+    # they stay the model's (temperature 1, unfiltered) when the tokens are drawn at another temperature
+    # through filters; the tokens themselves are the filtered ones
+    hot = generate(tiny_model, ids, 5, RowNoise([0]), use_cache=True, temperature=0.5, top_k=2)
+    with torch.no_grad():
+        logits = tiny_model(hot.tokens).logits[0, T0 - 1:T0 + 4]  # (5, V)
+    expected = torch.log_softmax(logits, -1).gather(-1, hot.tokens[0, T0:, None])[:, 0]
+    assert torch.allclose(hot.logprobs[0], expected, atol=1e-5)
+    assert (logits.topk(2, -1).indices == hot.tokens[0, T0:, None]).any(-1).all()
 
 
 def test_one_branch_alone_equals_that_branch_in_the_batch(tiny_model, tokenizer):

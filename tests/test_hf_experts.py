@@ -8,14 +8,14 @@ import torch
 pytest.importorskip("transformers")
 
 from mixture_of_thoughts.errors import ConfigError, MotError  # noqa: E402
-from mixture_of_thoughts.hf.experts import (  # noqa: E402
+from mixture_of_thoughts.hf.specialise import expert_specialisation, plot_specialisation, think_experts  # noqa: E402
+from mixture_of_thoughts.steering.experts import (  # noqa: E402
     ExpertController,
     ExpertProfile,
     NoExpertsError,
     find_moe_layers,
     select_experts,
 )
-from mixture_of_thoughts.hf.specialise import expert_specialisation, plot_specialisation, think_experts  # noqa: E402
 
 FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss")
 E = 4

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
 import torch
 
-from mixture_of_thoughts.rng import GeneratorNoise, RowNoise, _mul32, hash32, stream_id
+from mixture_of_thoughts.rng import GeneratorNoise, Noise, RowNoise, _mul32, bits_to_normal, hash32, stream_id
 
 MASK = 0xFFFFFFFF
 
@@ -80,3 +81,38 @@ def test_generator_noise_reproduces_from_its_seed():
     b = GeneratorNoise(torch.Generator().manual_seed(5), 3).normal(0, torch.arange(4), (2,))
     assert a.shape == (3, 4, 2) and torch.equal(a, b)
     assert math.isfinite(float(GeneratorNoise(torch.Generator().manual_seed(0), 2).gumbel(0, None, (5,)).max()))
+
+
+def test_normals_are_finite_at_the_extreme_bit_patterns():
+    # the top 24-bit pattern used to round to u = 1.0 in float32: ndtri(1) = inf, and 0 * inf = NaN
+    # at creativity 0 (seen on a 30-layer model every ~130 tokens)
+    top = torch.tensor([MASK, MASK - 255, 0, 255, 0x80000000], dtype=torch.int64)
+    z = bits_to_normal(top)
+    assert torch.isfinite(z).all()
+    assert z[0] > 5.0 and z[1] > 5.0  # the top patterns stay in the far upper tail
+    assert z[2] < -5.0 and z[3] < -5.0  # and the bottom ones in the lower tail
+    assert abs(float(z[4])) < 1e-6  # the middle pattern is the median
+    # every other pattern is unchanged by the clamp: u = (top24 + 0.5) / 2**24 exactly, then ndtri
+    mid = torch.randint(0, 2**24 - 1, (10_000,), generator=torch.Generator().manual_seed(0), dtype=torch.int64)
+    ref = torch.special.ndtri(((mid.double() + 0.5) / 2**24).float())
+    assert torch.equal(bits_to_normal(mid << 8), ref)
+
+
+def test_noise_sources_follow_the_protocol():
+    row, gen = RowNoise([1, 2]), GeneratorNoise(torch.Generator().manual_seed(0), 2)
+    assert isinstance(row, Noise) and isinstance(gen, Noise)
+    assert row.per_row and not gen.per_row
+    assert gen.iid_normal((3, 5)).shape == (3, 5)
+    assert row.for_batch(2) is row
+    with pytest.raises(ValueError, match="2 rows"):
+        row.for_batch(3)
+
+
+def test_float32_uniforms_stay_below_one_at_the_top_bit_pattern():
+    row = RowNoise([0])
+    bits = torch.tensor([[[MASK, 0]]], dtype=torch.int64)
+    row._bits = lambda stream, positions, tail: bits  # the two extreme hash values
+    u = row.uniform(1, None, (2,))
+    assert u.dtype == torch.float32
+    assert 0.0 < float(u[0, 0, 1]) and float(u[0, 0, 0]) < 1.0  # (2**32 - 0.5) / 2**32 rounds to 1.0 unclamped
+    assert float(row.uniform(1, None, (2,), torch.float64)[0, 0, 0]) == (MASK + 0.5) / 2**32

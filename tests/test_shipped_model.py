@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from mixture_of_thoughts.data.batches import CharDataset
 from mixture_of_thoughts.data.corpus import load_corpus
 from mixture_of_thoughts.generation.autoregressive import think
 from mixture_of_thoughts.metrics.quality import ar_nll
+from mixture_of_thoughts.rng import RowNoise
 from mixture_of_thoughts.training.checkpoint import load_checkpoint
 
 RECORDED = json.loads((DEFAULT_MODEL / "RECORDED.json").read_text())
@@ -36,13 +38,26 @@ def test_shipped_model_validation_loss_matches_record(shipped, shakespeare):
     assert abs(total / count - RECORDED["val_loss"]) < 0.05
 
 
+NEW = 58  # "ROMEO:" + 58 characters fill the shipped model's 64-character block exactly
+
+
 def test_shipped_model_branches_reproduce_alone(shipped):
-    res = think(shipped.model, shipped.tokenizer, "ROMEO:", branches=4, seed=3, creativity=(0.5, 1.5),
-                max_new_tokens=60)
+    model, tok = shipped.model, shipped.tokenizer
+    res = think(model, tok, "ROMEO:", branches=4, seed=3, creativity=(0.5, 1.5), max_new_tokens=NEW)
     texts = [b.text for b in res.branches]
     assert len(set(texts)) == 4  # the branches differ
-    alone = think(shipped.model, shipped.tokenizer, "ROMEO:", branch_seeds=[res.branches[2].seed],
-                  creativity=[res.branches[2].creativity], max_new_tokens=60)
+    alone = think(model, tok, "ROMEO:", branch_seeds=[res.branches[2].seed],
+                  creativity=[res.branches[2].creativity], max_new_tokens=NEW)
     assert alone.branches[0].text == texts[2]
-    assert all(set(t) <= set(shipped.tokenizer.chars) for t in texts)
-    assert torch.isfinite(torch.tensor([b.mean_loglik for b in res.branches])).all()
+    assert alone.branches[0].mean_loglik == pytest.approx(res.branches[2].mean_loglik, abs=1e-5)
+    # each branch's mean log-likelihood is that of its text under one uncached forward pass of the model
+    # with the branch's own noise and creativity
+    for b in res.branches:
+        ids = torch.tensor([tok.encode("ROMEO:" + b.text)])
+        assert ids.shape[1] == model.config.block_size
+        with torch.no_grad():
+            logits = model(ids, noise=RowNoise([b.seed]), creativity=torch.tensor([b.creativity])).logits
+        logp = torch.log_softmax(logits[0, 5:-1], -1).gather(-1, ids[0, 6:, None])
+        assert b.mean_loglik == pytest.approx(float(logp.mean()), abs=1e-4)
+    # a trained model: its own samples are far likelier than uniform guesses over 65 characters
+    assert all(b.mean_loglik > -math.log(65) + 1.5 for b in res.branches)

@@ -317,3 +317,13 @@ def test_attention_combiner_starts_as_weighted_combiner():
     wtd.load_state_dict({k: v for k, v in att.state_dict().items() if not k.startswith("comb_")})
     x = torch.randn(2, 5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
     torch.testing.assert_close(att(x, noise=RowNoise([1, 2])).y, wtd(x, noise=RowNoise([1, 2])).y)
+
+
+def test_route_argument_equals_the_configured_route():
+    x = torch.randn(3, 7, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    tok, seq = make_layer(route="token"), make_layer(route="sequence")
+    kw = dict(noise=RowNoise([1, 2, 3]), creativity=1.0)
+    y_arg = tok(x, route="sequence", **kw).y
+    assert torch.equal(y_arg, seq(x, **kw).y)  # a per-call route is the configured one, nothing else
+    assert not torch.equal(y_arg, tok(x, **kw).y)  # and it does switch the routing
+    assert tok.cfg.route == "token"  # the layer's config is left alone

@@ -13,8 +13,10 @@ from conftest import tiny_model_config, tiny_train_config, train_tiny
 from mixture_of_thoughts.errors import CheckpointError, TrainingDiverged
 from mixture_of_thoughts.training import trainer
 from mixture_of_thoughts.training.checkpoint import load_checkpoint, load_trainer_state
+from mixture_of_thoughts.training.distributed import DistInfo
 from mixture_of_thoughts.training.objectives import AutoregressiveObjective
-from mixture_of_thoughts.training.trainer import lr_at, train
+from mixture_of_thoughts.training.optim import lr_at, make_optimizer
+from mixture_of_thoughts.training.trainer import train
 
 LOSS_KEYS = ("train_loss", "val_loss")
 
@@ -46,13 +48,108 @@ def straight_run(tmp_path_factory, corpus_file):
     return out
 
 
-def test_lr_schedule():
-    cfg = tiny_train_config(max_steps=10, warmup_steps=2, lr=1e-2, min_lr=1e-3)
-    lrs = [lr_at(s, cfg) for s in range(12)]
-    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-2)  # linear warm-up reaches lr
-    assert all(a >= b for a, b in zip(lrs[2:-1], lrs[3:], strict=True))  # then decays monotonically
-    assert lrs[10] == lrs[11] == pytest.approx(1e-3)
-    assert lrs[6] == pytest.approx(1e-3 + 0.5 * (1e-2 - 1e-3))  # half-way through the cosine
+def test_lr_schedule_matches_hand_computed_values():
+    cfg = tiny_train_config(max_steps=14, warmup_steps=4, lr=1e-2, min_lr=1e-3)
+    # warm-up: lr * (step + 1) / (warmup + 1), linear in the step
+    assert [lr_at(s, cfg) for s in range(4)] == pytest.approx([2e-3, 4e-3, 6e-3, 8e-3], rel=1e-12)
+    # cosine over steps 4..14: min_lr + (lr - min_lr) * (1 + cos(pi * (step - 4) / 10)) / 2
+    assert lr_at(4, cfg) == pytest.approx(1e-2, rel=1e-12)  # the peak, where the warm-up ends
+    assert lr_at(6, cfg) == pytest.approx(0.0091405765, rel=1e-8)  # cos(pi/5) = 0.80901699
+    assert lr_at(9, cfg) == pytest.approx(0.0055, rel=1e-12)  # half-way: the mean of lr and min_lr
+    assert lr_at(12, cfg) == pytest.approx(0.0018594235, rel=1e-7)  # cos(4 pi/5) = -0.80901699
+    # constant min_lr from max_steps on
+    assert lr_at(14, cfg) == lr_at(15, cfg) == lr_at(1000, cfg) == 1e-3
+    lrs = [lr_at(s, cfg) for s in range(4, 15)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # strictly decreasing after the warm-up
+    assert lr_at(0, tiny_train_config(max_steps=10, warmup_steps=0, lr=1e-2, min_lr=1e-3)) == pytest.approx(1e-2)
+
+
+def test_make_optimizer_decays_matrices_only():
+    net = torch.nn.Sequential(torch.nn.Embedding(5, 4), torch.nn.Linear(4, 3), torch.nn.LayerNorm(3),
+                              torch.nn.Linear(3, 2, bias=False))
+    net[3].weight.requires_grad_(False)  # frozen: in no group
+    cfg = tiny_train_config(weight_decay=0.25, lr=2e-3, beta1=0.8, beta2=0.95)
+    opt = make_optimizer(net, cfg, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert [id(p) for p in decay["params"]] == [id(net[0].weight), id(net[1].weight)]
+    assert [id(p) for p in no_decay["params"]] == [id(net[1].bias), id(net[2].weight), id(net[2].bias)]
+    assert decay["weight_decay"] == 0.25 and no_decay["weight_decay"] == 0.0
+    assert all(g["lr"] == 2e-3 and g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+
+
+def test_make_optimizer_groups_every_transformer_parameter_once():
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    model = Transformer(tiny_model_config(bias=True, thought_layers=[1]))
+    decay, no_decay = make_optimizer(model, tiny_train_config(), torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"] + no_decay["params"]) == sorted(names.values())
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert any(names[id(p)].endswith("bias") for p in no_decay["params"])
+    assert any("norm" in names[id(p)] for p in no_decay["params"])
+
+
+class _Recorder:
+    """A TrainProgress that records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def start(self, total, initial, desc):
+        self.calls.append(("start", total, initial, desc))
+
+    def update(self, step, metrics):
+        self.calls.append(("update", step, dict(metrics)))
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def test_progress_is_told_of_every_step_and_of_evaluations(corpus_file, tmp_path):
+    rec = _Recorder()
+    out = tmp_path / "run"
+    cfg = tiny_train_config(eval_interval=2)
+    train(str(corpus_file), out, tiny_model_config(), cfg, device="cpu", progress=rec, stop_after=3)
+    assert rec.calls[0] == ("start", 6, 0, "train ar") and rec.calls[-1] == ("close",)
+    updates = [c[1:] for c in rec.calls[1:-1]]
+    assert [step for step, _ in updates] == [1, 2, 3]
+    assert all(c[0] == "update" for c in rec.calls[1:-1])
+    for step, m in updates:
+        assert math.isfinite(m["loss"]) and m["lr"] == lr_at(step - 1, cfg)
+    logged = {m["step"]: m for m in _metrics(out)}
+    assert sorted(logged) == [2, 3]  # evaluated at step 2 (interval) and 3 (stop)
+    assert "val_loss" not in updates[0][1]
+    for step, m in updates[1:]:  # the evaluation's record rides along with its step
+        assert {k: m[k] for k in logged[step]} == logged[step]
+
+    rec = _Recorder()
+    train(str(corpus_file), out, None, None, resume=True, device="cpu", progress=rec)
+    assert rec.calls[0] == ("start", 6, 3, "train ar") and rec.calls[-1] == ("close",)
+    assert [c[1] for c in rec.calls[1:-1]] == [4, 5, 6]
+
+
+def test_progress_is_closed_when_training_diverges(corpus_file, tmp_path, monkeypatch):
+    def diverge(self, model, x, y, generator):
+        out = real(self, model, x, y, generator)
+        return out._replace(loss=out.loss * float("nan"))
+
+    real = AutoregressiveObjective.loss
+    monkeypatch.setattr(AutoregressiveObjective, "loss", diverge)
+    rec = _Recorder()
+    with pytest.raises(TrainingDiverged):
+        train(str(corpus_file), tmp_path / "run", tiny_model_config(), tiny_train_config(), device="cpu",
+              progress=rec)
+    assert [c[0] for c in rec.calls] == ["start", "close"]
+
+
+def test_progress_is_silent_and_no_files_are_written_on_other_ranks(corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer.distributed, "setup", lambda dev: (DistInfo(rank=1), dev))
+    rec = _Recorder()
+    out = tmp_path / "run"
+    res = train(str(corpus_file), out, tiny_model_config(), tiny_train_config(max_steps=2), device="cpu",
+                progress=rec)
+    assert res.step == 2 and rec.calls == []
+    assert not out.exists()
 
 
 def test_loss_goes_down(tiny_run):

@@ -15,7 +15,6 @@ Presets follow nanoGPT's character-level recipes so that figures compare:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -279,8 +278,3 @@ def load_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise ConfigError(f"config file {p} must hold a JSON object")
     return d
-
-
-def replace(cfg, **changes):
-    """``dataclasses.replace`` that re-runs validation."""
-    return dataclasses.replace(cfg, **changes)

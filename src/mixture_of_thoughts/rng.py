@@ -20,11 +20,16 @@ is the same at every position (shape ``(B, 1, *tail)``). ``stream`` separates in
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 
 _MASK32 = 0xFFFFFFFF
 _TWO32 = float(2**32)
 _TWO_NEG24 = 2.0**-24
+# The largest float32 below 1. ((2**24 - 1) + 0.5) * 2**-24 rounds up to 1.0 in float32, and
+# ndtri(1) = +inf (then 0 * inf = NaN at creativity 0): clamp the top pattern here.
+_BELOW_ONE_F32 = 1.0 - 2.0**-24
 
 # Stream kinds; combined with a layer index by :func:`stream_id`.
 SAMPLE = 1  # token sampling (Gumbel-max)
@@ -65,6 +70,42 @@ def seed_to_key(seed: int) -> int:
     return int(h.item())
 
 
+def bits_to_normal(bits: torch.Tensor) -> torch.Tensor:
+    """Standard normals (float32) from 32-bit hash values, by inverse CDF of their top 24 bits.
+
+    ``u = (top24 + 0.5) / 2**24`` lies in (0, 1) in exact arithmetic, but for the top pattern it rounds
+    to 1.0 in float32 and ``ndtri(1) = inf``; it is clamped to the largest float32 below 1, so every
+    draw is finite (|z| < 5.5).
+    """
+    u = (((bits >> 8).to(torch.float32) + 0.5) * _TWO_NEG24).clamp_(max=_BELOW_ONE_F32)
+    return torch.special.ndtri(u)
+
+
+@runtime_checkable
+class Noise(Protocol):
+    """What a noise source offers the layers and samplers.
+
+    ``positions`` is a ``(T,)`` or ``(B, T)`` tensor, or ``None`` for one draw shared by every
+    position; draws have shape ``(B, T or 1, *tail)``. ``per_row`` says whether a row's draws depend
+    only on that row's own key (then a row computed alone equals the same row in a batch). A source
+    with ``per_row = False`` also offers ``iid_normal(shape)``: i.i.d. normals of any shape, for
+    draws that need no layout (the branch noise of a training step).
+    """
+
+    per_row: bool
+    batch_size: int
+    device: torch.device
+
+    def uniform(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...] = (),
+                dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+
+    def gumbel(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...] = (),
+               dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+
+    def normal(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...] = (),
+               dtype: torch.dtype = torch.float32) -> torch.Tensor: ...
+
+
 class RowNoise:
     """Counter-based noise with one key per batch row (see module docstring).
 
@@ -72,6 +113,8 @@ class RowNoise:
         seeds: one integer seed per row (a list or a ``(B,)`` tensor).
         device: where the draws are made.
     """
+
+    per_row = True
 
     def __init__(self, seeds, device: torch.device | str = "cpu"):
         seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
@@ -82,6 +125,12 @@ class RowNoise:
     @property
     def batch_size(self) -> int:
         return self.keys.shape[0]
+
+    def for_batch(self, batch_size: int, device: torch.device | None = None) -> RowNoise:
+        """This noise for a forward call over ``batch_size`` rows (the same rows: checked)."""
+        if batch_size != self.batch_size:
+            raise ValueError(f"RowNoise has {self.batch_size} rows (seeds) but the batch has {batch_size}")
+        return self
 
     def select(self, rows: torch.Tensor) -> RowNoise:
         """The noise of a subset of rows (e.g. the branches kept by a search), same keys."""
@@ -113,7 +162,11 @@ class RowNoise:
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform draws in the open interval (0, 1), shape ``(B, T or 1, *tail)``."""
         bits = self._bits(stream, positions, tuple(tail))
-        return ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
+        u = ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
+        if dtype != torch.float64:  # the top patterns round up to 1.0 in a narrower float: keep u < 1
+            below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+            u = u.clamp_(max=float(below_one))
+        return u
 
     def gumbel(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
         """Standard Gumbel draws ``-log(-log u)``."""
@@ -126,9 +179,7 @@ class RowNoise:
         Branch noise needs millions of these per step, so this path hashes once per number and stays
         in float32 (tails are cut at |z| ~ 5.4, far beyond what a noise scale notices).
         """
-        bits = self._bits(stream, positions, tuple(tail))
-        u = ((bits >> 8).to(torch.float32) + 0.5) * _TWO_NEG24
-        return torch.special.ndtri(u).to(dtype)
+        return bits_to_normal(self._bits(stream, positions, tuple(tail))).to(dtype)
 
 
 class GeneratorNoise:
@@ -138,6 +189,8 @@ class GeneratorNoise:
         generator: the generator to draw from (its device decides where draws are made).
         batch_size: rows of the batch the draws are for.
     """
+
+    per_row = False
 
     def __init__(self, generator: torch.Generator, batch_size: int):
         self.generator = generator
@@ -156,8 +209,8 @@ class GeneratorNoise:
         return -torch.log(-torch.log(self.uniform(stream, positions, tail, torch.float32))).to(dtype)
 
     def normal(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
-        n = torch.randn(self._shape(positions, tail), generator=self.generator, device=self.device)
-        return n.to(dtype)
+        return self.iid_normal(self._shape(positions, tail)).to(dtype)
 
-
-Noise = RowNoise | GeneratorNoise
+    def iid_normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Standard normals of ``shape`` straight from the generator (no per-row layout)."""
+        return torch.randn(shape, generator=self.generator, device=self.device)

@@ -5,31 +5,29 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import typing
-from pathlib import Path
 
 from ..config import ModelConfig, ThoughtConfig, TrainConfig, load_json, preset
 from ..errors import ConfigError
-
-DEFAULT_MODEL = Path(__file__).parent.parent / "assets" / "shakespeare-mot"
-
+from ..units import to_bits
+from .common import (
+    DATA_HELP,
+    DEFAULT_MODEL,  # noqa: F401  (re-exported: tests/test_shipped_model.py imports it from here)
+    load_hf,
+    load_run,
+    parse_bool,
+    parse_creativity,
+    parse_layers,
+    read_corpus,
+    sampling_flags,
+)
 
 # ----------------------------------------------------------------------------- config flags
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _parse_layers(s: str):
-    if s in ("all", "none"):
-        return s
-    try:
-        return [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected all, none or comma-separated layer indices, got {s!r}") from None
 
 
 def _add_dataclass_flags(p: argparse.ArgumentParser, cls, skip=()) -> None:
@@ -40,12 +38,12 @@ def _add_dataclass_flags(p: argparse.ArgumentParser, cls, skip=()) -> None:
             continue
         t = hints[f.name]
         if f.name == "thought_layers":
-            p.add_argument(_flag(f.name), type=_parse_layers, default=None, help="all, none, or indices like 0,2")
+            p.add_argument(_flag(f.name), type=parse_layers, default=None, help="all, none, or indices like 0,2")
             continue
         base = next((a for a in typing.get_args(t) if a is not type(None)), t) if typing.get_args(t) else t
         if base is bool:
-            p.add_argument(_flag(f.name), type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                           metavar="BOOL")
+            p.add_argument(_flag(f.name), type=parse_bool, default=None, metavar="BOOL",
+                           help="true or false (also yes/no, on/off, 1/0)")
         else:
             p.add_argument(_flag(f.name), type=base if base in (int, float, str) else str, default=None)
 
@@ -88,10 +86,12 @@ def cmd_train(args) -> int:
     Example: mot train --data shakespeare --preset cpu-small --max-steps 2000 --out runs/base
     """
     from ..training.trainer import train
+    from .progress import TqdmTrainProgress
 
+    progress = None if args.quiet else TqdmTrainProgress()
     if args.resume:
         res = train(args.data, args.resume, None, None, resume=True, device=args.device, dtype=args.dtype,
-                    progress=not args.quiet, max_steps=args.max_steps)
+                    progress=progress, max_steps=args.max_steps)
     else:
         if not args.out:
             raise ConfigError("--out is required (the run directory to create), or --resume RUN_DIR")
@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
             raise ConfigError("--data is required: a path to a UTF-8 text file or 'shakespeare'")
         model_cfg, train_cfg = _build_configs(args)
         res = train(args.data, args.out, model_cfg, train_cfg, force=args.force, device=args.device,
-                    dtype=args.dtype, progress=not args.quiet)
+                    dtype=args.dtype, progress=progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 130 if res.interrupted else 0  # under torchrun, rank 0 alone reports
     if res.interrupted:
@@ -107,31 +107,8 @@ def cmd_train(args) -> int:
               f"Continue with: mot train --resume {res.run_dir}", file=sys.stderr)
         return 130
     print(f"trained to step {res.step}: val loss {res.last_val_loss:.4f} nats "
-          f"({res.last_val_loss / math.log(2):.4f} bpc), best {res.best_val_loss:.4f}; run in {res.run_dir}")
+          f"({to_bits(res.last_val_loss):.4f} bpc), best {res.best_val_loss:.4f}; run in {res.run_dir}")
     return 0
-
-
-def _load(run, *, expect=None, which="best", device=None):
-    from ..device import resolve_device
-    from ..training.checkpoint import load_checkpoint
-
-    return load_checkpoint(run or DEFAULT_MODEL, which=which, device=resolve_device(device), expect=expect)
-
-
-def _sampling_flags(p: argparse.ArgumentParser, temperature=1.0) -> None:
-    p.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--stop", default=None, help="stop a sample once it ends with this string")
-    p.add_argument("--unknown-chars", choices=["error", "skip", "replace"], default="error",
-                   help="prompt characters outside the vocabulary: error (default), skip or replace")
-    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
-    p.add_argument("--device", default=None)
-    p.add_argument("--no-cache", action="store_true", help="recompute the context at every step (slow; reference)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def cmd_sample(args) -> int:
@@ -142,7 +119,7 @@ def cmd_sample(args) -> int:
     """
     from ..generation.autoregressive import think
 
-    ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
+    ck = load_run(args.run, expect="ar", which=args.checkpoint, device=args.device)
     res = think(ck.model, ck.tokenizer, args.prompt, branches=args.num_samples, seed=args.seed,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, stop=args.stop, unknown_chars=args.unknown_chars,
@@ -156,20 +133,6 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _parse_creativity(s: str | None):
-    if s is None:
-        return None
-    try:
-        if ":" in s:
-            lo, hi = s.split(":")
-            return (float(lo), float(hi))
-        if "," in s:
-            return [float(v) for v in s.split(",")]
-        return float(s)
-    except ValueError:
-        raise ConfigError(f"--creativity must be a number, LO:HI or a comma-separated list, got {s!r}") from None
-
-
 def cmd_think(args) -> int:
     """Generate N thought branches for one prompt in one batched pass.
 
@@ -177,18 +140,17 @@ def cmd_think(args) -> int:
     Without RUN_DIR, uses the small MoT model that ships with the package.
     """
     from ..generation.autoregressive import think
-    from .hf import think_grafted
 
     seeds = [args.branch_seed] if args.branch_seed is not None else None
-    grafted = think_grafted(args, seeds, _parse_creativity(args.creativity))  # None unless RUN_DIR is grafted
+    grafted = think_grafted(args, seeds, parse_creativity(args.creativity))  # None unless RUN_DIR is grafted
     unit = "nats/char"
     if grafted is not None:
         res, path, kind = grafted
         unit = "nats/token"  # a Hugging Face tokenizer's tokens, not characters
     else:
-        ck = _load(args.run, expect="ar", which=args.checkpoint, device=args.device)
+        ck = load_run(args.run, expect="ar", which=args.checkpoint, device=args.device)
         res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
-                    creativity=_parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
+                    creativity=parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache)
         path, kind = ck.path, ("MoT" if ck.model.config.has_thoughts else "dense")
@@ -210,6 +172,21 @@ def cmd_think(args) -> int:
     return 0
 
 
+def think_grafted(args, branch_seeds, creativity):
+    """``mot think DIR`` for a grafted Hugging Face directory: ``(ThinkResult, path, kind)``, or ``None``
+    when ``args.run`` is not a grafted directory (then ``mot think`` loads a MoT run as usual)."""
+    from ..hf.generate import think_hf
+    from ..hf.graft import is_grafted_dir
+
+    if not args.run or not is_grafted_dir(args.run):
+        return None
+    model, tok = load_hf(args.run, args.device)
+    res = think_hf(model, tok, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=branch_seeds,
+                   creativity=creativity, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, stop=args.stop)
+    return res, args.run, f"grafted {model.config.model_type}"
+
+
 def _top_branches(load: list[float], n: int = 2) -> str:
     order = sorted(range(len(load)), key=lambda e: -load[e])[:n]
     return ",".join(f"{e}" for e in order)
@@ -221,23 +198,22 @@ def cmd_eval(args) -> int:
     Example: mot eval runs/base --json
     """
     from ..data.batches import CharDataset
-    from ..data.corpus import load_corpus
-    from ..metrics.quality import LN2, ar_nll
+    from ..metrics.quality import ar_nll
 
-    ck = _load(args.run, which=args.checkpoint, device=args.device)
+    ck = load_run(args.run, which=args.checkpoint, device=args.device)
     data = args.data or ck.meta.get("data")
     if not data:
         raise ConfigError("this checkpoint does not record its corpus; pass --data PATH")
-    ds = CharDataset(load_corpus(data), ck.model.config.block_size, ck.tokenizer)
+    ds = CharDataset(read_corpus(data), ck.model.config.block_size, ck.tokenizer)
     if ck.objective == "diffusion":
         from ..models.diffusion import diffusion_nll
 
         total, count, k = diffusion_nll(ck.model, ds.val, draws=args.draws, seed=args.seed)
-        res = {"objective": "diffusion", "val_loss": total / count, "val_bpc": total / count / LN2,
+        res = {"objective": "diffusion", "val_loss": total / count, "val_bpc": to_bits(total / count),
                "bound": "ELBO upper bound", "t_draws": k}
     else:
         total, count = ar_nll(ck.model, ds.val, seed=args.seed)
-        res = {"objective": "ar", "val_loss": total / count, "val_bpc": total / count / LN2, "bound": "exact"}
+        res = {"objective": "ar", "val_loss": total / count, "val_bpc": to_bits(total / count), "bound": "exact"}
     res.update({"characters": count, "checkpoint": str(ck.path), "data": str(data)})
     if args.json:
         print(json.dumps(res))
@@ -252,7 +228,7 @@ def register(add) -> None:
     """Add this module's subcommands; ``add(name, fn)`` returns the new subparser."""
 
     t = add("train", cmd_train)
-    t.add_argument("--data", default=None, help="a UTF-8 text file, or 'shakespeare'")
+    t.add_argument("--data", default=None, help=DATA_HELP)
     t.add_argument("--out", default=None, help="run directory to create")
     t.add_argument("--preset", default="cpu-small",
                    help="cpu-small, cpu-small-mot, shakespeare-char, shakespeare-char-mot")
@@ -271,14 +247,14 @@ def register(add) -> None:
 
     s = add("sample", cmd_sample)
     s.add_argument("run", help="run or checkpoint directory")
-    _sampling_flags(s, temperature=1.0)
+    sampling_flags(s, temperature=1.0)
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i")
     s.add_argument("--creativity", type=float, default=None, help="thought-layer creativity (MoT models)")
 
     th = add("think", cmd_think)
     th.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")
-    _sampling_flags(th)
+    sampling_flags(th)
     th.add_argument("--branches", type=int, default=8)
     th.add_argument("--creativity", default=None, help="a value, LO:HI spread over the branches, or a list a,b,c")
     th.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
@@ -286,7 +262,7 @@ def register(add) -> None:
 
     e = add("eval", cmd_eval)
     e.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")
-    e.add_argument("--data", default=None, help="corpus (default: the one the run was trained on)")
+    e.add_argument("--data", default=None, help=DATA_HELP + "; default: the corpus the run was trained on")
     e.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     e.add_argument("--device", default=None)
     e.add_argument("--seed", type=int, default=0, help="seed of thought-layer noise and diffusion t draws")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import ConfigError
-from .core import _load, _parse_creativity
+from .common import load_run, parse_creativity
 
 MASK_CHAR = "_"  # how [MASK] is shown in --show-steps and --animate
 SHOWN_STEPS = 6  # snapshots printed by --show-steps
@@ -23,7 +23,7 @@ def _sampler_kw(args) -> dict:
 
 
 def _creativity(args):
-    c = _parse_creativity(args.creativity)
+    c = parse_creativity(args.creativity)
     if c is not None and not isinstance(c, float):
         raise ConfigError("--creativity for diffusion commands takes a single number")
     return c
@@ -35,7 +35,7 @@ def _evaluator(args, ck):
     if args.evaluator == "ar":
         if not args.judge:
             raise ConfigError("--evaluator ar needs --judge AR_RUN (an autoregressive run)")
-        j = _load(args.judge, expect="ar", device=args.device)
+        j = load_run(args.judge, expect="ar", device=args.device)
         return ARLikelihoodEvaluator(j.model, j.tokenizer)
     elbo = ElboEvaluator(ck.model, ck.tokenizer, seed=args.seed)
     if args.evaluator == "diversity":
@@ -95,7 +95,7 @@ def cmd_diffuse(args) -> int:
     """
     from ..generation.search import branch_search
 
-    ck = _load(args.run, expect="diffusion", which=args.checkpoint, device=args.device)
+    ck = load_run(args.run, expect="diffusion", which=args.checkpoint, device=args.device)
     want_traj = bool(args.show_steps or args.animate)
     try:
         points = [float(v) for v in args.points.split(",") if v.strip()]
@@ -147,12 +147,12 @@ def cmd_renoise(args) -> int:
     if not 0.0 <= args.noise <= 1.0:
         raise ConfigError(f"--noise must be in [0, 1] (the fraction of characters to mask), got {args.noise}")
     span = _parse_span(args.span)
-    ck = _load(args.run, expect="diffusion", which=args.checkpoint, device=args.device)
+    ck = load_run(args.run, expect="diffusion", which=args.checkpoint, device=args.device)
     text = args.text
     if args.draft_from:
         from ..generation.autoregressive import think
 
-        ar = _load(args.draft_from, expect="ar", device=args.device)
+        ar = load_run(args.draft_from, expect="ar", device=args.device)
         draft = think(ar.model, ar.tokenizer, args.prompt, branches=1, seed=args.seed,
                       max_new_tokens=args.draft_tokens, temperature=args.draft_temperature)
         text = draft.prompt + draft.branches[0].text

@@ -5,6 +5,9 @@ from __future__ import annotations
 import shlex
 import sys
 
+from .common import DATA_HELP
+from .progress import TqdmTrainProgress, tqdm_track
+
 
 def cmd_compare(args) -> int:
     """Train the dense baseline, the MoT twin and a reference model, sweep them, and write a report.
@@ -20,7 +23,7 @@ def cmd_compare(args) -> int:
             kw[k] = getattr(args, k)
     kw["command"] = "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else ""
     cfg = CompareConfig.quick(**kw) if args.quick else CompareConfig(**kw)
-    res = run_compare(cfg, progress=not args.quiet)
+    res = run_compare(cfg) if args.quiet else run_compare(cfg, track=tqdm_track, train_progress=TqdmTrainProgress)
     print(f"report: {cfg.out}/report.md")
     for v in res["verdicts"]:
         print("-", v)
@@ -28,8 +31,9 @@ def cmd_compare(args) -> int:
 
 
 def register(add) -> None:
+    """Add ``compare``; ``add(name, fn)`` returns the new subparser."""
     c = add("compare", cmd_compare)
-    c.add_argument("--data", default="shakespeare")
+    c.add_argument("--data", default="shakespeare", help=DATA_HELP)
     c.add_argument("--preset", default="cpu-small", help="a dense preset; its -mot twin is the MoT contender")
     c.add_argument("--steps", type=int, default=None, help="training steps of each model (default 2000)")
     c.add_argument("--out", default="reports/shakespeare")

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .core import _parse_layers as _parse_layer_list
+from .common import DATA_HELP, load_hf, parse_layers, read_corpus
 
 
-def _parse_layers(s: str):
-    """``all`` or comma-separated indices (the same syntax as ``mot train --thought-layers``)."""
+def _graft_layers(s: str):
+    """``--layers``: ``all`` or comma-separated indices (the syntax of ``mot train --thought-layers``)."""
     try:
-        layers = None if s == "none" else _parse_layer_list(s)
+        layers = None if s == "none" else parse_layers(s)
     except argparse.ArgumentTypeError:
         layers = None
     if layers is None or layers == []:
@@ -39,81 +39,49 @@ def _read_lines(path: str, what: str) -> list[str]:
     return lines
 
 
-def _is_hf_dir(p: Path) -> bool:
-    """A Hugging Face model directory: its config.json names a ``model_type``."""
-    try:
-        return "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+# ----------------------------------------------------------------------------- graft
 
 
-def _load_hf(path: str, device: str | None = None):
-    """(model, tokenizer) from a grafted directory, a mixture_of_thoughts run, or a Hugging Face model."""
+def _empty_out(path: str, force: bool) -> Path:
+    """``--out``: a directory that does not exist or is empty, unless ``--force``."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory to write")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {out} is not empty; choose another directory or pass --force")
+    return out
+
+
+def _load_pretrained(name: str, device: str | None):
+    """(model, tokenizer) of a Hugging Face causal LM, hub id or local directory."""
     from ..hf._compat import require_transformers
-    from ..hf.graft import is_grafted_dir, load_grafted
-    from ..training.checkpoint import is_checkpoint, is_run
 
-    p = Path(path)
-    if p.is_dir() and not is_grafted_dir(p) and (is_run(p) or (is_checkpoint(p) and not _is_hf_dir(p))):
-        from ..training.checkpoint import load_checkpoint
-
-        ck = load_checkpoint(p, device=device or "cpu")
-        return ck.model.eval(), ck.tokenizer
     require_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = load_grafted(path) if is_grafted_dir(path) else AutoModelForCausalLM.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name)
     except OSError as e:
-        raise ConfigError(f"cannot load model {path!r}: {e}") from None
+        raise ConfigError(f"cannot load --model {name!r}: {e}") from None
     if device:
         model.to(device)
-    return model.eval(), tok
+    return model, tok
 
 
-def cmd_graft(args) -> int:
-    """Graft Mixture-of-Thoughts layers into a Hugging Face causal LM and fine-tune only them.
-
-    Every chosen MLP becomes E branches copied from it, under a zero (uniform) router; the thought
-    parameters are trained on random windows of --data, everything else stays frozen. The output
-    directory holds the base model (save_pretrained), the tokenizer, graft.json and
-    thoughts.safetensors; load it with mixture_of_thoughts.hf.graft.load_grafted or `mot think DIR`.
-
-    Example: mot graft --model gpt2 --layers all --branches 4 --k 2 --data corpus.txt --steps 200 --out runs/gpt2-mot
-    """
-    from ..hf._compat import require_transformers
-
-    require_transformers()
+def _token_ids(tok, text: str, data: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..hf.finetune import train_graft
-    from ..hf.graft import freeze_except_thoughts, graft, save_grafted
-
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ConfigError(f"--out {out} is not empty; choose another directory or pass --force")
-    try:
-        text = Path(args.data).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"--data {args.data}: cannot read UTF-8 text: {e}") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model)
-    except OSError as e:
-        raise ConfigError(f"cannot load --model {args.model!r}: {e}") from None
-    if args.device:
-        model.to(args.device)
-    graft(model, _parse_layers(args.layers), n_branches=args.branches, k=args.k, creativity=args.creativity,
-          route=args.route, noise_init=args.noise_init, seed=args.seed)
-    trainable, total = freeze_except_thoughts(model)
     ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     if ids.numel() < 2:
-        raise DataError(f"--data {args.data} holds fewer than 2 tokens")
-    print(f"grafted {args.model} ({model.config.model_type}): layers {model.mot_graft.spec.layers}, "
-          f"E={args.branches}, k={args.k}; trainable {trainable:,} of {total:,} parameters "
-          f"({trainable / total:.1%}); {ids.numel():,} training tokens")
+        raise DataError(f"--data {data} holds fewer than 2 tokens")
+    return ids
+
+
+def _fine_tune(model, ids, args) -> list[float]:
+    """Train the thought parameters on ``ids``, with a progress bar on stderr unless ``--quiet``."""
+    from ..hf.finetune import train_graft
+
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -125,15 +93,47 @@ def cmd_graft(args) -> int:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    losses = train_graft(model, ids, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
-                         lr=args.lr, seed=args.seed, progress=progress)
-    if bar is not None:
-        bar.close()
+    try:
+        return train_graft(model, ids, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
+                           lr=args.lr, seed=args.seed, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_graft(args) -> int:
+    """Graft Mixture-of-Thoughts layers into a Hugging Face causal LM and fine-tune only them.
+
+    Every chosen MLP becomes E branches copied from it, under a zero (uniform) router; the thought
+    parameters are trained on random windows of --data (a text file or 'shakespeare', as for mot
+    train), everything else stays frozen. The output directory holds the base model
+    (save_pretrained), the tokenizer, graft.json and thoughts.safetensors; load it with
+    mixture_of_thoughts.hf.graft.load_grafted or `mot think DIR`.
+
+    Example: mot graft --model gpt2 --layers all --branches 4 --k 2 --data corpus.txt --steps 200 --out runs/gpt2-mot
+    """
+    from ..hf.graft import freeze_except_thoughts, graft, save_grafted
+
+    out = _empty_out(args.out, args.force)
+    text = read_corpus(args.data)  # resolved as by every --data: a path or 'shakespeare'
+    layers = _graft_layers(args.layers)
+    model, tok = _load_pretrained(args.model, args.device)
+    graft(model, layers, n_branches=args.branches, k=args.k, creativity=args.creativity,
+          route=args.route, noise_init=args.noise_init, seed=args.seed)
+    trainable, total = freeze_except_thoughts(model)
+    ids = _token_ids(tok, text, args.data)
+    print(f"grafted {args.model} ({model.config.model_type}): layers {model.mot_graft.spec.layers}, "
+          f"E={args.branches}, k={args.k}; trainable {trainable:,} of {total:,} parameters "
+          f"({trainable / total:.1%}); {ids.numel():,} training tokens")
+    losses = _fine_tune(model, ids, args)
     save_grafted(model, out, tok, overwrite=args.force)
     first, last = losses[0], sum(losses[-10:]) / len(losses[-10:])
     print(f"LM loss {first:.4f} -> {last:.4f} nats/token (mean of the last {min(10, len(losses))} steps); "
           f"saved {out}")
     return 0
+
+
+# ----------------------------------------------------------------------------- experts and steer
 
 
 def cmd_experts(args) -> int:
@@ -149,7 +149,7 @@ def cmd_experts(args) -> int:
 
     a = _read_lines(args.prompts_a, "--prompts-a")
     b = _read_lines(args.prompts_b, "--prompts-b")
-    model, tok = _load_hf(args.model, args.device)
+    model, tok = load_hf(args.model, args.device)
     spec = expert_specialisation(model, tok, a, b)
     if args.out:
         plot_specialisation(spec, args.out, labels=(Path(args.prompts_a).stem, Path(args.prompts_b).stem))
@@ -164,7 +164,7 @@ def cmd_experts(args) -> int:
 
 def _parse_profile(s: str):
     """``force=1,3;ban=0;boost=2;suppress=5;delta=2;name=x`` -> ExpertProfile."""
-    from ..hf.experts import ExpertProfile
+    from ..steering.experts import ExpertProfile
 
     kw = {}
     for part in s.split(";"):
@@ -178,7 +178,10 @@ def _parse_profile(s: str):
             except ValueError:
                 raise ConfigError(f"--profile {s!r}: {key} takes comma-separated expert ids") from None
         elif key == "delta":
-            kw["delta"] = float(val)
+            try:
+                kw["delta"] = float(val)
+            except ValueError:
+                raise ConfigError(f"--profile {s!r}: delta takes a number, got {val!r}") from None
         elif key == "name":
             kw["name"] = val
         else:
@@ -198,7 +201,7 @@ def cmd_steer(args) -> int:
     from ..hf.specialise import think_experts
 
     profiles = [_parse_profile(p) for p in (args.profile or [""])]
-    model, tok = _load_hf(args.model, args.device)
+    model, tok = load_hf(args.model, args.device)
     res = think_experts(model, tok, args.prompt, profiles, seed=args.seed, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     if args.json:
@@ -211,6 +214,9 @@ def cmd_steer(args) -> int:
         print(f"=== profile {p.name or '(none)'!r}  seed={b.seed}  mean loglik={b.mean_loglik:.3f}")
         print(res.prompt + b.text)
     return 0
+
+
+# ----------------------------------------------------------------------------- cost
 
 
 def cmd_cost(args) -> int:
@@ -240,11 +246,18 @@ def cmd_cost(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- flags
+
+
 def register(add) -> None:
     """Add this module's subcommands; ``add(name, fn)`` returns the new subparser."""
-    from ..hf.cost import PRESETS
+    _graft_flags(add("graft", cmd_graft))
+    _experts_flags(add("experts", cmd_experts))
+    _steer_flags(add("steer", cmd_steer))
+    _cost_flags(add("cost", cmd_cost))
 
-    g = add("graft", cmd_graft)
+
+def _graft_flags(g) -> None:
     g.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
     g.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
     g.add_argument("--branches", type=int, default=4, help="E, branches per grafted layer")
@@ -252,7 +265,7 @@ def register(add) -> None:
     g.add_argument("--creativity", type=float, default=1.0, help="default creativity of the grafted layers")
     g.add_argument("--route", choices=["token", "sequence"], default="token")
     g.add_argument("--noise-init", type=float, default=0.02, help="initial branch noise scales")
-    g.add_argument("--data", required=True, help="UTF-8 text file to fine-tune on")
+    g.add_argument("--data", required=True, help="text to fine-tune on: " + DATA_HELP)
     g.add_argument("--steps", type=int, default=200)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--block-size", type=int, default=128, help="tokens per training window")
@@ -263,7 +276,8 @@ def register(add) -> None:
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    e = add("experts", cmd_experts)
+
+def _experts_flags(e) -> None:
     e.add_argument("model", help="Hugging Face MoE model (hub id or directory), grafted directory, or MoT run")
     e.add_argument("--prompts-a", required=True, help="file with one prompt per line (set A)")
     e.add_argument("--prompts-b", required=True, help="file with one prompt per line (set B)")
@@ -272,7 +286,8 @@ def register(add) -> None:
     e.add_argument("--device", default=None)
     e.add_argument("--json", action="store_true")
 
-    s = add("steer", cmd_steer)
+
+def _steer_flags(s) -> None:
     s.add_argument("model", help="Hugging Face MoE model, grafted directory, or MoT run")
     s.add_argument("--prompt", required=True)
     s.add_argument("--profile", action="append", help="expert profile of one branch (repeat for more)")
@@ -284,7 +299,10 @@ def register(add) -> None:
     s.add_argument("--device", default=None)
     s.add_argument("--json", action="store_true")
 
-    c = add("cost", cmd_cost)
+
+def _cost_flags(c) -> None:
+    from ..hf.cost import PRESETS
+
     c.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="fill in --params (gpt2 124M, llama-7b 6.74B)")
     c.add_argument("--params", default=None, help="parameters N, e.g. 124M, 6.74B")
@@ -297,18 +315,3 @@ def register(add) -> None:
     c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation achieved")
     c.add_argument("--gpu-hour-usd", type=float, default=2.5, help="price of one GPU-hour")
     c.add_argument("--json", action="store_true")
-
-
-def think_grafted(args, branch_seeds, creativity):
-    """``mot think DIR`` for a grafted Hugging Face directory: ``(ThinkResult, path, kind)``, or ``None``
-    when ``args.run`` is not a grafted directory (then ``mot think`` loads a MoT run as usual)."""
-    from ..hf.generate import think_hf
-    from ..hf.graft import is_grafted_dir
-
-    if not args.run or not is_grafted_dir(args.run):
-        return None
-    model, tok = _load_hf(args.run, args.device)
-    res = think_hf(model, tok, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=branch_seeds,
-                   creativity=creativity, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, stop=args.stop)
-    return res, args.run, f"grafted {model.config.model_type}"

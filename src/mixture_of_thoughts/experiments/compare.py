@@ -20,11 +20,11 @@ routing: the setting it was trained with) and, for information, for every settin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,11 +38,12 @@ from ..errors import ConfigError
 from ..generation.autoregressive import generate
 from ..generation.diffusion import generate as diffusion_generate
 from ..metrics.diversity import distinct_n, self_bleu, vendi_score
-from ..metrics.quality import LN2, ar_nll, continuation_nll
+from ..metrics.quality import ar_nll, continuation_nll
 from ..models.diffusion import diffusion_nll
 from ..rng import GeneratorNoise, RowNoise
 from ..training.checkpoint import is_checkpoint, load_checkpoint
-from ..training.trainer import train
+from ..training.trainer import TrainProgress, train
+from ..units import LN2
 from . import stats
 
 log = logging.getLogger(__name__)
@@ -116,23 +117,10 @@ class Setting:
         return f"MoT T={self.temperature:g} c={self.creativity:g} {self.route}"
 
 
-@contextlib.contextmanager
-def routing(model, route: str | None):
-    """Temporarily switch every thought layer of ``model`` to ``route``."""
-    layers = [b.ffn for b in model.blocks if b.is_thought]
-    old = [layer.cfg for layer in layers]
-    try:
-        if route is not None:
-            for layer in layers:
-                layer.cfg = dataclasses.replace(layer.cfg, route=route)
-        yield
-    finally:
-        for layer, cfg in zip(layers, old, strict=True):
-            layer.cfg = cfg
+def _train_all(cfg: CompareConfig, out: Path, train_progress: Callable[[], TrainProgress] | None) -> dict[str, object]:
+    """Train (or reuse) baseline, MoT, reference (and diffusion) models; returns loaded checkpoints.
 
-
-def _train_all(cfg: CompareConfig, out: Path, progress: bool) -> dict[str, object]:
-    """Train (or reuse) baseline, MoT, reference (and diffusion) models; returns loaded checkpoints."""
+    ``train_progress()`` makes a fresh progress display for each model trained (None: silent)."""
     runs = {}
     p = preset(cfg.preset)
     plan = [("baseline", cfg.preset, cfg.seed, "ar"), ("mot", cfg.preset + "-mot", cfg.seed, "ar"),
@@ -145,7 +133,8 @@ def _train_all(cfg: CompareConfig, out: Path, progress: bool) -> dict[str, objec
             mc = ModelConfig.from_dict(preset(model_preset)["model"])
             tc = TrainConfig.from_dict({**p["train"], "max_steps": cfg.steps, "seed": seed, "objective": objective,
                                         "eval_interval": max(1, cfg.steps // 10), "eval_batches": cfg.eval_batches})
-            train(cfg.data, run, mc, tc, force=True, device=cfg.device, progress=progress)
+            train(cfg.data, run, mc, tc, force=True, device=cfg.device,
+                  progress=train_progress() if train_progress is not None else None)
         runs[name] = load_checkpoint(run, which="latest", device=_device(cfg))
     return runs
 
@@ -182,9 +171,8 @@ def _run_setting(s: Setting, model, ref, tok, prompts: torch.Tensor, cfg: Compar
             tokens = diffusion_generate(model, rows, T0 + cfg.new_tokens, noise, sampler="ancestral",
                                         steps=cfg.diffusion_steps, temperature=s.temperature).tokens
         else:
-            with routing(model, s.route):
-                gen = generate(model, rows, cfg.new_tokens, noise, temperature=s.temperature, top_p=s.top_p,
-                               creativity=s.creativity)
+            gen = generate(model, rows, cfg.new_tokens, noise, temperature=s.temperature, top_p=s.top_p,
+                           creativity=s.creativity, route=s.route)
             tokens = gen.tokens
             metrics["own_loglik"].append(gen.logprobs.mean(1).view(P, N).mean(1).cpu().numpy())
         nll, count = continuation_nll(ref, tokens, T0)
@@ -227,8 +215,9 @@ def _mechanism(mot, ds: CharDataset, cfg: CompareConfig, dev) -> dict:
         top = captured[layer].reshape(-1, E).topk(k, dim=-1).indices  # deterministic (c = 0) selection
         onehot = torch.zeros(top.shape[0], E, device=dev).scatter_(1, top, 1.0)  # (tokens, E)
         counts = torch.zeros(len(CHAR_CLASSES), E, device=dev).index_add_(0, cls_id, onehot)  # (classes, E)
-        per_class = counts / counts.sum(1, keepdim=True).clamp_min(1)  # P(branch | class), rows sum to k
-        lift = per_class / (k / E)  # 1 = no preference
+        # P(branch selected | class): each token selects k branches, so a row of counts sums to k * tokens
+        per_class = counts / (counts.sum(1, keepdim=True) / k).clamp_min(1)  # rows sum to k
+        lift = per_class / (k / E)  # 1 = no preference (a uniform router selects each branch with k / E)
         res["layers"][str(layer)] = {
             "router_entropy": float(s["router_entropy"]), "branch_diversity": float(s["branch_diversity"]),
             "load": [float(v) for v in s["load"]], "class_branch_lift": lift.cpu().tolist(),
@@ -250,16 +239,21 @@ def _char_class(c: str) -> int:
     return 3
 
 
-def run_compare(cfg: CompareConfig, progress: bool = False) -> dict:
-    """Run the whole comparison and write ``report.md``, ``metrics.json`` and plots into ``cfg.out``."""
-    from tqdm.auto import tqdm
+def run_compare(cfg: CompareConfig, *, track: Callable[[list, str], Iterable] | None = None,
+                train_progress: Callable[[], TrainProgress] | None = None) -> dict:
+    """Run the whole comparison and write ``report.md``, ``metrics.json`` and plots into ``cfg.out``.
 
+    Args:
+        cfg: the experiment.
+        track: ``track(items, desc)`` wraps each sweep's list of settings (e.g. a progress bar); None: silent.
+        train_progress: makes the progress display of each model trained; None: silent.
+    """
     from .report import write_report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = _device(cfg)
-    runs = _train_all(cfg, out, progress)
+    runs = _train_all(cfg, out, train_progress)
     tok = runs["baseline"].tokenizer
     ds = CharDataset(load_corpus(cfg.data), runs["baseline"].model.config.block_size, tok)
     prompts = _prompts(ds, cfg)
@@ -276,7 +270,7 @@ def run_compare(cfg: CompareConfig, progress: bool = False) -> dict:
     settings = [Setting("baseline", t) for t in cfg.temperatures] + [Setting("baseline", 1.0, top_p=p)
                                                                     for p in cfg.top_ps]
     def sweep(items: list[Setting], model, desc: str) -> None:
-        for s in tqdm(items, desc=desc, disable=not progress):
+        for s in (track(items, desc) if track is not None else items):
             _run_setting(s, model, ref, tok, prompts, cfg, dev)
 
     sweep(settings, runs["baseline"].model, "baseline sweep")

@@ -160,7 +160,8 @@ def write_report(res: dict, out: Path) -> None:
     for n, d in sorted(res["mechanism"]["layers"].items(), key=lambda kv: int(kv[0])):
         L.append(f"| {n} | {d['router_entropy']:.3f} | {d['branch_diversity']:.3f} | {d['max_lift']:.2f} | "
                  + " ".join(f"{v:.2f}" for v in d["load"]) + " |")
-    L += ["", "Class lift: P(branch | character class) / (k / E); 1 means no preference.", "",
+    L += ["", "Class lift: P(branch | character class) / (k / E); 1 means no preference, E / k that a class "
+          "always selects that branch.", "",
           "Creativity–diversity correlation (units: prompt × seed × creativity, temperature 1):", "",
           "| routing / metric | Pearson | Spearman |", "|---|---|---|"]
     for k, v in res["creativity_correlation"].items():

@@ -10,7 +10,6 @@ dtype (up to a flip between two logits within rounding error of each other).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -18,27 +17,21 @@ from ..data.tokenizer import CharTokenizer
 from ..errors import ConfigError, DataError
 from ..models.transformer import Transformer
 from ..rng import RowNoise
-from .sampling import sample_tokens, validate_sampling
+from .decoder import (  # noqa: F401  (Branch, creativity_spread: re-exported for the own-model API)
+    Branch,
+    Generation,
+    Sampling,
+    Step,
+    StepFn,
+    ThinkResult,
+    branch_plan,
+    collect_branches,
+    creativity_spread,
+    decode,
+)
 
 log = logging.getLogger(__name__)
 EMPTY_PROMPT = "\n"  # an empty prompt starts from a newline, as nanoGPT's sample.py does
-
-
-@dataclass
-class Generation:
-    """Raw result of :func:`generate`.
-
-    Attributes:
-        tokens: (B, T_prompt + n) ids.
-        logprobs: (B, n) log-probability of each generated token under the model (temperature 1, no filter).
-        lengths: (B,) generated tokens kept per row (shorter when a stop string ended the row).
-        routing: {layer: (B, E)} fraction of each row's generated tokens sent to each branch.
-    """
-
-    tokens: torch.Tensor
-    logprobs: torch.Tensor
-    lengths: torch.Tensor
-    routing: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def prepare_prompt(tokenizer: CharTokenizer, prompt: str, block_size: int | None, unknown: str = "error") -> list[int]:
@@ -54,124 +47,65 @@ def prepare_prompt(tokenizer: CharTokenizer, prompt: str, block_size: int | None
     return ids
 
 
-@torch.no_grad()
+def transformer_step(model: Transformer, noise: RowNoise, *, creativity: float | torch.Tensor | None = None,
+                     route: str | None = None, use_cache: bool = True) -> StepFn:
+    """The decoder's step function for a causal :class:`Transformer`.
+
+    With the KV cache the first call reads the prompt and each later call the one new token; without
+    it every call recomputes the last ``block_size`` tokens (the reference path) through a throw-away
+    cache that starts at the window's absolute position, so position-keyed noise matches exactly.
+    """
+    block = model.config.block_size
+    cache = model.new_cache(noise.batch_size) if use_cache else None
+    kw = dict(noise=noise, creativity=creativity, route=route, last_only=True)
+
+    def step(tokens: torch.Tensor, length: int) -> Step:
+        if use_cache:
+            ids = tokens[:, :length] if cache.length == 0 else tokens[:, length - 1:length]
+            out = model(ids, cache=cache, **kw)
+        else:
+            lo = max(0, length - block)
+            window_cache = model.new_cache(tokens.shape[0], start=lo) if lo > 0 else None
+            out = model(tokens[:, lo:length], cache=window_cache, **kw)
+        return Step(out.logits[:, -1, :], {layer: s["row_load"] for layer, s in out.stats.items()})
+
+    return step
+
+
 def generate(model: Transformer, prompt_ids: torch.Tensor, max_new_tokens: int, noise: RowNoise, *,
              temperature: float | torch.Tensor = 1.0, top_k: int | None = None, top_p: float | None = None,
-             min_p: float | None = None, creativity: float | torch.Tensor | None = None,
-             use_cache: bool = True, stop_ids: list[int] | None = None) -> Generation:
-    """Generate ``max_new_tokens`` per row.
+             min_p: float | None = None, creativity: float | torch.Tensor | None = None, route: str | None = None,
+             use_cache: bool = True, stop_ids: list[int] | None = None, on_token=None) -> Generation:
+    """Generate ``max_new_tokens`` per row with a causal :class:`Transformer` (the branch decoder).
 
     Args:
-        model: a causal :class:`Transformer` (eval mode is set here).
+        model: a causal model (eval mode is set here).
         prompt_ids: (B, T0) prompt ids, ``T0 <= block_size``.
         noise: per-row noise (``RowNoise(seeds)``) driving sampling and the thought layers.
         temperature: float or (B,) tensor; 0 is greedy.
         creativity: thought-layer creativity: None (config default), float, or (B,) tensor.
+        route: thought-layer routing for this call (``"token"`` / ``"sequence"``; None = configured).
         use_cache: use the KV cache; ``False`` recomputes the last block at every step (reference).
         stop_ids: a stop string's ids; a row stops once its generated text ends with it.
+        on_token: see :func:`~mixture_of_thoughts.generation.decoder.decode`.
     Returns:
-        :class:`Generation`.
+        :class:`~mixture_of_thoughts.generation.decoder.Generation`.
     """
     if not model.config.causal:
         raise ConfigError("generate needs a causal (autoregressive) model; use the diffusion samplers "
                           "for a diffusion model")
-    validate_sampling(float(torch.as_tensor(temperature).min()), top_k, top_p, min_p)
     model.eval()
-    B, T0 = prompt_ids.shape
-    block = model.config.block_size
-    dev = model.wte.weight.device
-    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=dev)
-    tokens[:, :T0] = prompt_ids.to(dev)
-    logprobs = torch.zeros(B, max_new_tokens, device=dev)
-    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    routing: dict[int, torch.Tensor] = {}
-    stop = torch.tensor(stop_ids, device=dev) if stop_ids else None
-
-    cache = model.new_cache(B) if use_cache else None
-    out = model(tokens[:, :T0], cache=cache, noise=noise, creativity=creativity, last_only=True)
-    for i in range(max_new_tokens):
-        pos = T0 + i
-        logits = out.logits[:, -1, :]
-        nxt = sample_tokens(logits, noise, pos, temperature, top_k, top_p, min_p)
-        tokens[:, pos] = nxt
-        logprobs[:, i] = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
-        if i > 0:  # routing of the step that read the previous generated token
-            for layer, s in out.stats.items():
-                routing[layer] = routing.get(layer, 0) + s["row_load"].float() * (~done)[:, None]
-        if stop is not None and pos + 1 - T0 >= len(stop):
-            hit = (tokens[:, pos + 1 - len(stop):pos + 1] == stop).all(-1) & ~done
-            lengths = torch.where(hit, torch.full_like(lengths, i + 1), lengths)
-            done |= hit
-            if bool(done.all()):
-                tokens, logprobs = tokens[:, :pos + 1], logprobs[:, :i + 1]
-                break
-        if i == max_new_tokens - 1:
-            break
-        if use_cache:
-            out = model(tokens[:, pos:pos + 1], cache=cache, noise=noise, creativity=creativity, last_only=True)
-        else:
-            lo = max(0, pos + 1 - block)
-            out = _forward_window(model, tokens[:, lo:pos + 1], lo, noise, creativity)
-    routing = {k: v / v.sum(-1, keepdim=True).clamp_min(1e-9) for k, v in routing.items()}
-    return Generation(tokens, logprobs, lengths, routing)
-
-
-def _forward_window(model, window, start, noise, creativity):
-    """Forward over ``window`` whose first token sits at absolute position ``start`` (no cache).
-
-    A throw-away cache that starts at ``start`` gives the window its absolute positions, so that
-    position-keyed noise matches the cached path exactly.
-    """
-    cache = model.new_cache(window.shape[0])
-    cache.length = start
-    return model(window, cache=cache, noise=noise, creativity=creativity, last_only=True)
-
-
-@dataclass
-class Branch:
-    """One thought branch: its text and how it was made."""
-
-    text: str
-    seed: int
-    creativity: float | None
-    mean_loglik: float  # mean log-probability per generated character, nats
-    routing: dict[int, list[float]]  # per thought layer: fraction of tokens sent to each branch
-
-
-@dataclass
-class ThinkResult:
-    prompt: str
-    branches: list[Branch]
-    diversity: dict[str, float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def creativity_spread(spec, n: int) -> list[float] | None:
-    """Creativity per branch from ``None``, a float, a ``(lo, hi)`` pair (linear spread) or a list."""
-    if spec is None:
-        return None
-    if isinstance(spec, (int, float)):
-        vals = [float(spec)] * n
-    elif isinstance(spec, tuple) and len(spec) == 2:
-        lo, hi = map(float, spec)
-        vals = [lo] * n if n == 1 else [lo + (hi - lo) * i / (n - 1) for i in range(n)]
-    else:
-        vals = [float(v) for v in spec]
-        if len(vals) != n:
-            raise ConfigError(f"creativity list has {len(vals)} values for {n} branches")
-    if any(v < 0 for v in vals):
-        raise ConfigError(f"creativity must be >= 0, got {min(vals)}")
-    return vals
+    prompt_ids = prompt_ids.to(model.wte.weight.device)
+    step = transformer_step(model, noise, creativity=creativity, route=route, use_cache=use_cache)
+    return decode(step, prompt_ids, max_new_tokens, noise, Sampling(temperature, top_k, top_p, min_p),
+                  stop_sequences=[stop_ids] if stop_ids else (), on_token=on_token)
 
 
 def think(model: Transformer, tokenizer: CharTokenizer, prompt: str, *, branches: int = 8, seed: int = 0,
           branch_seeds: list[int] | None = None, creativity=None, max_new_tokens: int = 200,
           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
           min_p: float | None = None, stop: str | None = None, unknown_chars: str = "error",
-          use_cache: bool = True) -> ThinkResult:
+          use_cache: bool = True, route: str | None = None, on_token=None) -> ThinkResult:
     """N thought branches for one prompt in one batched pass.
 
     Args:
@@ -184,22 +118,18 @@ def think(model: Transformer, tokenizer: CharTokenizer, prompt: str, *, branches
             branches, or one value per branch. Dense models ignore it (their branches differ by
             sampling only).
         max_new_tokens, temperature, top_k, top_p, min_p, stop: sampling settings.
+        route: thought-layer routing for this call (None = each layer's configured routing).
+        on_token: called after each decoding step (see ``decoder.decode``).
     Returns:
         :class:`ThinkResult` with per-branch text, seed, creativity, mean log-likelihood and
         routing trace, and the set's diversity (distinct-2, distinct-3, self-BLEU).
     """
-    from ..metrics.diversity import distinct_n, self_bleu
-
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    seeds = list(branch_seeds) if branch_seeds is not None else [seed + i for i in range(branches)]
-    if not seeds:
-        raise ConfigError("branches must be >= 1")
+    seeds, crea = branch_plan(branches, seed, branch_seeds, creativity)
     n = len(seeds)
-    crea = creativity_spread(creativity, n)
     ids = prepare_prompt(tokenizer, prompt, model.config.block_size, unknown_chars)
     dev = model.wte.weight.device
-    prompt_ids = torch.tensor(ids, device=dev).repeat(n, 1)
     stop_ids = None
     if stop:
         try:
@@ -207,18 +137,8 @@ def think(model: Transformer, tokenizer: CharTokenizer, prompt: str, *, branches
         except DataError as e:
             raise DataError(f"stop string: {e}") from None
     c = torch.tensor(crea, device=dev) if crea is not None else None
-    gen = generate(model, prompt_ids, max_new_tokens, RowNoise(seeds, dev), temperature=temperature,
-                   top_k=top_k, top_p=top_p, min_p=min_p, creativity=c, use_cache=use_cache, stop_ids=stop_ids)
-    T0 = len(ids)
-    out = []
-    for b in range(n):  # decoding to Python strings is per row by nature (not a hot path)
-        L = int(gen.lengths[b])
-        text = tokenizer.decode(gen.tokens[b, T0:T0 + L])
-        ll = float(gen.logprobs[b, :L].mean()) if L else 0.0
-        route = {layer: [round(float(v), 4) for v in load[b]] for layer, load in gen.routing.items()}
-        branch_crea = None if crea is None or not model.config.has_thoughts else crea[b]
-        out.append(Branch(text, seeds[b], branch_crea, ll, route))
-    texts = [br.text for br in out]
-    div = {"distinct_2": distinct_n(texts, 2), "distinct_3": distinct_n(texts, 3)}
-    div["self_bleu"] = self_bleu(texts) if n > 1 else float("nan")
-    return ThinkResult(tokenizer.decode(ids), out, div)
+    gen = generate(model, torch.tensor(ids, device=dev).repeat(n, 1), max_new_tokens, RowNoise(seeds, dev),
+                   temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, creativity=c, route=route,
+                   use_cache=use_cache, stop_ids=stop_ids, on_token=on_token)
+    branch_crea = crea if crea is not None and model.config.has_thoughts else None
+    return collect_branches(gen, len(ids), tokenizer.decode, seeds, branch_crea, tokenizer.decode(ids))

@@ -3,17 +3,17 @@
 All three share one loop, :func:`denoise`, and differ only in which masked positions a step reveals:
 
 * ``ancestral``: the reverse step ``t -> s`` of the linear schedule; each masked position is revealed
-  with probability ``(t - s) / t`` (Sahoo et al. 2024, MDLM eq. 7). When a step reveals nothing in a
-  row its logits are reused, because the row's input (and so its time input) did not change.
+  with probability ``(t - s) / t`` (Sahoo et al. 2024, MDLM eq. 7), all of them at the last step.
 * ``topk``: the ``k`` most confident masked positions per step (LLaDA's low-confidence remasking,
   Nie et al. 2025).
 * ``confidence``: every masked position whose confidence exceeds a threshold, and at least the most
   confident one per step (Fast-dLLM, Wu et al. 2025).
 
-Candidate tokens are sampled by Gumbel-max with each row's counter-based noise (``rng.RowNoise``)
-keyed by the step index within the window and the absolute position, so a branch sampled alone
-equals the same branch sampled in a batch. The model's time input is each row's masked fraction
-(:meth:`MaskSchedule.time_input`), what ``t`` means in training.
+Candidate tokens are drawn by inverse CDF from one uniform per position of each row's counter-based
+noise (``rng.RowNoise``), keyed by the step index within the window and the absolute position, so a
+branch sampled alone equals the same branch sampled in a batch. The model's time input is each row's
+masked fraction (:meth:`MaskSchedule.time_input`), what ``t`` means in training. When a step reveals
+nothing in a row (only ``ancestral`` can), the row's logits are reused: its input did not change.
 
 Known positions (a prompt, or any set for infilling) are never changed. Sequences longer than the
 block size are denoised semi-autoregressively: window by window, each window holding up to half a
@@ -37,12 +37,12 @@ _UNMASK, _TOKEN = 0, 1  # sub-streams: reveal draws, token draws
 
 @dataclass
 class DiffusionSample:
-    """Result of :func:`denoise` / :func:`generate`.
+    """Result of :func:`denoise`, :func:`infill` and :func:`generate`.
 
     Attributes:
         tokens: (B, N) final ids (no ``[MASK]`` left).
-        trajectory: ``None``, or the (B, N) sequence after each step (``[MASK]`` = the mask id),
-            on the CPU; ``trajectory[0]`` is the input.
+        trajectory: ``None``, or the (B, N) sequence before the first step and after each step
+            (``[MASK]`` = the mask id), on the CPU: ``trajectory[0]`` is the input, ``steps + 1`` in all.
         steps: denoising steps taken (over all windows).
         forwards: row-batches the model evaluated (fewer than ``steps`` when logits were reused).
     """
@@ -91,24 +91,96 @@ def _propose(logits, noise: RowNoise, step: int, positions, temperature):
     return tok, conf
 
 
-def _reveal(sampler, masked, conf, noise, step, positions, t, s, k, threshold, schedule):
-    """(B, L) bool: which masked positions this step reveals."""
-    if sampler == "ancestral":
-        u = noise.uniform(stream_id(DIFFUSION, step & 0xFFFF, _UNMASK), positions).to(masked.device)  # (B, L)
-        return masked & (u < schedule.unmask_prob(t, s))
+@dataclass(frozen=True)
+class _Rule:
+    """A sampler with its settings resolved for one window (``steps`` and ``k`` no longer ``None``)."""
+
+    sampler: str
+    steps: int
+    k: int | None
+    threshold: float
+    schedule: MaskSchedule
+
+    @classmethod
+    def resolve(cls, sampler, steps, k, threshold, schedule, n_masked: int) -> _Rule:
+        """Fill in the defaults: :data:`DEFAULT_STEPS`, and for topk ``k = ceil(n_masked / steps)``."""
+        steps = steps or DEFAULT_STEPS
+        if sampler == "topk" and k is None:
+            k = max(1, -(-n_masked // steps))
+        return cls(sampler, steps, k, threshold, schedule)
+
+
+def _reveal_ancestral(masked, u, p: float):
+    """(B, L) bool: masked positions whose uniform ``u`` is below ``p``; ``p >= 1`` reveals them all
+    (the last reverse step, whatever ``u`` is: a float32 uniform can round up to 1)."""
+    return masked if p >= 1.0 else masked & (u < p)
+
+
+def _reveal_topk(masked, conf, k: int):
+    """(B, L) bool: the ``k`` most confident masked positions of each row (all of them if fewer)."""
     c = conf.masked_fill(~masked, float("-inf"))
-    if sampler == "topk":
-        idx = c.topk(min(k, c.shape[1]), dim=-1).indices
-        return torch.zeros_like(masked).scatter(1, idx, True) & masked
+    idx = c.topk(min(k, c.shape[1]), dim=-1).indices
+    return torch.zeros_like(masked).scatter(1, idx, True) & masked
+
+
+def _reveal_confident(masked, conf, threshold: float):
+    """(B, L) bool: masked positions with confidence above ``threshold``, and each row's most confident one."""
+    c = conf.masked_fill(~masked, float("-inf"))
     best = torch.zeros_like(masked).scatter(1, c.argmax(-1, keepdim=True), True)
     return masked & ((conf > threshold) | best)
+
+
+def _reveal(rule: _Rule, masked, conf, noise: RowNoise, step: int, positions):
+    """(B, L) bool: which masked positions step ``step`` reveals under ``rule``."""
+    if rule.sampler == "ancestral":
+        t, s = 1.0 - step / rule.steps, 1.0 - (step + 1) / rule.steps
+        u = noise.uniform(stream_id(DIFFUSION, step & 0xFFFF, _UNMASK), positions).to(masked.device)  # (B, L)
+        return _reveal_ancestral(masked, u, rule.schedule.unmask_prob(t, s))
+    if rule.sampler == "topk":
+        return _reveal_topk(masked, conf, rule.k)
+    return _reveal_confident(masked, conf, rule.threshold)
+
+
+def _check_window(model, length: int) -> None:
+    """Raise a ``ConfigError`` unless ``model`` is a diffusion model whose block holds ``length`` positions."""
+    if not model.config.time_conditioning or model.config.causal:
+        raise ConfigError("this needs a diffusion model (bidirectional, time-conditioned); "
+                          "train one with: mot train --objective diffusion")
+    if length > model.config.block_size:
+        raise ConfigError(f"a window holds at most block_size={model.config.block_size} positions, got {length}; "
+                          "use generate()/infill() for longer sequences")
+
+
+def _start(model, x: torch.Tensor, known: torch.Tensor | None):
+    """``(x, masked)`` on the model's device: ``x`` with ``[MASK]`` at every position not known."""
+    MASK = mask_id(model)
+    x = x.to(model.wte.weight.device)
+    known = (x != MASK) if known is None else known.to(x.device).expand(x.shape)
+    return torch.where(known, x, torch.full_like(x, MASK)), ~known
+
+
+def _refresh_logits(model, x, masked, logits, stale, noise: RowNoise, creativity, schedule: MaskSchedule):
+    """``(logits, evaluated)``: ``logits`` with the ``stale`` rows that still hold masks recomputed.
+
+    The other rows keep theirs: a row that revealed nothing has the same input, and so the same
+    time input, as when its logits were computed. ``evaluated`` says whether the model ran.
+    """
+    rows = (stale & masked.any(-1)).nonzero()[:, 0]
+    if not len(rows):
+        return logits, False
+    sub_noise = noise.select(rows) if len(rows) < x.shape[0] else noise
+    if torch.is_tensor(creativity) and creativity.dim() > 0:
+        creativity = creativity[rows.to(creativity.device)]
+    lg, _ = denoiser_logits(model, x[rows], schedule.time_input(masked[rows]), noise=sub_noise,
+                            creativity=creativity)
+    return logits.index_copy(0, rows, lg), True
 
 
 @torch.no_grad()
 def denoise(model, x: torch.Tensor, noise: RowNoise, *, known: torch.Tensor | None = None,
             sampler: str = "confidence", steps: int | None = None, k: int | None = None, threshold: float = 0.9,
             temperature: float | torch.Tensor = 1.0, creativity=None, offset: int = 0,
-            trajectory: list | None = None, schedule: MaskSchedule = LINEAR) -> DiffusionSample:
+            trajectory: bool = False, schedule: MaskSchedule = LINEAR) -> DiffusionSample:
     """Denoise one window of at most ``block_size`` positions.
 
     Args:
@@ -123,57 +195,28 @@ def denoise(model, x: torch.Tensor, noise: RowNoise, *, known: torch.Tensor | No
         temperature: float or (B,) tensor; 0 takes the argmax.
         creativity: thought-layer creativity (None, float, or (B,) tensor).
         offset: absolute position of ``x[:, 0]`` (keys the noise; used by semi-AR windows).
-        trajectory: a list to append the (B, L) state after each step to (CPU), or ``None``.
-    Returns:
-        :class:`DiffusionSample` for this window (``trajectory`` is the list passed in).
+        trajectory: keep the (B, L) state before the first step and after each step (on the CPU).
     """
     validate(sampler, steps, k, threshold, temperature)
-    if not model.config.time_conditioning or model.config.causal:
-        raise ConfigError("this needs a diffusion model (bidirectional, time-conditioned); "
-                          "train one with: mot train --objective diffusion")
+    _check_window(model, x.shape[1])
     model.eval()
+    x, masked = _start(model, x, known)
     B, L = x.shape
-    if L > model.config.block_size:
-        raise ConfigError(f"a window holds at most block_size={model.config.block_size} positions, got {L}; "
-                          "use generate()/infill() for longer sequences")
-    dev = model.wte.weight.device
-    MASK = mask_id(model)
-    x = x.to(dev)
-    known = (x != MASK) if known is None else known.to(dev).expand(B, L)
-    x = torch.where(known, x, torch.full_like(x, MASK))
-    masked = ~known
-    positions = torch.arange(offset, offset + L, device=dev)
-    n_masked = int(masked.sum(-1).max())
-    steps = steps or DEFAULT_STEPS
-    if sampler == "topk" and k is None:
-        k = max(1, -(-n_masked // steps))
-    per_row_crea = torch.is_tensor(creativity) and creativity.dim() > 0
-    logits = torch.empty(B, L, model.config.vocab_size, device=dev)
-    stale = torch.ones(B, dtype=torch.bool, device=dev)  # rows whose logits must be recomputed
-    step, forwards = 0, 0
+    rule = _Rule.resolve(sampler, steps, k, threshold, schedule, int(masked.sum(-1).max()))
+    positions = torch.arange(offset, offset + L, device=x.device)
+    logits = torch.zeros(B, L, model.config.vocab_size, device=x.device)
+    stale = torch.ones(B, dtype=torch.bool, device=x.device)  # rows whose logits must be recomputed
+    snaps = [x.cpu()] if trajectory else None
+    step = forwards = 0
     while bool(masked.any()):
-        if sampler == "ancestral":
-            if step >= steps:  # cannot happen: the last step reveals with probability 1
-                break
-            t, s = 1.0 - step / steps, 1.0 - (step + 1) / steps
-        else:
-            t = s = None
-        rows = (stale & masked.any(-1)).nonzero()[:, 0]
-        if len(rows):
-            sub_noise = noise.select(rows) if len(rows) < B else noise
-            c = creativity[rows.to(creativity.device)] if per_row_crea else creativity
-            lg, _ = denoiser_logits(model, x[rows], schedule.time_input(masked[rows]), noise=sub_noise, creativity=c)
-            logits[rows] = lg
-            forwards += 1
+        logits, evaluated = _refresh_logits(model, x, masked, logits, stale, noise, creativity, schedule)
         tok, conf = _propose(logits, noise, step, positions, temperature)
-        reveal = _reveal(sampler, masked, conf, noise, step, positions, t, s, k, threshold, schedule)
-        x = torch.where(reveal, tok, x)
-        masked = masked & ~reveal
-        stale = reveal.any(-1)
-        step += 1
-        if trajectory is not None:
-            trajectory.append(x.cpu())
-    return DiffusionSample(x, trajectory, step, forwards)
+        reveal = _reveal(rule, masked, conf, noise, step, positions)
+        x, masked, stale = torch.where(reveal, tok, x), masked & ~reveal, reveal.any(-1)
+        step, forwards = step + 1, forwards + int(evaluated)
+        if snaps is not None:
+            snaps.append(x.cpu())
+    return DiffusionSample(x, snaps, step, forwards)
 
 
 @torch.no_grad()
@@ -205,11 +248,10 @@ def infill(model, x: torch.Tensor, noise: RowNoise, *, known: torch.Tensor | Non
         first = int((~known).any(0).nonzero()[0, 0])
         start = max(0, min(first - block // 2, N - block))
         end = min(N, start + block)
-        win_traj = [] if trajectory else None
         out = denoise(model, x[:, start:end], noise, known=known[:, start:end], offset=start,
-                      trajectory=win_traj, **kw)
+                      trajectory=trajectory, **kw)
         if trajectory:
-            for w in win_traj:
+            for w in out.trajectory[1:]:  # [0] is the window's input, already in traj[-1]
                 snap = traj[-1].clone()
                 snap[:, start:end] = w
                 traj.append(snap)

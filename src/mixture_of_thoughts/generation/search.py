@@ -3,7 +3,8 @@
 Evaluators share one interface, ``score(texts, prompt) -> (N,) tensor`` (higher is better):
 
 * :class:`ElboEvaluator`: the diffusion model's own ELBO, as negative bits per character (a bound,
-  so it ranks by a noisy upper bound on the NLL; all texts share the same t draws and masks).
+  so it ranks by a noisy upper bound on the NLL; every text is scored with the same seed, so texts
+  of the same length share the t draws and masks).
 * :class:`ARLikelihoodEvaluator`: an autoregressive model's mean log-likelihood in nats per
   character (``metrics.quality``): an independent judge.
 * :class:`DiversityEvaluator`: ``1 - max`` character-4-gram Jaccard similarity to the other texts.
@@ -13,7 +14,8 @@ Evaluators share one interface, ``score(texts, prompt) -> (N,) tensor`` (higher 
 schedule scores them, keeps the best m and forks each into N/m: the kept branch itself plus
 re-noised children (a fraction ``f`` of its generated positions masked again, with fresh seeds, and
 denoised). Scoring needs finished texts, so a point ``f`` means "return to noise level f" (as
-SDEdit does) rather than "stop at f". Keeping the parent makes the best score never decrease.
+SDEdit does) rather than "stop at f". Keeping the parent makes the best score never decrease (for an
+evaluator that scores each text on its own, as the ELBO and AR ones do).
 
 :func:`renoise` masks exactly ``round(p * eligible)`` positions of a text (optionally inside a span)
 and denoises them: p = 0 returns the text, p = 1 a new text of the same length.
@@ -21,7 +23,6 @@ and denoises them: p = 0 returns the text, p = 1 a new text of the same length.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -29,13 +30,12 @@ import torch
 from ..errors import ConfigError
 from ..models.diffusion import diffusion_nll, mask_id
 from ..rng import DIFFUSION, RowNoise, stream_id
+from ..units import to_bits, to_nats
 from .autoregressive import prepare_prompt
-from .diffusion import infill, validate
+from .diffusion import DiffusionSample, generate, infill, validate
 
-LN2 = math.log(2.0)
 NGRAM = 4  # character n-gram size of the diversity bonus
 _CHOOSE = 2  # sub-stream of the re-masking draws (0 and 1 are the samplers')
-EMPTY_PROMPT = "\n"
 
 
 # ----------------------------------------------------------------------------- evaluators
@@ -57,21 +57,21 @@ class ElboEvaluator:
         for t in texts:
             ids = torch.tensor(self.tokenizer.encode(prompt + t, unknown="skip"), dtype=torch.long)
             total, n, _ = diffusion_nll(self.model, ids, draws=self.draws, seed=self.seed)
-            out.append(-total / n / LN2)
+            out.append(-to_bits(total / n))
         return torch.tensor(out)
 
 
 class ARLikelihoodEvaluator:
     """Mean log-likelihood (nats per character) of ``prompt + text`` under an autoregressive model."""
 
-    def __init__(self, model, tokenizer, *, seed: int = 0):
-        self.model, self.tokenizer, self.seed = model, tokenizer, seed
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
 
     def score(self, texts: list[str], prompt: str) -> torch.Tensor:
         from ..metrics.quality import text_bpc
 
         bpc = text_bpc(self.model, self.tokenizer, [prompt + t for t in texts])
-        return -torch.tensor(bpc) * LN2
+        return -to_nats(torch.tensor(bpc))
 
 
 def _grams(text: str, n: int = NGRAM) -> set[str]:
@@ -125,6 +125,21 @@ def choose_positions(noise: RowNoise, eligible: torch.Tensor, count: int) -> tor
     u = u.masked_fill(~eligible, 2.0)  # never chosen before an eligible position
     idx = u.argsort(-1)[:, :count]
     return torch.zeros(B, N, dtype=torch.bool, device=eligible.device).scatter(1, idx, True) & eligible
+
+
+def _remask(model, x: torch.Tensor, noise: RowNoise, eligible: torch.Tensor, count: int,
+           **sampler_kw) -> tuple[DiffusionSample, torch.Tensor]:
+    """Mask ``count`` eligible positions of each row of ``x`` again (:func:`choose_positions`) and denoise.
+
+    Args:
+        x: (B, N) ids; noise: one row per row of ``x``, for the choice and the denoising.
+        eligible: (N,) or (B, N) bool; sampler_kw: see :func:`generation.diffusion.infill`.
+    Returns:
+        ``(DiffusionSample, masked (B, N) bool)``.
+    """
+    masked = choose_positions(noise, eligible, count)
+    x = torch.where(masked, torch.full_like(x, mask_id(model)), x)
+    return infill(model, x, noise, known=~masked, **sampler_kw), masked
 
 
 @dataclass
@@ -189,14 +204,11 @@ def renoise(model, tokenizer, text: str, *, noise: float, variants: int = 4, see
     text = tokenizer.decode(ids)
     if count == 0:
         return RenoiseResult(text, noise, span, [Variant(text, s, 0, 0) for s in seeds])
-    rows = RowNoise(seeds, dev)
-    x = torch.tensor(ids, device=dev).repeat(variants, 1)
-    masked = choose_positions(rows, eligible, count)
-    x = torch.where(masked, torch.full_like(x, mask_id(model)), x)
-    out = infill(model, x, rows, known=~masked, trajectory=trajectory, **sampler_kw)
     orig = torch.tensor(ids, device=dev)
-    res = [Variant(tokenizer.decode(out.tokens[i]), seeds[i], int(masked[i].sum()),
-                   int((out.tokens[i] != orig).sum())) for i in range(variants)]
+    out, masked = _remask(model, orig.repeat(variants, 1), RowNoise(seeds, dev), eligible, count,
+                         trajectory=trajectory, **sampler_kw)
+    n_masked, changed = masked.sum(-1).tolist(), (out.tokens != orig).sum(-1).tolist()
+    res = [Variant(tokenizer.decode(row), *v) for row, *v in zip(out.tokens, seeds, n_masked, changed, strict=True)]
     return RenoiseResult(text, noise, span, res, out.trajectory)
 
 
@@ -224,6 +236,59 @@ class SearchResult:
         return d
 
 
+@dataclass
+class _Pool:
+    """The live branches: (n, length) tokens and, per row, its seed, parent seed and round."""
+
+    tokens: torch.Tensor
+    seeds: list[int]
+    parents: list[int | None]
+    rounds: list[int]
+
+    def texts(self, tokenizer, prompt_len: int) -> list[str]:
+        return [tokenizer.decode(row[prompt_len:]) for row in self.tokens]
+
+
+def _check_search(branches, keep, points) -> list[float]:
+    """The fork points as floats; a ``ConfigError`` for the first search setting out of range."""
+    if not isinstance(branches, int) or branches < 1:
+        raise ConfigError(f"branches must be a positive integer, got {branches!r}")
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"keep must be a positive integer, got {keep!r}")
+    points = [float(f) for f in points]
+    if any(not 0.0 < f <= 1.0 for f in points):
+        raise ConfigError(f"fork points must be noise levels in (0, 1], got {points}")
+    return points
+
+
+def _fork_plan(scores: torch.Tensor, keep: int) -> tuple[list[int], list[int]]:
+    """Which rows to keep and which to fork so that the pool keeps its size n = ``len(scores)``.
+
+    Returns:
+        ``(top, src)``: ``top``, the ``keep`` best rows, best first; ``src``, the parent of each child
+        to make (``n - keep`` of them). The n places are shared as evenly as possible, better rows
+        first: top row j gets ``n // keep`` places (one more while ``j < n % keep``), itself included.
+    """
+    n = len(scores)
+    top = scores.argsort(descending=True)[:keep].tolist()
+    per = [n // keep + (1 if j < n % keep else 0) for j in range(keep)]
+    src = [i for j, i in enumerate(top) for _ in range(per[j] - 1)]
+    return top, src
+
+
+def _fork(model, pool: _Pool, top: list[int], src: list[int], first_seed: int, generated: torch.Tensor,
+          f: float, r: int, sampler_kw: dict) -> _Pool:
+    """The next pool: the kept rows ``top``, then a child of each row of ``src`` made in round ``r``,
+    with seeds from ``first_seed`` on and a fraction ``f`` of the ``generated`` positions re-noised."""
+    child_seeds = list(range(first_seed, first_seed + len(src)))
+    rows = RowNoise(child_seeds, model.wte.weight.device)
+    kids, _ = _remask(model, pool.tokens[src], rows, generated, round(f * int(generated.sum())), **sampler_kw)
+    return _Pool(torch.cat([pool.tokens[top], kids.tokens]),
+                 [pool.seeds[i] for i in top] + child_seeds,
+                 [pool.parents[i] for i in top] + [pool.seeds[i] for i in src],
+                 [pool.rounds[i] for i in top] + [r] * len(src))
+
+
 def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int = 8, keep: int | None = None,
                   points=(0.5,), seed: int = 0, evaluator=None, unknown_chars: str = "error",
                   trajectory: bool = False, **sampler_kw) -> SearchResult:
@@ -233,7 +298,8 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
         model, tokenizer: a diffusion model and its tokenizer.
         prompt: never changed; an empty prompt starts from a newline.
         length: total length of each sequence (prompt included); longer than the block is semi-AR.
-        branches: N; branch i of the first round uses seed ``seed + i``.
+        branches: N; branch i of the first round uses seed ``seed + i``, the children of later
+            rounds the next unused seeds, in order.
         keep: m, branches kept at each point (``None`` or ``>= branches``: no search, just rank).
         points: noise levels ``f`` in (0, 1] at which to score, keep and fork (in the given order).
         evaluator: anything with ``score(texts, prompt)``; default :class:`ElboEvaluator`.
@@ -241,15 +307,7 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
     Returns:
         :class:`SearchResult`, branches ranked best first with their final scores.
     """
-    from .diffusion import generate
-
-    if not isinstance(branches, int) or branches < 1:
-        raise ConfigError(f"branches must be a positive integer, got {branches!r}")
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
-        raise ConfigError(f"keep must be a positive integer, got {keep!r}")
-    points = [float(f) for f in points]
-    if any(not 0.0 < f <= 1.0 for f in points):
-        raise ConfigError(f"fork points must be noise levels in (0, 1], got {points}")
+    points = _check_search(branches, keep, points)
     ids = prepare_prompt(tokenizer, prompt, None, unknown_chars)  # diffusion continues long prompts block by block
     P = len(ids)
     if length < P:
@@ -260,39 +318,21 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
     seeds = [seed + i for i in range(branches)]
     out = generate(model, torch.tensor(ids, device=dev), length, RowNoise(seeds, dev), trajectory=trajectory,
                    **sampler_kw)
-    first_traj = out.trajectory
-    tokens = out.tokens
-    parents: list[int | None] = [None] * branches
-    rounds = [0] * branches
-    texts = [tokenizer.decode(r[P:]) for r in tokens]
-    best_per_round = []
-    next_seed = seed + branches
+    pool = _Pool(out.tokens, seeds, [None] * branches, [0] * branches)
     generated = torch.arange(length, device=dev) >= P
-    if keep is not None and keep < branches:
-        for r, f in enumerate(points, start=1):
-            scores = evaluator.score(texts, prompt)
-            best_per_round.append(float(scores.max()))
-            top = scores.argsort(descending=True)[:keep].tolist()
-            per = [branches // keep + (1 if j < branches % keep else 0) for j in range(keep)]
-            src = [i for j, i in enumerate(top) for _ in range(per[j] - 1)]  # children to make
-            if not src:
-                continue
-            child_seeds = list(range(next_seed, next_seed + len(src)))
-            next_seed += len(src)
-            rows = RowNoise(child_seeds, dev)
-            masked = choose_positions(rows, generated, round(f * int(generated.sum())))
-            x = torch.where(masked, torch.full_like(tokens[src], mask_id(model)), tokens[src])
-            kids = infill(model, x, rows, known=~masked, **sampler_kw).tokens
-            tokens = torch.cat([tokens[top], kids])
-            parents = [parents[i] for i in top] + [seeds[i] for i in src]
-            rounds = [rounds[i] for i in top] + [r] * len(src)
-            seeds = [seeds[i] for i in top] + child_seeds
-            texts = [tokenizer.decode(row[P:]) for row in tokens]
+    best_per_round, next_seed = [], seed + branches
+    for r, f in enumerate(points if keep is not None and keep < branches else [], start=1):
+        scores = evaluator.score(pool.texts(tokenizer, P), prompt)
+        best_per_round.append(float(scores.max()))
+        top, src = _fork_plan(scores, keep)
+        pool = _fork(model, pool, top, src, next_seed, generated, f, r, sampler_kw)
+        next_seed += len(src)
+    texts = pool.texts(tokenizer, P)
     scores = evaluator.score(texts, prompt)
     best_per_round.append(float(scores.max()))
-    order = scores.argsort(descending=True).tolist()
-    ranked = [RankedBranch(texts[i], seeds[i], float(scores[i]), parents[i], rounds[i]) for i in order]
-    return SearchResult(prompt, ranked, best_per_round, first_traj)
+    ranked = [RankedBranch(texts[i], pool.seeds[i], float(scores[i]), pool.parents[i], pool.rounds[i])
+              for i in scores.argsort(descending=True).tolist()]
+    return SearchResult(prompt, ranked, best_per_round, out.trajectory)
 
 
 __all__ = ["ElboEvaluator", "ARLikelihoodEvaluator", "DiversityEvaluator", "WeightedEvaluator",

@@ -6,9 +6,9 @@ Submodules:
 * ``graft``: sparse upcycling of GPT-2 / Llama / Mistral / Qwen2 MLPs into thought layers; save/load.
 * ``finetune``: train only the thought parameters of a grafted model.
 * ``generate``: batched, per-branch reproducible sampling; ``think_hf`` for grafted models.
-* ``experts``: ``ExpertController`` — record / force / ban / steer experts of HF MoE models
-  (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, GPT-OSS) and of this package's MoT layers.
-* ``specialise``: expert activation rates on two prompt sets, heatmap, branches with expert profiles.
+* ``specialise``: expert activation rates on two prompt sets, heatmap, branches with expert profiles
+  (through :mod:`mixture_of_thoughts.steering.experts`, the ``ExpertController`` that records /
+  forces / bans / steers the experts of HF MoE models and of this package's MoT layers).
 * ``cost``: compute and price of full training versus grafting (pure arithmetic).
 
 ``transformers`` is imported only inside these modules, and only by the functions that need it; a

@@ -1,32 +1,35 @@
 """Fine-tune only the thought parameters of a grafted Hugging Face model (DESIGN §6).
 
-Reuses the project's optimiser grouping and schedule (``training.trainer.make_optimizer`` and
+Reuses the project's optimiser grouping and schedule (``training.optim.make_optimizer`` and
 ``lr_at``) in a small loop over random windows of one token stream: the trainer itself runs this
 package's ``Transformer`` on character corpora and cannot take a Hugging Face model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TrainConfig
 from ..errors import ConfigError
+from ..training.optim import lr_at, make_optimizer
 from .graft import freeze_except_thoughts, grafted_state, thought_noise
 
 
 def train_graft(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: int = 8, block_size: int = 64,
-                lr: float = 1e-3, seed: int = 0, grad_clip: float = 1.0, progress=None) -> list[float]:
+                lr: float = 1e-3, seed: int = 0, grad_clip: float = 1.0,
+                progress: Callable[[int, float], None] | None = None) -> list[float]:
     """Fine-tune only the thought parameters on random windows of ``ids`` (1-D token ids).
 
-    AdamW (decay on matrices, :func:`~mixture_of_thoughts.training.trainer.make_optimizer`), linear
-    warm-up then cosine decay (:func:`~mixture_of_thoughts.training.trainer.lr_at`), gradient clipping;
+    AdamW (decay on matrices, :func:`~mixture_of_thoughts.training.optim.make_optimizer`), linear
+    warm-up then cosine decay (:func:`~mixture_of_thoughts.training.optim.lr_at`), gradient clipping;
     windows drawn from a generator seeded by ``seed``. Loss = LM cross-entropy + the thought layers'
-    auxiliary losses. Returns the LM loss per step (nats/token).
+    auxiliary losses. ``progress(step, lm_loss)``, if given, is called after each step (``step``
+    counting from 0). Returns the LM loss per step (nats/token).
     """
-    from ..config import TrainConfig
-    from ..training.trainer import lr_at, make_optimizer
-
     if ids.dim() != 1 or ids.numel() < 2:
         raise ConfigError("training data must hold at least 2 tokens")
     block_size = min(block_size, ids.numel() - 1)
@@ -42,7 +45,7 @@ def train_graft(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: 
     losses = []
     # The model's own dropout draws from the global RNG: fork it (the caller's state is restored on
     # exit) and seed it from ``seed`` so that fine-tuning is reproducible.
-    with thought_noise(model, "generator"), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with thought_noise(model, st.training_noise), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed + 1)
         for step in range(steps):
             for group in opt.param_groups:

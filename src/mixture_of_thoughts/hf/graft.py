@@ -16,11 +16,11 @@ model's logits equal the original's. Fine-tuning the thought parameters (everyth
 :func:`freeze_except_thoughts`) and branch noise break the symmetry.
 
 **Noise.** Hugging Face blocks call ``mlp(x)`` with nothing else, so the grafted layers of one model
-share a :class:`GraftState` (``model.mot_graft``) holding the noise source, the creativity and the
-absolute positions of the current call (read by a pre-hook on the base model from
-``position_ids`` / ``cache_position`` / the KV cache length). By default the noise is a
-:class:`~mixture_of_thoughts.rng.GeneratorNoise` over a ``torch.Generator`` seeded at graft time
-(training; reproducible from ``seed``). :func:`thought_noise` switches to per-row counter-based
+share a typed :class:`GraftState` (``model.mot_graft``) holding the noise source, the creativity and
+the absolute positions of the current call (read by a pre-hook on the base model from
+``position_ids`` / ``cache_position`` / the KV cache length). By default the noise is the state's
+:class:`TrainingNoise`, i.i.d. draws from a ``torch.Generator`` seeded at graft time (training;
+reproducible from ``seed``). :func:`thought_noise` switches to per-row counter-based
 :class:`~mixture_of_thoughts.rng.RowNoise` for generation, so a branch's thought noise depends only
 on its seed and positions. ``model.generate(do_sample=True)`` still samples tokens from the global
 RNG: seed it (``torch.manual_seed``) or use :func:`mixture_of_thoughts.hf.generate.think_hf`, which
@@ -37,11 +37,12 @@ import contextlib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..config import ThoughtConfig
 from ..errors import CheckpointError, ConfigError, MotError
@@ -82,24 +83,60 @@ class GraftSpec:
         return cls(**d)
 
 
-class GraftState:
-    """Shared by the grafted layers of one model: noise, creativity, positions, aux losses, stats."""
+class TrainingNoise:
+    """The graft's default noise source: i.i.d. draws from a generator seeded at graft time (training).
 
-    def __init__(self, spec: GraftSpec):
-        self.spec = spec
-        self.generator = torch.Generator().manual_seed(spec.seed)
-        self.noise: RowNoise | str | None = "generator"  # "generator" | RowNoise | None (no noise)
-        self.creativity: float | torch.Tensor | None = None  # None: the config's default
-        self.positions: torch.Tensor | None = None
-        self.aux: list[torch.Tensor] = []
-        self.stats: dict[int, dict[str, torch.Tensor]] = {}
+    Reproducible from ``seed`` for a whole batch, with no per-row guarantee (see ``rng``).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def for_batch(self, batch_size: int, device: torch.device) -> GeneratorNoise:
+        if self.generator.device != device:
+            self.generator = torch.Generator(device=device).manual_seed(self.seed)
+        return GeneratorNoise(self.generator, batch_size)
+
+
+@dataclass
+class GraftState:
+    """The runtime state shared by the grafted layers of one model (``model.mot_graft``).
+
+    Hugging Face blocks call ``mlp(x)`` with nothing else, so what a forward call needs beyond ``x``
+    is set here: by :func:`thought_noise` (noise source, creativity) and by a pre-hook on the base
+    model (the call's absolute positions); the layers report their aux losses and stats back.
+
+    Attributes:
+        spec: what was grafted.
+        training_noise: the seeded default noise source.
+        noise: the current source: ``training_noise``, a per-row :class:`RowNoise`, or ``None`` (no noise).
+        creativity: ``None`` (the config's default), a float or a ``(B,)`` tensor.
+        positions: absolute positions of the current call.
+        aux: the grafted layers' aux losses of the last forward call.
+        stats: ``{layer: stats}`` of the last forward call.
+        base_mlps: ``{layer: original MLP}``, kept out of the parameters, for saving.
+        hook: the positions pre-hook's handle.
+    """
+
+    spec: GraftSpec
+    training_noise: TrainingNoise
+    noise: TrainingNoise | RowNoise | None = None
+    creativity: float | torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    aux: list[torch.Tensor] = field(default_factory=list)
+    stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    base_mlps: dict[int, nn.Module] = field(default_factory=dict)
+    hook: RemovableHandle | None = None
+
+    @classmethod
+    def new(cls, spec: GraftSpec) -> GraftState:
+        training = TrainingNoise(spec.seed)
+        return cls(spec, training, noise=training)
 
     def noise_for(self, batch_size: int, device: torch.device):
-        if self.noise == "generator":
-            if self.generator.device != device:
-                self.generator = torch.Generator(device=device).manual_seed(self.spec.seed)
-            return GeneratorNoise(self.generator, batch_size)
-        return self.noise
+        """The noise for a forward call over ``batch_size`` rows (``None``: no noise)."""
+        return None if self.noise is None else self.noise.for_batch(batch_size, device)
 
     def aux_loss(self) -> torch.Tensor:
         """The sum of the grafted layers' auxiliary losses over the last forward call."""
@@ -131,8 +168,7 @@ class GraftedThoughts(ThoughtsFFN):
         if form == "gated":
             self.w_up = nn.Parameter(torch.empty(cfg.n_branches, n_embd, hidden))
             self.b_up = nn.Parameter(torch.zeros(cfg.n_branches, hidden)) if bias else None
-        self.__dict__["state"] = state  # not a submodule; shared by all grafted layers of a model
-        self.__dict__["base_mlp"] = None  # the original MLP, kept out of the parameters, for saving
+        self.state = state  # a plain object (not a submodule), shared by all grafted layers of a model
         self.last_stats: dict[str, torch.Tensor] = {}
 
     def _activate(self, hid, xin, counts):
@@ -235,7 +271,7 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
             raise ConfigError(f"layers must be 'all' or indices in [0, {n - 1}], got {layers!r}")
     cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
                                     noise_init=noise_init, balance_coef=0.01, z_coef=1e-3)
-    state = GraftState(GraftSpec(mtype, idx, cfg, seed))
+    state = GraftState.new(GraftSpec(mtype, idx, cfg, seed))
     for i in idx:
         mlp = blocks[i].mlp
         if form == "gpt2":
@@ -249,12 +285,12 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
         layer = GraftedThoughts(d, h, cfg, form=form, act=act, bias=bias, dropout=drop, layer_idx=i, state=state)
         layer.to(device=ref.device, dtype=ref.dtype)
         layer.load_mlp(mlp)
-        layer.__dict__["base_mlp"] = mlp
+        state.base_mlps[i] = mlp
         layer.train(mlp.training)
         blocks[i].mlp = layer
     base = getattr(model, "base_model", model)
-    model.__dict__["mot_graft"] = state
-    model.__dict__["_mot_hook"] = base.register_forward_pre_hook(_positions_hook(state), with_kwargs=True)
+    state.hook = base.register_forward_pre_hook(_positions_hook(state), with_kwargs=True)
+    model.mot_graft = state
     return model
 
 
@@ -280,12 +316,12 @@ def freeze_except_thoughts(model: nn.Module) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def thought_noise(model: nn.Module, noise: RowNoise | list[int] | str | None, creativity=None):
+def thought_noise(model: nn.Module, noise: RowNoise | list[int] | TrainingNoise | None, creativity=None):
     """Temporarily set the grafted layers' noise source and creativity.
 
     Args:
-        noise: a :class:`RowNoise`, a list of per-row seeds, ``"generator"`` (the seeded training
-            generator) or ``None`` (no noise: deterministic top-k).
+        noise: a :class:`RowNoise`, a list of per-row seeds, the state's ``training_noise`` (the
+            seeded training generator) or ``None`` (no noise: deterministic top-k).
         creativity: ``None`` (config default), a float or a ``(B,)`` tensor.
     """
     st = grafted_state(model)
@@ -318,8 +354,8 @@ def _original_mlps(model):
     blocks = _get(model, path)
     layers = grafted_layers(model)
     try:
-        for i, layer in layers.items():
-            blocks[i].mlp = layer.base_mlp
+        for i in layers:
+            blocks[i].mlp = model.mot_graft.base_mlps[i]
         yield
     finally:
         for i, layer in layers.items():

@@ -2,8 +2,8 @@
 
 Activation rate of every expert in every MoE layer on two prompt sets, their difference and the
 experts that separate the sets (printed and drawn as a heatmap); and ``think``-like generation where
-each branch carries its own :class:`~mixture_of_thoughts.hf.experts.ExpertProfile`, all rows in one
-batch (the controller's masks are per row).
+each branch carries its own :class:`~mixture_of_thoughts.steering.experts.ExpertProfile`, all rows in
+one batch (the controller's masks are per row).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .experts import ExpertController, ExpertProfile, find_moe_layers
+from ..steering.experts import ExpertController, ExpertProfile, find_moe_layers
 
 
 def _is_own(model: nn.Module) -> bool:

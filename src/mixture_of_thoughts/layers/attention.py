@@ -38,6 +38,8 @@ class KVCache:
         n_layer, batch_size, n_head, head_size: shapes of the cached tensors.
         capacity: window length (the model's block size).
         device, dtype: where and how keys are stored.
+        start: absolute position of the first token the cache will see (a window that starts inside a
+            longer text, e.g. recomputing the last block without a cache).
 
     ``length`` is the number of positions seen so far, i.e. the absolute position of the next token.
     Layers read and write their buffers during a forward pass; the model calls :meth:`advance` once
@@ -45,13 +47,13 @@ class KVCache:
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_head: int, head_size: int, capacity: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, start: int = 0):
         shape = (n_layer, batch_size, n_head, capacity, head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.slot_pos = torch.full((capacity,), -1, dtype=torch.long, device=device)  # -1: empty slot
         self.capacity = capacity
-        self.length = 0
+        self.length = start
 
     def positions(self, T: int) -> torch.Tensor:
         """Absolute positions of the next ``T`` tokens."""

@@ -78,6 +78,22 @@ class Routing(NamedTuple):
     active: Tensor
 
 
+class Dispatch(NamedTuple):
+    """The active (token, slot) pairs of a forward call, sorted by branch.
+
+    Attributes:
+        pairs: ``(M,)`` pair indices ``(b*T + t)*k + slot`` in dispatch order.
+        tokens: ``(M,)`` their token indices ``b*T + t``.
+        branches: ``(M,)`` their branch, non-decreasing.
+        counts: ``(E,)`` pairs per branch.
+    """
+
+    pairs: Tensor
+    tokens: Tensor
+    branches: Tensor
+    counts: Tensor
+
+
 def load_balancing_loss(probs: Tensor, load: Tensor) -> Tensor:
     """Switch Transformer load-balancing loss (Fedus et al., 2021, eq. 4-6): ``E * sum_e f_e P_e``.
 
@@ -191,7 +207,8 @@ class ThoughtsFFN(nn.Module):
         return F.softplus(self.rho) + TAU_MIN
 
     def forward(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
-                creativity: float | Tensor | None = None, costly_stats: bool = False) -> ThoughtOutput:
+                creativity: float | Tensor | None = None, route: str | None = None,
+                costly_stats: bool = False) -> ThoughtOutput:
         """Route, run the selected branches, combine.
 
         Args:
@@ -199,6 +216,7 @@ class ThoughtsFFN(nn.Module):
             noise: a ``RowNoise`` or ``GeneratorNoise``; ``None`` turns every random draw off.
             positions: ``(T,)`` or ``(B, T)`` absolute positions keying the draws; ``None`` = ``arange(T)``.
             creativity: ``None`` (the config's), a float, or a ``(B,)`` tensor (one per row).
+            route: ``"token"`` or ``"sequence"`` for this call; ``None`` = the config's.
             costly_stats: also report ``branch_diversity`` (1 - mean pairwise cosine of the selected
                 branch outputs; 1 when no token has two active branches).
         Returns:
@@ -207,71 +225,84 @@ class ThoughtsFFN(nn.Module):
         """
         cfg = self.cfg
         B, T, d = x.shape
-        E, k = cfg.n_branches, cfg.k
         if positions is None:
             positions = torch.arange(T, device=x.device)
-        c, draws = self._creativity(creativity, noise, B, x)
-        r = self.route(x, noise=noise, positions=positions, creativity=creativity)
-        idx, active, z, tau = r.idx, r.active, r.z, r.tau
-        probs = torch.softmax(z, dim=-1)  # (B, T, E)
-        logw = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1)  # (B, T, k)
+        r = self.route(x, noise=noise, positions=positions, creativity=creativity, route=route)
+        probs = torch.softmax(r.z, dim=-1)  # (B, T, E)
+        logw = torch.log_softmax(r.z.gather(-1, r.idx).masked_fill(~r.active, float("-inf")), dim=-1)  # (B, T, k)
         # k = 1: a renormalised weight is always 1; use the router probability so the router learns
-        w = probs.gather(-1, idx) * active if k == 1 else logw.exp()
-
-        # --- dispatch: (token, slot) pairs sorted by branch -------------------------------------------
-        N = B * T
-        e_flat = idx.reshape(-1)  # (N*k,) pair p = (b*T + t)*k + slot
-        pairs = active.reshape(-1).nonzero().squeeze(1) if not bool(active.all()) else None
-        e_act = e_flat if pairs is None else e_flat[pairs]
-        e_sorted, order = e_act.sort(stable=True)
-        pair_sorted = order if pairs is None else pairs[order]  # (M,)
-        counts = torch.bincount(e_sorted, minlength=E)  # (E,)
-        tok_sorted = pair_sorted // k
-        x2 = x.reshape(N, d)
-        xin = x2.index_select(0, tok_sorted)  # (M, d)
-        if draws:
-            c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * k)[pair_sorted]
-            n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, pair_sorted, x)  # (M, d)
-            xin = torch.addcmul(xin, (c_pair * self.s_in[e_sorted]).unsqueeze(1), n1)
-        hid = self._grouped(xin, self.w_in, counts)  # (M, h)
-        if self.b_in is not None:
-            hid = hid + self.b_in[e_sorted]
-        if draws:
-            n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, pair_sorted, x)  # (M, h)
-            hid = torch.addcmul(hid, (c_pair * self.s_hid[e_sorted]).unsqueeze(1), n2)
-        out_sorted = self._grouped(self._activate(hid, xin, counts), self.w_out, counts)  # (M, d)
-        if self.b_out is not None:
-            out_sorted = out_sorted + self.b_out[e_sorted]
+        w = probs.gather(-1, r.idx) * r.active if cfg.k == 1 else logw.exp()
+        dispatch = self._dispatch(r.idx, r.active)
+        c, draws = self._creativity(creativity, noise, B, x)
+        out_sorted = self._run_branches(x, dispatch, noise if draws else None, c, positions)
+        need_outs = cfg.combine == "attention" or cfg.diversity_coef > 0 or costly_stats
         outs = None  # (N, k, d) per token and slot; only the attention combiner and diversity need it
-        if cfg.combine == "attention" or cfg.diversity_coef > 0 or costly_stats:
-            outs = x.new_zeros(N * k, d).index_copy(0, pair_sorted, out_sorted).view(N, k, d)
+        if need_outs:
+            outs = x.new_zeros(B * T * cfg.k, d).index_copy(0, dispatch.pairs, out_sorted).view(B * T, cfg.k, d)
+        y = self._combine(x, dispatch, out_sorted, outs, w, logw)
+        aux, stats = self._losses_and_stats(r, probs, outs, costly_stats)
+        return ThoughtOutput(self.dropout(y.view(B, T, d)), aux, stats)
 
-        # --- combine ----------------------------------------------------------------------------------
+    def _dispatch(self, idx: Tensor, active: Tensor) -> Dispatch:
+        """Sort the active (token, slot) pairs by branch (pair ``p = (b*T + t)*k + slot``)."""
+        e_flat = idx.reshape(-1)  # (N*k,)
+        act = active.reshape(-1).nonzero().squeeze(1) if not bool(active.all()) else None
+        e_act = e_flat if act is None else e_flat[act]
+        e_sorted, order = e_act.sort(stable=True)
+        pairs = order if act is None else act[order]  # (M,)
+        counts = torch.bincount(e_sorted, minlength=self.cfg.n_branches)  # (E,)
+        return Dispatch(pairs, pairs // self.cfg.k, e_sorted, counts)
+
+    def _run_branches(self, x: Tensor, dp: Dispatch, noise: rng.Noise | None, c: float | Tensor,
+                      positions: Tensor) -> Tensor:
+        """The selected branches on their (noisy) inputs, in dispatch order: ``(M, d)``."""
+        B, T, d = x.shape
+        xin = x.reshape(B * T, d).index_select(0, dp.tokens)  # (M, d)
+        if noise is not None:
+            c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
+            n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp.pairs, x)  # (M, d)
+            xin = torch.addcmul(xin, (c_pair * self.s_in[dp.branches]).unsqueeze(1), n1)
+        hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
+        if self.b_in is not None:
+            hid = hid + self.b_in[dp.branches]
+        if noise is not None:
+            n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
+            hid = torch.addcmul(hid, (c_pair * self.s_hid[dp.branches]).unsqueeze(1), n2)
+        out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
+        return out + self.b_out[dp.branches] if self.b_out is not None else out
+
+    def _combine(self, x: Tensor, dp: Dispatch, out_sorted: Tensor, outs: Tensor | None, w: Tensor,
+                 logw: Tensor) -> Tensor:
+        """``(N, d)``: the weighted sum of the branch outputs, or the attention combiner over them."""
+        B, T, d = x.shape
+        N, k = B * T, self.cfg.k
         wf = w.reshape(N, k)
-        if cfg.combine == "weighted":
-            w_sorted = wf.reshape(-1).index_select(0, pair_sorted)  # (M,)
-            y = x.new_zeros(N, d).index_add(0, tok_sorted, out_sorted * w_sorted.unsqueeze(1))  # (N, d)
-        else:
-            q = self.comb_q(x2)  # (N, dc)
-            keys = self.comb_k(outs)  # (N, k, dc)
-            att = torch.bmm(keys, q.unsqueeze(2)).squeeze(2) / math.sqrt(q.shape[-1]) + logw.reshape(N, k)
-            a = torch.softmax(att, dim=-1)  # (N, k); inactive slots have logw = -inf -> 0
-            if k == 1:
-                a = a * wf  # keep the router's probability as a gate so it gets gradient
-            y = torch.bmm(a.unsqueeze(1), outs).squeeze(1)
-        y = self.dropout(y.view(B, T, d))
+        if self.cfg.combine == "weighted":
+            w_sorted = wf.reshape(-1).index_select(0, dp.pairs)  # (M,)
+            return x.new_zeros(N, d).index_add(0, dp.tokens, out_sorted * w_sorted.unsqueeze(1))
+        q = self.comb_q(x.reshape(N, d))  # (N, dc)
+        keys = self.comb_k(outs)  # (N, k, dc)
+        att = torch.bmm(keys, q.unsqueeze(2)).squeeze(2) / math.sqrt(q.shape[-1]) + logw.reshape(N, k)
+        a = torch.softmax(att, dim=-1)  # (N, k); inactive slots have logw = -inf -> 0
+        if k == 1:
+            a = a * wf  # keep the router's probability as a gate so it gets gradient
+        return torch.bmm(a.unsqueeze(1), outs).squeeze(1)
 
-        # --- losses and stats -------------------------------------------------------------------------
-        act_f = active.reshape(B, T * k).to(probs.dtype)
-        row_counts = torch.zeros(B, E, device=x.device, dtype=probs.dtype).scatter_add_(
-            1, idx.reshape(B, T * k), act_f)  # (B, E)
+    def _losses_and_stats(self, r: Routing, probs: Tensor, outs: Tensor | None,
+                          costly_stats: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """The scaled aux loss and the detached statistics of one forward call."""
+        cfg = self.cfg
+        B, T, k = r.idx.shape
+        act_f = r.active.reshape(B, T * k).to(probs.dtype)
+        row_counts = torch.zeros(B, cfg.n_branches, device=probs.device, dtype=probs.dtype).scatter_add_(
+            1, r.idx.reshape(B, T * k), act_f)  # (B, E)
         load = row_counts.sum(0) / row_counts.sum().clamp(min=1)
         lb = load_balancing_loss(probs, load.detach())
         zl = router_z_loss(r.logits)
         aux = cfg.balance_coef * lb + cfg.z_coef * zl
         div = None
         if cfg.diversity_coef > 0 or costly_stats:
-            div = branch_cosine(outs, active.reshape(N, k))
+            div = branch_cosine(outs, r.active.reshape(B * T, k))
             if cfg.diversity_coef > 0:
                 aux = aux + cfg.diversity_coef * div
         with torch.no_grad():
@@ -279,14 +310,14 @@ class ThoughtsFFN(nn.Module):
                 "router_entropy": torch.special.entr(probs.float()).sum(-1).mean(),
                 "load": load.detach(),
                 "row_load": (row_counts / row_counts.sum(1, keepdim=True).clamp(min=1)).detach(),
-                "active_k": active.float().sum(-1).mean(),
-                "tau": tau.detach(),
+                "active_k": r.active.float().sum(-1).mean(),
+                "tau": r.tau.detach(),
                 "balance_loss": lb.detach(),
                 "z_loss": zl.detach(),
             }
             if costly_stats:
                 stats["branch_diversity"] = 1.0 - div.detach()
-        return ThoughtOutput(y, aux, stats)
+        return aux, stats
 
     def _creativity(self, creativity, noise, B: int, x: Tensor) -> tuple[float | Tensor, bool]:
         """``(c, draws)``: c as a float or a ``(B, 1, 1)`` tensor; ``draws`` says whether to draw noise."""
@@ -296,7 +327,7 @@ class ThoughtsFFN(nn.Module):
         return float(c), noise is not None and float(c) > 0
 
     def route(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
-              creativity: float | Tensor | None = None) -> Routing:
+              creativity: float | Tensor | None = None, route: str | None = None) -> Routing:
         """Gumbel-top-k selection (the first half of :meth:`forward`, also useful for routing traces).
 
         Args: as :meth:`forward`.
@@ -309,7 +340,8 @@ class ThoughtsFFN(nn.Module):
         if positions is None:
             positions = torch.arange(T, device=x.device)
         c, draws = self._creativity(creativity, noise, B, x)
-        route_pos = None if cfg.route == "sequence" else positions  # sequence: one draw, every position
+        per_sequence = (route or cfg.route) == "sequence"
+        route_pos = None if per_sequence else positions  # sequence: one draw, every position
         logits = self.router(x)  # (B, T, E)
         tau = self.tau
         finite = torch.isfinite(logits)
@@ -340,9 +372,8 @@ class ThoughtsFFN(nn.Module):
         dispatch order: the same distribution, without drawing inactive slots and without the gather.
         """
         B, T = x.shape[:2]
-        if isinstance(noise, rng.GeneratorNoise):
-            n = torch.randn(pair_sorted.shape[0], width, generator=noise.generator, device=noise.device)
-            return n.to(x.device, x.dtype)
+        if not noise.per_row:
+            return noise.iid_normal((pair_sorted.shape[0], width)).to(x.device, x.dtype)
         n = noise.normal(rng.stream_id(kind, self.layer_idx), positions, (self.cfg.k, width))
         return n.to(x.device, x.dtype).reshape(B * T * self.cfg.k, width).index_select(0, pair_sorted)
 

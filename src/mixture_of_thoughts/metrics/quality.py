@@ -2,20 +2,17 @@
 
 ``ar_bpc`` is exact: every character of the text is scored once, in non-overlapping windows of the
 block size, each character conditioned on the preceding characters of its window (the first
-character of the text is not scored, having no context). The diffusion model's ELBO bound lives in
-``models/diffusion.py`` and is exposed here as ``diffusion_bpc`` (an upper bound, with K stated).
+character of the text is not scored, having no context). The diffusion model's ELBO bound (an upper
+bound on its NLL) is ``diffusion_nll`` / ``diffusion_bpc`` in ``models/diffusion.py``.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from ..data.tokenizer import CharTokenizer
 from ..rng import GeneratorNoise
-
-LN2 = math.log(2.0)
+from ..units import LN2
 
 
 @torch.no_grad()

@@ -21,16 +21,15 @@ over masked positions only would not be, and is not done here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..rng import GeneratorNoise
+from ..units import to_bits
 
 EPS = 1e-3  # smallest noise level drawn in training: keeps the 1/t weight finite
-LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,7 @@ def diffusion_nll(model, ids: torch.Tensor, *, draws: int = 4, seed: int = 0, ba
     mean over the K draws of ``sum_masked CE / t``. Thought layers draw noise from the same seed.
 
     Returns:
-        ``(total_nats, n_characters, K)``; bits per character = ``total / n / ln 2``.
+        ``(total_nats, n_characters, K)``; bits per character = ``units.to_bits(total / n)``.
     """
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}")
@@ -163,7 +162,7 @@ def diffusion_nll(model, ids: torch.Tensor, *, draws: int = 4, seed: int = 0, ba
 def diffusion_bpc(model, ids: torch.Tensor, **kw) -> float:
     """Bits per character of ``ids`` under a diffusion model: an ELBO upper bound (see :func:`diffusion_nll`)."""
     total, n, _ = diffusion_nll(model, ids, **kw)
-    return total / n / LN2
+    return to_bits(total / n)
 
 
 __all__ = ["EPS", "LINEAR", "MaskSchedule", "mask_id", "denoiser_logits", "elbo_terms",

@@ -68,11 +68,13 @@ class Block(nn.Module):
         else:
             self.ffn = DenseFFN(cfg.n_embd, cfg.dense_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
-    def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False, rope=None):
+    def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False, rope=None,
+                route=None):
         x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope)
         h = self.norm2(x)
         if self.is_thought:
-            out = self.ffn(h, noise=noise, positions=positions, creativity=creativity, costly_stats=costly_stats)
+            out = self.ffn(h, noise=noise, positions=positions, creativity=creativity, route=route,
+                           costly_stats=costly_stats)
             return x + out.y, out.aux_loss, out.stats
         return x + self.ffn(h), None, None
 
@@ -123,8 +125,8 @@ class Transformer(nn.Module):
         return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
-                noise=None, creativity=None, time: torch.Tensor | None = None, last_only: bool = False,
-                costly_stats: bool = False) -> ModelOutput:
+                noise=None, creativity=None, route: str | None = None, time: torch.Tensor | None = None,
+                last_only: bool = False, costly_stats: bool = False) -> ModelOutput:
         """Run the model.
 
         Args:
@@ -134,6 +136,7 @@ class Transformer(nn.Module):
             noise: a noise source for the thought layers (``rng.RowNoise`` / ``rng.GeneratorNoise``);
                 ``None`` switches all thought noise off.
             creativity: ``None`` (each layer's configured default), a float, or a (B,) tensor.
+            route: ``"token"`` or ``"sequence"`` routing for this call; ``None`` = each layer's config.
             time: (B,) noise levels in [0, 1] for a time-conditioned denoiser.
             last_only: compute logits for the last position only (generation).
             costly_stats: ask thought layers for their costly statistics (branch diversity).
@@ -152,7 +155,7 @@ class Transformer(nn.Module):
         stats: dict[int, dict[str, torch.Tensor]] = {}
         rope = rope_angles(positions, self.config.head_size, self.config.rope_base)  # once for all layers
         for block in self.blocks:
-            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope)
+            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope, route)
             if a is not None:
                 aux = aux + a
                 stats[block.layer_idx] = s
@@ -167,11 +170,12 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return ModelOutput(logits, loss, aux, stats)
 
-    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+    def new_cache(self, batch_size: int, device=None, dtype=None, start: int = 0) -> KVCache:
+        """An empty KV cache whose first token sits at absolute position ``start``."""
         p = self.wte.weight
         c = self.config
         return KVCache(c.n_layer, batch_size, c.n_head, c.head_size, c.block_size,
-                       device=device or p.device, dtype=dtype or p.dtype)
+                       device=device or p.device, dtype=dtype or p.dtype, start=start)
 
 
 def count_parameters(model: Transformer) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warm-up then cosine decay, clipping, evaluation, checkpoints, resume.
+"""The training loop: clipping, evaluation, checkpoints, resume (the optimiser and schedule: :mod:`.optim`).
 
 One code path for a single process and for ``torchrun`` (DDP). Everything random comes from
 explicit generators whose states are checkpointed, so ``resume`` continues exactly: the losses
@@ -8,18 +8,19 @@ Files in the run directory (rank 0 only): ``latest/`` and ``best/`` checkpoints 
 ``metrics.jsonl`` (one JSON object per evaluation: step, train/val loss in nats and bits per
 character, learning rate, tokens/s, auxiliary loss, and per thought layer the router entropy,
 load-balancing and z-losses, and branch load).
+
+The library draws no progress bar: pass a :class:`TrainProgress` (the CLI backs one with tqdm).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -31,33 +32,33 @@ from ..data.tokenizer import CharTokenizer
 from ..device import autocast, resolve_device, resolve_dtype
 from ..errors import CheckpointError, TrainingDiverged
 from ..models.transformer import Transformer
+from ..units import to_bits
 from . import distributed
 from .checkpoint import is_run, load_checkpoint, load_trainer_state, save_checkpoint
-from .objectives import get_objective
+from .objectives import StepLoss, get_objective
+from .optim import lr_at, make_optimizer
 
 log = logging.getLogger(__name__)
-LN2 = math.log(2.0)
 RANK_SEED_STRIDE = 1_000_003  # keeps the ranks' data streams apart
 LAYER_SCALARS = ("router_entropy", "balance_loss", "z_loss")  # per thought layer, logged at each evaluation
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= cfg.max_steps:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+class TrainProgress(Protocol):
+    """Follows a run on rank 0 (other ranks never call it); the CLI backs it with a tqdm bar."""
 
+    def start(self, total: int, initial: int, desc: str) -> None:
+        """Before the first step: the schedule's length ``total`` and the step the run starts from."""
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (nanoGPT's grouping)."""
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    decay = [p for p in params.values() if p.dim() >= 2]
-    no_decay = [p for p in params.values() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """After each optimisation step; ``step`` counts the steps done (``initial + 1``, ``initial + 2``, ...).
+
+        ``metrics`` holds the step's training ``loss`` (nats) and ``lr``; after an evaluation also
+        that evaluation's ``metrics.jsonl`` record (``train_loss``, ``val_loss``, ``val_bpc``,
+        ``tokens_per_s``, ``aux_loss`` averaged since the last evaluation, ...).
+        """
+
+    def close(self) -> None:
+        """Once, when the run ends: finished, stopped, interrupted or failed."""
 
 
 @dataclass
@@ -117,7 +118,7 @@ class _Evaluator:
                             acc[key] += float(s[key]) / len(batches)
                         acc["load"] = acc["load"] + s["load"].float().cpu() / len(batches)
             out[f"{split}_loss"] = sum(losses) / len(losses)
-            out[f"{split}_bpc"] = out[f"{split}_loss"] / LN2
+            out[f"{split}_bpc"] = to_bits(out[f"{split}_loss"])
         if stats_acc:
             for key in LAYER_SCALARS:
                 out[key] = {str(k): round(v[key], 5) for k, v in stats_acc.items()}
@@ -126,9 +127,166 @@ class _Evaluator:
         return out
 
 
+@dataclass
+class _Run:
+    """A run being trained: what the steps, evaluations and checkpoints share."""
+
+    out: Path
+    dist_info: distributed.DistInfo
+    dev: torch.device
+    amp: torch.dtype
+    cfg: TrainConfig
+    tokenizer: CharTokenizer
+    model: Transformer
+    ddp_model: torch.nn.Module
+    objective: Any
+    ds: CharDataset
+    optimizer: torch.optim.Optimizer
+    batch_gen: torch.Generator
+    noise_gen: torch.Generator
+    evaluate: _Evaluator
+    meta: dict[str, Any]
+    step: int = 0
+    best: float = float("inf")
+    dropout_rng: torch.Tensor | None = None  # the global RNG state to resume dropout from
+
+
+@dataclass
+class _Window:
+    """The steps since the last evaluation: when they began, how many, their summed auxiliary loss."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    aux: float = 0.0
+
+
+def _model_and_data(data, out: Path, model_cfg, train_cfg, *, resume: bool, max_steps, dev):
+    """The run's data, configuration, tokenizer, model, objective and trainer state (``None`` when fresh)."""
+    if not resume:
+        text = load_corpus(data)
+        tokenizer = CharTokenizer.from_text(text)
+        objective = get_objective(train_cfg.objective)
+        model_cfg = objective.model_config(ModelConfig.from_dict(model_cfg.to_dict()), tokenizer.vocab_size)
+        model = Transformer(model_cfg).init_weights(torch.Generator().manual_seed(train_cfg.seed)).to(dev)
+        return data, text, train_cfg, tokenizer, model, objective, None
+    ck = load_checkpoint(out, which="latest", device=dev)
+    state = load_trainer_state(ck.path)
+    train_cfg = TrainConfig.from_dict(ck.meta["train"])
+    if max_steps is not None:
+        train_cfg.max_steps = max_steps
+        train_cfg.__post_init__()
+    data = data or ck.meta["data"]
+    return data, load_corpus(data), train_cfg, ck.tokenizer, ck.model, get_objective(ck.objective), state
+
+
+def _set_up(data, out: Path, model_cfg, train_cfg, *, resume: bool, force: bool, device, dtype, max_steps) -> _Run:
+    """Join the process group, check ``out``, build or load the model, optimiser and generators."""
+    dev = resolve_device(device)
+    dist_info, dev = distributed.setup(dev)
+    amp = resolve_dtype(dtype, dev)
+    if dist_info.is_main:
+        prepare_out_dir(out, resume=resume, force=force)
+    distributed.barrier(dist_info)
+    data, text, train_cfg, tokenizer, model, objective, state = _model_and_data(
+        data, out, model_cfg, train_cfg, resume=resume, max_steps=max_steps, dev=dev)
+    ds = CharDataset(text, model.config.block_size, tokenizer)
+    batch_gen = torch.Generator().manual_seed(train_cfg.seed + RANK_SEED_STRIDE * (dist_info.rank + 1))
+    noise_gen = torch.Generator(device=dev).manual_seed(train_cfg.seed + 2 + dist_info.rank)
+    optimizer = make_optimizer(model, train_cfg, dev)
+    run = _Run(out, dist_info, dev, amp, train_cfg, tokenizer, model, model, objective, ds, optimizer, batch_gen,
+               noise_gen, _Evaluator(ds, train_cfg, model.config.block_size, dev),
+               {"train": asdict(train_cfg), "data": str(data)})
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        batch_gen.set_state(state["batch_gen"])
+        noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
+        run.step, run.best = int(state["step"]), float(state["best_val_loss"])
+        run.dropout_rng = state.get("dropout_rng")
+    if dist_info.enabled:
+        run.ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return run
+
+
+def _checkpoint(run: _Run, name: str, val_loss: float | None) -> None:
+    """Save the model and the trainer state at the current step to ``out/name`` (rank 0)."""
+    if not run.dist_info.is_main:
+        return
+    trainer_state = {"step": run.step, "optimizer": run.optimizer.state_dict(),
+                     "batch_gen": run.batch_gen.get_state(), "dropout_rng": torch.get_rng_state(),
+                     "noise_gen": run.noise_gen.get_state().cpu(), "best_val_loss": run.best}
+    save_checkpoint(run.out / name, run.model, run.tokenizer, objective=run.objective.name,
+                    meta={**run.meta, "step": run.step, "val_loss": val_loss}, trainer_state=trainer_state)
+
+
+def _train_step(run: _Run, lr: float) -> StepLoss:
+    """One optimisation step at learning rate ``lr``; a non-finite loss saves the last good state and raises."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x, y = get_batch(run.ds.train, run.model.config.block_size, run.cfg.batch_size, run.batch_gen, run.dev)
+    with autocast(run.dev, run.amp):
+        sl = run.objective.loss(run.ddp_model, x, y, run.noise_gen)
+    total = sl.loss + sl.aux_loss
+    if not torch.isfinite(total):
+        _checkpoint(run, "latest", None)  # parameters are still those of the last good step
+        raise TrainingDiverged(
+            f"the training loss became {float(total.detach())} at step {run.step}; stopped. The last good state is "
+            f"saved in {run.out / 'latest'}: resume it with a lower learning rate (--lr) or more warm-up")
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if run.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.optimizer.step()
+    run.step += 1
+    return sl
+
+
+def _evaluate(run: _Run, lr: float, window: _Window, metrics_f) -> dict[str, Any]:
+    """Score the fixed batches, save ``latest`` (and ``best`` if improved), append to ``metrics.jsonl``."""
+    elapsed = time.perf_counter() - window.t0
+    ev = run.evaluate(run.model, run.objective, run.cfg, run.dev, run.amp)
+    tokens_per_step = run.cfg.batch_size * run.model.config.block_size * run.dist_info.world_size
+    record = {"step": run.step, **ev, "lr": lr, "aux_loss": window.aux / window.steps,
+              "tokens_per_s": tokens_per_step * window.steps / max(elapsed, 1e-9)}
+    improved = ev["val_loss"] < run.best
+    run.best = min(run.best, ev["val_loss"])
+    _checkpoint(run, "latest", ev["val_loss"])
+    if improved:
+        _checkpoint(run, "best", ev["val_loss"])
+    if metrics_f is not None:
+        metrics_f.write(json.dumps(record) + "\n")
+        metrics_f.flush()
+    log.info("step %d: train %.4f val %.4f (%.3f bpc)", run.step, ev["train_loss"], ev["val_loss"], ev["val_bpc"])
+    return record
+
+
+def _loop(run: _Run, end: int, metrics_f, progress: TrainProgress | None) -> tuple[float, bool]:
+    """Step to ``end``, evaluating every ``eval_interval`` steps and at ``end``; Ctrl-C saves ``latest``.
+
+    Returns the last validation loss (NaN if none) and whether the run was interrupted.
+    """
+    last_val, window = float("nan"), _Window()
+    try:
+        while run.step < end:
+            lr = lr_at(run.step, run.cfg)
+            sl = _train_step(run, lr)
+            window.steps += 1
+            window.aux += float(sl.aux_loss.detach())
+            record = {}
+            if run.step % run.cfg.eval_interval == 0 or run.step == end:
+                record = _evaluate(run, lr, window, metrics_f)
+                last_val, window = record["val_loss"], _Window()
+            if progress is not None:
+                progress.update(run.step, {"loss": float(sl.loss.detach()), "lr": lr, **record})
+    except KeyboardInterrupt:
+        _checkpoint(run, "latest", None)
+        return last_val, True
+    return last_val, False
+
+
 def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, *,
           resume: bool = False, force: bool = False, device: str | None = None, dtype: str | None = None,
-          progress: bool = False, max_steps: int | None = None, stop_after: int | None = None) -> TrainResult:
+          progress: TrainProgress | None = None, max_steps: int | None = None,
+          stop_after: int | None = None) -> TrainResult:
     """Train a model on a character corpus (or resume a run).
 
     Args:
@@ -138,134 +296,37 @@ def train(data: str, out: str | Path, model_cfg: ModelConfig | None, train_cfg: 
         resume: continue the run in ``out`` from its ``latest`` checkpoint.
         force: overwrite the run files in an existing ``out``.
         device, dtype: see :mod:`mixture_of_thoughts.device`.
-        progress: show a tqdm progress bar (rank 0).
+        progress: a :class:`TrainProgress` told of every step, on rank 0 only (``None``: silent).
         max_steps: on resume, a new total number of steps (e.g. to train longer).
         stop_after: save and stop after this step although the schedule runs to ``max_steps``.
     Returns:
         :class:`TrainResult`.
     """
     out = Path(out)
-    dev = resolve_device(device)
-    dist_info, dev = distributed.setup(dev)
-    amp = resolve_dtype(dtype, dev)
-    if dist_info.is_main:
-        prepare_out_dir(out, resume=resume, force=force)
-    distributed.barrier(dist_info)
-
-    state = None
-    if resume:
-        ck = load_checkpoint(out, which="latest", device=dev)
-        state = load_trainer_state(ck.path)
-        train_cfg = TrainConfig.from_dict(ck.meta["train"])
-        if max_steps is not None:
-            train_cfg.max_steps = max_steps
-            train_cfg.__post_init__()
-        data = data or ck.meta["data"]
-        tokenizer, model, objective = ck.tokenizer, ck.model, get_objective(ck.objective)
-        text = load_corpus(data)
-    else:
-        text = load_corpus(data)
-        tokenizer = CharTokenizer.from_text(text)
-        objective = get_objective(train_cfg.objective)
-        model_cfg = objective.model_config(ModelConfig.from_dict(model_cfg.to_dict()), tokenizer.vocab_size)
-        model = Transformer(model_cfg).init_weights(torch.Generator().manual_seed(train_cfg.seed)).to(dev)
-    ds = CharDataset(text, model.config.block_size, tokenizer)
-
-    batch_gen = torch.Generator().manual_seed(train_cfg.seed + RANK_SEED_STRIDE * (dist_info.rank + 1))
-    noise_gen = torch.Generator(device=dev).manual_seed(train_cfg.seed + 2 + dist_info.rank)
-    optimizer = make_optimizer(model, train_cfg, dev)
-    step, best = 0, float("inf")
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        batch_gen.set_state(state["batch_gen"])
-        noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-        step, best = int(state["step"]), float(state["best_val_loss"])
-    ddp_model = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None) if dist_info.enabled else model
-    evaluate = _Evaluator(ds, train_cfg, model.config.block_size, dev)
-    meta = {"train": asdict(train_cfg), "data": str(data)}
-
-    def checkpoint(name: str, at_step: int, val_loss: float | None):
-        if not dist_info.is_main:
-            return
-        trainer_state = {"step": at_step, "optimizer": optimizer.state_dict(), "batch_gen": batch_gen.get_state(),
-                         "dropout_rng": torch.get_rng_state(),
-                         "noise_gen": noise_gen.get_state().cpu(), "best_val_loss": best}
-        save_checkpoint(out / name, model, tokenizer, objective=objective.name,
-                        meta={**meta, "step": at_step, "val_loss": val_loss}, trainer_state=trainer_state)
-
-    if dist_info.is_main:
+    run = _set_up(data, out, model_cfg, train_cfg, resume=resume, force=force, device=device, dtype=dtype,
+                  max_steps=max_steps)
+    main = run.dist_info.is_main
+    if main:
         out.mkdir(parents=True, exist_ok=True)
-    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if dist_info.is_main else None
-    bar = None
-    if progress and dist_info.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=train_cfg.max_steps, initial=step, desc=f"train {objective.name}", unit="step")
-    last_val, interrupted = float("nan"), False
-    tokens_per_step = train_cfg.batch_size * model.config.block_size * dist_info.world_size
-    t_last, steps_since, aux_acc = time.perf_counter(), 0, 0.0
-    end = train_cfg.max_steps if stop_after is None else min(train_cfg.max_steps, stop_after)
-    model.train()
-    # Dropout draws from the global RNG (it takes no generator): fork it, so the caller's state is
-    # left as it was, seed it from the run, and checkpoint it, so resuming stays exact.
-    fork = contextlib.ExitStack()
-    fork.enter_context(torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []))
-    if state is not None and "dropout_rng" in state:
-        torch.set_rng_state(state["dropout_rng"])
-    else:
-        torch.manual_seed(train_cfg.seed + 3 + dist_info.rank)
+    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if main else None
+    progress = progress if main else None
+    end = run.cfg.max_steps if stop_after is None else min(run.cfg.max_steps, stop_after)
     try:
-        while step < end:
-            lr = lr_at(step, train_cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = get_batch(ds.train, model.config.block_size, train_cfg.batch_size, batch_gen, dev)
-            with autocast(dev, amp):
-                sl = objective.loss(ddp_model, x, y, noise_gen)
-            total = sl.loss + sl.aux_loss
-            if not torch.isfinite(total):
-                checkpoint("latest", step, None)  # parameters are still those of the last good step
-                raise TrainingDiverged(
-                    f"the training loss became {float(total.detach())} at step {step}; stopped. The last good state is "
-                    f"saved in {out / 'latest'}: resume it with a lower learning rate (--lr) or more warm-up")
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if train_cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            steps_since += 1
-            aux_acc += float(sl.aux_loss.detach())
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(sl.loss.detach()):.4f}", refresh=False)
-            if step % train_cfg.eval_interval == 0 or step == end:
-                elapsed = time.perf_counter() - t_last
-                ev = evaluate(model, objective, train_cfg, dev, amp)
-                last_val = ev["val_loss"]
-                record = {"step": step, **ev, "lr": lr, "aux_loss": aux_acc / steps_since,
-                          "tokens_per_s": tokens_per_step * steps_since / max(elapsed, 1e-9)}
-                improved = last_val < best
-                best = min(best, last_val)
-                checkpoint("latest", step, last_val)
-                if improved:
-                    checkpoint("best", step, last_val)
-                if metrics_f is not None:
-                    metrics_f.write(json.dumps(record) + "\n")
-                    metrics_f.flush()
-                if bar is not None:
-                    bar.set_postfix(train=f"{ev['train_loss']:.4f}", val=f"{last_val:.4f}",
-                                    tok_s=f"{record['tokens_per_s']:.0f}")
-                log.info("step %d: train %.4f val %.4f (%.3f bpc)", step, ev["train_loss"], last_val, ev["val_bpc"])
-                t_last, steps_since, aux_acc = time.perf_counter(), 0, 0.0
-    except KeyboardInterrupt:
-        interrupted = True
-        checkpoint("latest", step, None)
+        if progress is not None:
+            progress.start(run.cfg.max_steps, run.step, f"train {run.objective.name}")
+        run.model.train()
+        # Dropout draws from the global RNG (it takes no generator): fork it, so the caller's state is
+        # left as it was, seed it from the run, and checkpoint it, so resuming stays exact.
+        with torch.random.fork_rng(devices=[run.dev] if run.dev.type == "cuda" else []):
+            if run.dropout_rng is not None:
+                torch.set_rng_state(run.dropout_rng)
+            else:
+                torch.manual_seed(run.cfg.seed + 3 + run.dist_info.rank)
+            last_val, interrupted = _loop(run, end, metrics_f, progress)
     finally:
-        fork.close()
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
         if metrics_f is not None:
             metrics_f.close()
-        distributed.teardown(dist_info)
-    return TrainResult(out, step, best, last_val, interrupted)
+        distributed.teardown(run.dist_info)
+    return TrainResult(out, run.step, run.best, last_val, interrupted)

@@ -1,0 +1,134 @@
+"""Helpers shared by the ``mot`` command modules: flag parsers, shared flags, and loading runs, models
+and corpora.
+
+Layering: the command modules (``core``, ``diffusion``, ``experiments``, ``hf``) import from this
+module and from the library, never from one another; this module imports only the library.
+Heavy imports (torch, transformers) stay inside the functions, so ``mot --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+DEFAULT_MODEL = Path(__file__).parent.parent / "assets" / "shakespeare-mot"
+DATA_HELP = "a UTF-8 text file, or 'shakespeare' (from $MOT_DATA_DIR, the cache, or downloaded)"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+# ----------------------------------------------------------------------------- flag parsers
+
+
+def parse_bool(s: str) -> bool:
+    """An argparse ``type`` for boolean flags: true/false, yes/no, on/off, 1/0 (any case); else an error."""
+    v = s.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (also yes/no, on/off, 1/0), got {s!r}")
+
+
+def parse_layers(s: str):
+    """An argparse ``type``: ``all``, ``none`` or comma-separated layer indices like ``0,2``."""
+    if s in ("all", "none"):
+        return s
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all, none or comma-separated layer indices, got {s!r}") from None
+
+
+def parse_creativity(s: str | None):
+    """``--creativity``: None, a number, ``LO:HI`` (spread over the branches) or a list ``a,b,c``."""
+    if s is None:
+        return None
+    try:
+        if ":" in s:
+            lo, hi = s.split(":")
+            return (float(lo), float(hi))
+        if "," in s:
+            return [float(v) for v in s.split(",")]
+        return float(s)
+    except ValueError:
+        raise ConfigError(f"--creativity must be a number, LO:HI or a comma-separated list, got {s!r}") from None
+
+
+# ----------------------------------------------------------------------------- shared flags
+
+
+def sampling_flags(p: argparse.ArgumentParser, temperature=1.0) -> None:
+    """The flags of ``mot sample`` and ``mot think``: prompt, length, sampling filters, checkpoint, output."""
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--min-p", type=float, default=None)
+    p.add_argument("--stop", default=None, help="stop a sample once it ends with this string")
+    p.add_argument("--unknown-chars", choices=["error", "skip", "replace"], default="error",
+                   help="prompt characters outside the vocabulary: error (default), skip or replace")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-cache", action="store_true", help="recompute the context at every step (slow; reference)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_corpus(data) -> str:
+    """The text ``--data`` names, resolved as every command resolves it: a path to a UTF-8 text file or a
+    corpus name (``shakespeare``), see :func:`mixture_of_thoughts.data.corpus.load_corpus`.
+
+    Raises :class:`~mixture_of_thoughts.errors.DataError` with a one-line message on any problem.
+    """
+    from ..data.corpus import load_corpus
+
+    return load_corpus(data)
+
+
+def load_run(run, *, expect=None, which="best", device=None):
+    """The checkpoint of a run or checkpoint directory (default: the shipped MoT model)."""
+    from ..device import resolve_device
+    from ..training.checkpoint import load_checkpoint
+
+    return load_checkpoint(run or DEFAULT_MODEL, which=which, device=resolve_device(device), expect=expect)
+
+
+def is_hf_dir(p: Path) -> bool:
+    """A Hugging Face model directory: its config.json names a ``model_type``."""
+    try:
+        return "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def load_hf(path: str, device: str | None = None):
+    """(model, tokenizer) from a grafted directory, a mixture_of_thoughts run, or a Hugging Face model."""
+    from ..hf._compat import require_transformers
+    from ..hf.graft import is_grafted_dir, load_grafted
+    from ..training.checkpoint import is_checkpoint, is_run
+
+    p = Path(path)
+    if p.is_dir() and not is_grafted_dir(p) and (is_run(p) or (is_checkpoint(p) and not is_hf_dir(p))):
+        from ..training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(p, device=device or "cpu")
+        return ck.model.eval(), ck.tokenizer
+    require_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = load_grafted(path) if is_grafted_dir(path) else AutoModelForCausalLM.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"cannot load model {path!r}: {e}") from None
+    if device:
+        model.to(device)
+    return model.eval(), tok
