@@ -70,7 +70,7 @@ def run(quick: bool) -> list[dict]:
     """Median forward + backward times; one row per implementation."""
     torch.manual_seed(0)
     B, T, d = (8, 64, 128) if quick else (32, 256, 384)
-    repeat = 5 if quick else 7
+    repeat = 5 if quick else 11
     cfg = ThoughtConfig(n_branches=8, k=2, creativity=1.0)
     x = torch.randn(B, T, d, requires_grad=True)
     gen = torch.Generator().manual_seed(0)
@@ -85,7 +85,12 @@ def run(quick: bool) -> list[dict]:
             return out.y + 0 * out.aux_loss
         return call
 
+    def quiet_call(inp):  # creativity 0: the same layer with every random draw off (the noise's share)
+        out = mot(inp, noise=None)
+        return out.y + 0 * out.aux_loss
+
     steps = {"dense": _fwd_bwd(dense, x, dense), "mot": _fwd_bwd(mot, x, mot_call(mot)),
+             "quiet": _fwd_bwd(mot, x, quiet_call),
              "attn": _fwd_bwd(mot_attn, x, mot_call(mot_attn)),
              "naive": _fwd_bwd(naive, x, lambda inp: naive(inp, gen))}
     # round-robin single runs, then medians: a shared machine's load shifts over seconds and would
@@ -96,13 +101,16 @@ def run(quick: bool) -> list[dict]:
     for _ in range(repeat):
         for name, fn in steps.items():
             times[name].append(timeit(fn, repeat=1, warmup=0))
-    t_dense, t_mot, t_attn, t_naive = (statistics.median(times[n]) for n in ("dense", "mot", "attn", "naive"))
+    t_dense, t_mot, t_quiet, t_attn, t_naive = (statistics.median(times[n])
+                                                for n in ("dense", "mot", "quiet", "attn", "naive"))
     shape = f"{B}x{T}x{d}"
     return [
         {"layer": "DenseFFN(d, 4d)", "tokens x width": shape, "fwd+bwd ms": 1e3 * t_dense, "vs dense": 1.0,
          "vs naive": t_dense / t_naive},
         {"layer": "ThoughtsFFN weighted E8 k2", "tokens x width": shape, "fwd+bwd ms": 1e3 * t_mot,
          "vs dense": t_mot / t_dense, "vs naive": t_mot / t_naive},
+        {"layer": "ThoughtsFFN weighted E8 k2, no noise (c = 0)", "tokens x width": shape,
+         "fwd+bwd ms": 1e3 * t_quiet, "vs dense": t_quiet / t_dense, "vs naive": t_quiet / t_naive},
         {"layer": "ThoughtsFFN attention E8 k2", "tokens x width": shape, "fwd+bwd ms": 1e3 * t_attn,
          "vs dense": t_attn / t_dense, "vs naive": t_attn / t_naive},
         {"layer": "naive (per-sample loop, k*T attention)", "tokens x width": shape, "fwd+bwd ms": 1e3 * t_naive,

@@ -116,3 +116,19 @@ def test_float32_uniforms_stay_below_one_at_the_top_bit_pattern():
     assert u.dtype == torch.float32
     assert 0.0 < float(u[0, 0, 1]) and float(u[0, 0, 0]) < 1.0  # (2**32 - 0.5) / 2**32 rounds to 1.0 unclamped
     assert float(row.uniform(1, None, (2,), torch.float64)[0, 0, 0]) == (MASK + 0.5) / 2**32
+
+
+def test_large_generator_normals_depend_on_the_seed_alone_not_the_thread_count():
+    shape = (600, 1000)  # above the size that is split over two threads
+    draw = lambda: GeneratorNoise(torch.Generator().manual_seed(3), 1).iid_normal(shape)  # noqa: E731
+    a = draw()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        b = draw()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(a, b)
+    assert not torch.equal(a[:300], a[300:])  # the two halves come from different streams
+    assert abs(float(a.mean())) < 0.01 and abs(float(a.std()) - 1.0) < 0.01
+    assert not torch.equal(a, GeneratorNoise(torch.Generator().manual_seed(4), 1).iid_normal(shape))

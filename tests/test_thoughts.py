@@ -327,3 +327,19 @@ def test_route_argument_equals_the_configured_route():
     assert torch.equal(y_arg, seq(x, **kw).y)  # a per-call route is the configured one, nothing else
     assert not torch.equal(y_arg, tok(x, **kw).y)  # and it does switch the routing
     assert tok.cfg.route == "token"  # the layer's config is left alone
+
+
+def test_custom_autograd_pieces_pass_gradcheck():
+    from mixture_of_thoughts.layers.thoughts import _AddScaledNoise, _ScaleRows, _SlicedMM
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(4, 5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    counts = [2, 0, 4, 1]  # an empty branch gets a zero gradient
+    assert torch.autograd.gradcheck(lambda a, w: _SlicedMM.apply(a, w, counts), (a, w))
+    ref = torch.cat([a[:2] @ w[0], a[2:6] @ w[2], a[6:] @ w[3]])
+    assert torch.equal(_SlicedMM.apply(a, w, counts), ref)
+    s = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    n = torch.randn(7, 5, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda a, s: _AddScaledNoise.apply(a, s, n), (a, s))
+    assert torch.autograd.gradcheck(_ScaleRows.apply, (a, s))

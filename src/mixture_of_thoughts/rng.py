@@ -20,6 +20,7 @@ is the same at every position (shape ``(B, 1, *tail)``). ``stream`` separates in
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -182,6 +183,16 @@ class RowNoise:
         return bits_to_normal(self._bits(stream, positions, tuple(tail))).to(dtype)
 
 
+_PARALLEL_NORMALS = 1 << 18  # draws at least this large are split over two threads (see iid_normal)
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _normal_pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="mot-normal"))
+    return _POOL[0]
+
+
 class GeneratorNoise:
     """Noise from a single ``torch.Generator``: one draw per call for the whole batch (training).
 
@@ -212,5 +223,28 @@ class GeneratorNoise:
         return self.iid_normal(self._shape(positions, tail)).to(dtype)
 
     def iid_normal(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """Standard normals of ``shape`` straight from the generator (no per-row layout)."""
-        return torch.randn(shape, generator=self.generator, device=self.device)
+        """Standard normals of ``shape`` straight from the generator (no per-row layout).
+
+        A CPU generator is sequential (Mersenne Twister): the branch noise of a training step (millions
+        of normals) would run on one core at ~4 ns a number. A large CPU draw is therefore split in
+        two halves, each from its own generator seeded by one draw of this one, filled on two threads.
+        Always two halves, whatever the thread count, so the numbers depend on the seed alone.
+        """
+        n = 1
+        for s in shape:
+            n *= s
+        if self.device.type != "cpu" or n < _PARALLEL_NORMALS:
+            return torch.randn(shape, generator=self.generator, device=self.device)
+        out = torch.empty(shape)
+        flat = out.view(-1)
+        seeds = torch.randint(0, 2**62, (2,), generator=self.generator).tolist()
+        halves = (flat[:n // 2], flat[n // 2:])
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        if torch.get_num_threads() > 1:
+            other = _normal_pool().submit(halves[1].normal_, generator=gens[1])
+            halves[0].normal_(generator=gens[0])
+            other.result()
+        else:
+            for h, g in zip(halves, gens, strict=True):
+                h.normal_(generator=g)
+        return out

@@ -155,6 +155,91 @@ def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
     return _GROUPED_MM_OK[key]
 
 
+class _SlicedMM(torch.autograd.Function):
+    """``a[rows of branch e] @ w[e]`` for rows sorted by branch, one ``mm`` per non-empty branch.
+
+    Every product is written with ``out=`` into its slice of one preallocated output, and the backward
+    writes ``grad_a`` and ``grad_w`` the same way: no ``cat`` of the parts and no zero-filled buffers
+    (what ``split`` + ``cat`` under autograd costs). The values are those of ``a_e @ w[e]``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+        out = a.new_empty(a.shape[0], w.shape[-1])
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                torch.mm(a[start:start + n], w[e], out=out[start:start + n])
+            start += n
+        ctx.save_for_backward(a, w)
+        ctx.counts = counts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        ga = a.new_empty(a.shape) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            empty = [e for e, n in enumerate(ctx.counts) if not n]
+            gw = w.new_empty(w.shape)
+            if empty:
+                gw[empty] = 0
+        start = 0
+        for e, n in enumerate(ctx.counts):
+            if n:
+                rows = slice(start, start + n)
+                if ga is not None:
+                    torch.mm(grad[rows], w[e].t(), out=ga[rows])
+                if gw is not None:
+                    torch.mm(a[rows].t(), grad[rows], out=gw[e])
+            start += n
+        return ga, gw, None
+
+
+class _AddScaledNoise(torch.autograd.Function):
+    """``x + a[:, None] * n`` for a per-row scale ``a`` (M,) and constant noise ``n`` (M, W).
+
+    ``addcmul``'s own backward reduces ``grad * n`` (a full-size product) to the scale's shape; here
+    the per-row dot products ``grad_a[r] = <grad[r], n[r]>`` are one batched matmul, and ``grad_x`` is
+    ``grad`` itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, n: Tensor) -> Tensor:
+        ctx.save_for_backward(n)
+        return torch.addcmul(x, a.unsqueeze(1), n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (n,) = ctx.saved_tensors
+        ga = None
+        if ctx.needs_input_grad[1]:
+            M, W = n.shape
+            ga = torch.bmm(grad.reshape(M, 1, W), n.reshape(M, W, 1)).reshape(M)
+        return grad, ga, None
+
+
+class _ScaleRows(torch.autograd.Function):
+    """``x * a[:, None]`` with the per-row dot products of the backward as one batched matmul."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor) -> Tensor:
+        ctx.save_for_backward(x, a)
+        return x * a.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, a = ctx.saved_tensors
+        gx = grad * a.unsqueeze(1) if ctx.needs_input_grad[0] else None
+        ga = None
+        if ctx.needs_input_grad[1]:
+            M, W = x.shape
+            ga = torch.bmm(grad.reshape(M, 1, W), x.reshape(M, W, 1)).reshape(M)
+        return gx, ga
+
+
 class ThoughtsFFN(nn.Module):
     """E thought branches (FFNs ``d -> h -> d``) chosen per token by a sampling router.
 
@@ -261,13 +346,13 @@ class ThoughtsFFN(nn.Module):
         if noise is not None:
             c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
             n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp.pairs, x)  # (M, d)
-            xin = torch.addcmul(xin, (c_pair * self.s_in[dp.branches]).unsqueeze(1), n1)
+            xin = _AddScaledNoise.apply(xin, (c_pair * self.s_in[dp.branches]).reshape(-1), n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
             hid = hid + self.b_in[dp.branches]
         if noise is not None:
             n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
-            hid = torch.addcmul(hid, (c_pair * self.s_hid[dp.branches]).unsqueeze(1), n2)
+            hid = _AddScaledNoise.apply(hid, (c_pair * self.s_hid[dp.branches]).reshape(-1), n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
         return out + self.b_out[dp.branches] if self.b_out is not None else out
 
@@ -279,7 +364,7 @@ class ThoughtsFFN(nn.Module):
         wf = w.reshape(N, k)
         if self.cfg.combine == "weighted":
             w_sorted = wf.reshape(-1).index_select(0, dp.pairs)  # (M,)
-            return x.new_zeros(N, d).index_add(0, dp.tokens, out_sorted * w_sorted.unsqueeze(1))
+            return x.new_zeros(N, d).index_add(0, dp.tokens, _ScaleRows.apply(out_sorted, w_sorted))
         q = self.comb_q(x.reshape(N, d))  # (N, dc)
         keys = self.comb_k(outs)  # (N, k, dc)
         att = torch.bmm(keys, q.unsqueeze(2)).squeeze(2) / math.sqrt(q.shape[-1]) + logw.reshape(N, k)
@@ -391,10 +476,6 @@ class ThoughtsFFN(nn.Module):
         if _grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
             offs = counts.cumsum(0).to(torch.int32)
             return F.grouped_mm(a, w, offs=offs)
-        # fallback: at most E matmuls on contiguous slices of the sorted rows. split/unbind (not
-        # indexing) so that backward concatenates the gradients instead of filling E zero buffers.
-        n = counts.tolist()
-        parts = [ai @ wi for ai, wi, ni in zip(a.split(n), w.unbind(0), n, strict=True) if ni]
-        if not parts:
-            return a.new_zeros(0, w.shape[-1])
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        # fallback: at most E matmuls on contiguous slices of the sorted rows, each written straight
+        # into its rows of one output (no concatenation forward or backward)
+        return _SlicedMM.apply(a, w, counts.tolist())
