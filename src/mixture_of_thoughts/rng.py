@@ -20,6 +20,7 @@ is the same at every position (shape ``(B, 1, *tail)``). ``stream`` separates in
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
@@ -61,6 +62,12 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     x = _mul32(x, 0x846CA68B)
     x = x ^ (x >> 16)
     return x
+
+
+@functools.lru_cache(maxsize=256)
+def _index_hash(n: int, device: torch.device) -> torch.Tensor:
+    """``hash32(arange(n) + const)``: the index stage of every draw of ``n`` numbers per position."""
+    return hash32(torch.arange(n, dtype=torch.int64, device=device) + 0x85EBCA77)
 
 
 def seed_to_key(seed: int) -> int:
@@ -113,15 +120,28 @@ class RowNoise:
     Args:
         seeds: one integer seed per row (a list or a ``(B,)`` tensor).
         device: where the draws are made.
+        lookahead: when > 0, a draw for one position ``p`` computes the draws of positions
+            ``p .. p + lookahead - 1`` at once and serves the next ones from them. Decoding asks for one
+            position per step and per stream: this turns ~30 small tensor ops per draw into a slice.
+            The numbers are the same (each is a pure function of its counter).
     """
 
     per_row = True
 
-    def __init__(self, seeds, device: torch.device | str = "cpu"):
+    def __init__(self, seeds, device: torch.device | str = "cpu", lookahead: int = 0):
         seeds = [int(s) for s in (seeds.tolist() if torch.is_tensor(seeds) else seeds)]
         self.seeds = seeds
         self.device = torch.device(device)
         self.keys = torch.tensor([seed_to_key(s) for s in seeds], dtype=torch.int64, device=self.device)
+        self.lookahead = int(lookahead)
+        self._stream_keys: dict[int, torch.Tensor] = {}
+        self._blocks: dict[tuple, tuple[int, torch.Tensor]] = {}
+
+    def with_lookahead(self, lookahead: int) -> RowNoise:
+        """The same noise (same keys), serving single-position draws ``lookahead`` positions at a time."""
+        out = self.select(torch.arange(self.batch_size))
+        out.lookahead = int(lookahead)
+        return out
 
     @property
     def batch_size(self) -> int:
@@ -139,7 +159,31 @@ class RowNoise:
         out.seeds = [self.seeds[i] for i in rows.tolist()]
         out.device = self.device
         out.keys = self.keys[rows.to(self.keys.device)]
+        out.lookahead = self.lookahead
+        out._stream_keys = {}
+        out._blocks = {}
         return out
+
+    def _ahead(self, kind: str, fn, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...], dtype):
+        """``fn(stream, positions, tail, dtype)``, served from a block of later positions (``lookahead``)."""
+        if not self.lookahead:
+            return fn(stream, positions, tail, dtype)
+        key = (kind, stream, tail, dtype)
+        if positions is None:  # the same draw at every position (sequence routing): computed once
+            block = self._blocks.get(key)
+            if block is None:
+                block = self._blocks[key] = (-1, fn(stream, None, tail, dtype))
+            return block[1]
+        if positions.dim() != 1 or positions.numel() != 1:
+            return fn(stream, positions, tail, dtype)
+        p = int(positions.item())
+        block = self._blocks.get(key)
+        if block is None or not block[0] <= p < block[0] + block[1].shape[1]:
+            ps = torch.arange(p, p + self.lookahead, device=positions.device)
+            block = (p, fn(stream, ps, tail, dtype))
+            self._blocks[key] = block
+        i = p - block[0]
+        return block[1][:, i:i + 1]
 
     def _bits(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...]) -> torch.Tensor:
         B = self.keys.shape[0]
@@ -152,27 +196,29 @@ class RowNoise:
             pos = positions.to(self.device, torch.int64)
             pos = pos.expand(B, -1) if pos.dim() == 1 else pos
         T = pos.shape[1]
-        # Chain the hash over (key, stream, position, index): each stage mixes a new 32-bit word.
-        h = hash32(self.keys ^ hash32(torch.tensor(stream, dtype=torch.int64, device=self.device)))
+        # Chain the hash over (key, stream, position, index): each stage mixes a new 32-bit word. The
+        # (key, stream) and index stages do not depend on the call: computed once and kept.
+        h = self._stream_key(stream)
         h = hash32(h.view(B, 1) ^ (pos + 0x632BE5AB))  # (B, T); +const so position 0 is not special
-        idx = torch.arange(n, dtype=torch.int64, device=self.device)
-        h = hash32(h.view(B, T, 1) ^ hash32(idx + 0x85EBCA77))  # (B, T, n)
+        h = hash32(h.view(B, T, 1) ^ _index_hash(n, self.device))  # (B, T, n)
         return h.view(B, T, *tail)
+
+    def _stream_key(self, stream: int) -> torch.Tensor:
+        """``hash32(key_b ^ hash32(stream))`` per row, ``(B,)``, cached per stream."""
+        h = self._stream_keys.get(stream)
+        if h is None:
+            h = hash32(self.keys ^ hash32(torch.tensor(stream, dtype=torch.int64, device=self.device)))
+            self._stream_keys[stream] = h
+        return h
 
     def uniform(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...] = (),
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Uniform draws in the open interval (0, 1), shape ``(B, T or 1, *tail)``."""
-        bits = self._bits(stream, positions, tuple(tail))
-        u = ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
-        if dtype != torch.float64:  # the top patterns round up to 1.0 in a narrower float: keep u < 1
-            below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
-            u = u.clamp_(max=float(below_one))
-        return u
+        return self._ahead("uniform", self._uniform, stream, positions, tuple(tail), dtype)
 
     def gumbel(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
         """Standard Gumbel draws ``-log(-log u)``."""
-        u = self.uniform(stream, positions, tail, torch.float64)
-        return (-torch.log(-torch.log(u))).to(dtype)
+        return self._ahead("gumbel", self._gumbel, stream, positions, tuple(tail), dtype)
 
     def normal(self, stream, positions, tail=(), dtype=torch.float32) -> torch.Tensor:
         """Standard normal draws by inverse CDF from one 24-bit float32 uniform each.
@@ -180,7 +226,22 @@ class RowNoise:
         Branch noise needs millions of these per step, so this path hashes once per number and stays
         in float32 (tails are cut at |z| ~ 5.4, far beyond what a noise scale notices).
         """
-        return bits_to_normal(self._bits(stream, positions, tuple(tail))).to(dtype)
+        return self._ahead("normal", self._normal, stream, positions, tuple(tail), dtype)
+
+    def _uniform(self, stream, positions, tail, dtype) -> torch.Tensor:
+        bits = self._bits(stream, positions, tail)
+        u = ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
+        if dtype != torch.float64:  # the top patterns round up to 1.0 in a narrower float: keep u < 1
+            below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
+            u = u.clamp_(max=float(below_one))
+        return u
+
+    def _gumbel(self, stream, positions, tail, dtype) -> torch.Tensor:
+        u = self._uniform(stream, positions, tail, torch.float64)
+        return (-torch.log(-torch.log(u))).to(dtype)
+
+    def _normal(self, stream, positions, tail, dtype) -> torch.Tensor:
+        return bits_to_normal(self._bits(stream, positions, tail)).to(dtype)
 
 
 _PARALLEL_NORMALS = 1 << 18  # draws at least this large are split over two threads (see iid_normal)

@@ -32,6 +32,7 @@ from .decoder import (  # noqa: F401  (Branch, creativity_spread: re-exported fo
 
 log = logging.getLogger(__name__)
 EMPTY_PROMPT = "\n"  # an empty prompt starts from a newline, as nanoGPT's sample.py does
+LOOKAHEAD = 16  # positions of noise drawn at once while decoding (see rng.RowNoise)
 
 
 def prepare_prompt(tokenizer: CharTokenizer, prompt: str, block_size: int | None, unknown: str = "error") -> list[int]:
@@ -96,6 +97,8 @@ def generate(model: Transformer, prompt_ids: torch.Tensor, max_new_tokens: int, 
                           "for a diffusion model")
     model.eval()
     prompt_ids = prompt_ids.to(model.wte.weight.device)
+    if not noise.lookahead:  # one position per step: draw the noise LOOKAHEAD positions at a time
+        noise = noise.with_lookahead(min(LOOKAHEAD, max_new_tokens))
     step = transformer_step(model, noise, creativity=creativity, route=route, use_cache=use_cache)
     return decode(step, prompt_ids, max_new_tokens, noise, Sampling(temperature, top_k, top_p, min_p),
                   stop_sequences=[stop_ids] if stop_ids else (), on_token=on_token)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, ThinkResult, branch_plan, collect_branches, decode
 from ..rng import RowNoise
 from .graft import thought_noise
@@ -95,7 +96,8 @@ def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], 
         return tokenizer.decode(t, skip_special_tokens=True)
 
     gen = decode(hf_step(model, step_stats), torch.tensor(ids, device=dev).repeat(len(seeds), 1), max_new_tokens,
-                 RowNoise(seeds, dev), Sampling(temperature, top_k, top_p, min_p),
+                 RowNoise(seeds, dev, lookahead=min(LOOKAHEAD, max_new_tokens)),
+                 Sampling(temperature, top_k, top_p, min_p),
                  stop_ids=stop_token_ids(tokenizer, model), stop_strings=[stop] if stop else (),
                  detokenize=detokenize, on_token=on_token)
     return collect_branches(gen, len(ids), detokenize, list(seeds), creativity, detokenize(ids))
@@ -119,7 +121,7 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
     seeds, crea = branch_plan(branches, seed, branch_seeds, creativity)
     dev = next(model.parameters()).device
     c = torch.tensor(crea, device=dev) if crea is not None else None
-    with thought_noise(model, RowNoise(seeds, dev), c) as st:
+    with thought_noise(model, RowNoise(seeds, dev, lookahead=min(LOOKAHEAD, max_new_tokens)), c) as st:
         return sample_branches(model, tokenizer, prompt, seeds, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop,
                                creativity=crea if crea is not None else [st.spec.thoughts.creativity] * len(seeds),

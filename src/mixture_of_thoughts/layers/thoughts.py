@@ -43,6 +43,7 @@ INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT
 TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
 COMBINE_DIM_DIVISOR = 4  # the attention combiner's query/key width is d / 4: cheap next to a branch
 DEFAULT_INIT_SEED = 0  # seeds a layer's default init when no generator is given
+SMALL_DISPATCH = 64  # at most this many (token, slot) rows (decoding): one padded bmm instead of E mm calls
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 
@@ -171,8 +172,9 @@ class _SlicedMM(torch.autograd.Function):
             if n:
                 torch.mm(a[start:start + n], w[e], out=out[start:start + n])
             start += n
-        ctx.save_for_backward(a, w)
-        ctx.counts = counts
+        if ctx is not None:
+            ctx.save_for_backward(a, w)
+            ctx.counts = counts
         return out
 
     @staticmethod
@@ -238,6 +240,50 @@ class _ScaleRows(torch.autograd.Function):
             M, W = x.shape
             ga = torch.bmm(grad.reshape(M, 1, W), x.reshape(M, W, 1)).reshape(M)
         return gx, ga
+
+
+def _needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd must record: ``autograd.Function.apply`` costs ~0.1 ms a call, a lot per decode step."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors if torch.is_tensor(t))
+
+
+def sliced_mm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+    """:class:`_SlicedMM` (through autograd only when a gradient is needed)."""
+    if _needs_graph(a, w):
+        return _SlicedMM.apply(a, w, counts)
+    if a.shape[0] <= SMALL_DISPATCH:
+        return _padded_bmm(a, w, counts)
+    return _SlicedMM.forward(None, a, w, counts)
+
+
+def _padded_bmm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+    """The same products as one batched matmul over the branches' rows padded to the largest count.
+
+    A decoding step has a few rows per branch, where E separate ``mm`` calls cost their overhead
+    E times; here it is one gather, one ``bmm`` and one gather back.
+    """
+    E, m = len(counts), max(counts)
+    cnt = torch.tensor(counts, device=a.device)
+    starts = torch.cumsum(cnt, 0) - cnt
+    slot = torch.arange(m, device=a.device)
+    valid = slot[None, :] < cnt[:, None]  # (E, m)
+    src = (starts[:, None] + slot[None, :]).masked_fill(~valid, 0)  # (E, m) row of a for each slot
+    out = torch.bmm(a[src.reshape(-1)].view(E, m, -1), w)  # (E, m, N)
+    return out.reshape(E * m, -1)[valid.reshape(-1)]
+
+
+def add_scaled_noise(x: Tensor, a: Tensor, n: Tensor) -> Tensor:
+    """``x + a[:, None] * n`` (:class:`_AddScaledNoise` when a gradient is needed)."""
+    if _needs_graph(x, a):
+        return _AddScaledNoise.apply(x, a, n)
+    return torch.addcmul(x, a.unsqueeze(1), n)
+
+
+def scale_rows(x: Tensor, a: Tensor) -> Tensor:
+    """``x * a[:, None]`` (:class:`_ScaleRows` when a gradient is needed)."""
+    if _needs_graph(x, a):
+        return _ScaleRows.apply(x, a)
+    return x * a.unsqueeze(1)
 
 
 class ThoughtsFFN(nn.Module):
@@ -346,13 +392,13 @@ class ThoughtsFFN(nn.Module):
         if noise is not None:
             c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
             n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp.pairs, x)  # (M, d)
-            xin = _AddScaledNoise.apply(xin, (c_pair * self.s_in[dp.branches]).reshape(-1), n1)
+            xin = add_scaled_noise(xin, (c_pair * self.s_in[dp.branches]).reshape(-1), n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
             hid = hid + self.b_in[dp.branches]
         if noise is not None:
             n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
-            hid = _AddScaledNoise.apply(hid, (c_pair * self.s_hid[dp.branches]).reshape(-1), n2)
+            hid = add_scaled_noise(hid, (c_pair * self.s_hid[dp.branches]).reshape(-1), n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
         return out + self.b_out[dp.branches] if self.b_out is not None else out
 
@@ -364,7 +410,7 @@ class ThoughtsFFN(nn.Module):
         wf = w.reshape(N, k)
         if self.cfg.combine == "weighted":
             w_sorted = wf.reshape(-1).index_select(0, dp.pairs)  # (M,)
-            return x.new_zeros(N, d).index_add(0, dp.tokens, _ScaleRows.apply(out_sorted, w_sorted))
+            return x.new_zeros(N, d).index_add(0, dp.tokens, scale_rows(out_sorted, w_sorted))
         q = self.comb_q(x.reshape(N, d))  # (N, dc)
         keys = self.comb_k(outs)  # (N, k, dc)
         att = torch.bmm(keys, q.unsqueeze(2)).squeeze(2) / math.sqrt(q.shape[-1]) + logw.reshape(N, k)
@@ -478,4 +524,4 @@ class ThoughtsFFN(nn.Module):
             return F.grouped_mm(a, w, offs=offs)
         # fallback: at most E matmuls on contiguous slices of the sorted rows, each written straight
         # into its rows of one output (no concatenation forward or backward)
-        return _SlicedMM.apply(a, w, counts.tolist())
+        return sliced_mm(a, w, counts.tolist())
