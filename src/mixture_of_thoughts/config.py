@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import ConfigError
 
+NOISE_SCALES = ("absolute", "relative")
 ROUTES = ("token", "sequence")
 COMBINERS = ("weighted", "attention")
 OBJECTIVES = ("ar", "diffusion")
@@ -59,6 +60,11 @@ class ThoughtConfig:
         combine: ``"weighted"`` (sum of branch outputs weighted by router weights) or
             ``"attention"`` (per-token attention over the k selected branch outputs).
         noise_init: initial value of the learnable branch input and hidden noise scales.
+        noise_scale: ``"absolute"`` (noise std ``c * s``) or ``"relative"`` (``c * s * RMS``, the RMS
+            of each row's branch input, and of its hidden pre-activation, taken before the noise and
+            without gradient): relative noise means the same perturbation in every layer and model,
+            whatever its activation size. Grafts use ``"relative"``; ``"absolute"`` is the default of
+            the char models (and of every checkpoint written before the field existed).
         balance_coef: coefficient of the Switch-Transformer load-balancing loss.
         z_coef: coefficient of the router z-loss.
         diversity_coef: coefficient of the branch-diversity loss (mean pairwise cosine).
@@ -72,6 +78,7 @@ class ThoughtConfig:
     route: str = "token"
     combine: str = "weighted"
     noise_init: float = 0.02
+    noise_scale: str = "absolute"
     balance_coef: float = 0.01
     z_coef: float = 1e-3
     diversity_coef: float = 0.0
@@ -90,6 +97,8 @@ class ThoughtConfig:
             raise ConfigError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.combine not in COMBINERS:
             raise ConfigError(f"combine must be one of {COMBINERS}, got {self.combine!r}")
+        if self.noise_scale not in NOISE_SCALES:
+            raise ConfigError(f"noise_scale must be one of {NOISE_SCALES}, got {self.noise_scale!r}")
         for name in ("noise_init", "balance_coef", "z_coef", "diversity_coef"):
             _in_range(self, name, 0.0, float("inf"))
 

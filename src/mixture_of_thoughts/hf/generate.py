@@ -49,8 +49,21 @@ def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | N
     return step
 
 
-def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The prompt's ids without special tokens; an empty prompt starts from BOS (or EOS)."""
+def uses_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether to wrap prompts in the chat template: ``None`` = when the tokenizer has one."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has:
+        raise ConfigError("this tokenizer has no chat template: drop --chat (or use --no-chat)")
+    return has if chat is None else bool(chat)
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool = False) -> list[int]:
+    """The prompt's ids; with ``chat``, the prompt is the user turn of the chat template, followed by
+    the assistant's header. Without, no special tokens; an empty prompt starts from BOS (or EOS)."""
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     if not ids:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -76,7 +89,7 @@ def stop_token_ids(tokenizer, model: nn.Module | None = None) -> list[int]:
 def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], *, max_new_tokens: int = 50,
                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                     min_p: float | None = None, stop: str | None = None, creativity: list[float] | None = None,
-                    step_stats=None, on_token=None) -> ThinkResult:
+                    step_stats=None, on_token=None, chat: bool | None = False) -> ThinkResult:
     """Sample one continuation per seed of an HF causal LM, batched, with the KV cache.
 
     The shared branch decoder (``generation.decoder.decode``) with :func:`hf_step`: tokens are drawn
@@ -84,12 +97,15 @@ def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], 
     alone. ``step_stats()`` (optional) returns ``{layer: (B, E) row load}`` after each forward call,
     accumulated into the routing trace. A row stops at any of :func:`stop_token_ids` (not part of its
     text) or once its text ends with ``stop`` (kept; matched on text, whatever tokens spelled it).
+    ``chat`` wraps the prompt in the tokenizer's chat template (``None``: when it has one).
 
     Returns:
         :class:`~mixture_of_thoughts.generation.decoder.ThinkResult`.
     """
     dev = next(model.parameters()).device
-    ids = prompt_ids(tokenizer, prompt)
+    chat = uses_chat(tokenizer, chat)
+    ids = prompt_ids(tokenizer, prompt, chat)
+    check_context(model, len(ids), max_new_tokens)
     model.eval()
 
     def detokenize(t: list[int]) -> str:
@@ -100,19 +116,30 @@ def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], 
                  Sampling(temperature, top_k, top_p, min_p),
                  stop_ids=stop_token_ids(tokenizer, model), stop_strings=[stop] if stop else (),
                  detokenize=detokenize, on_token=on_token)
-    return collect_branches(gen, len(ids), detokenize, list(seeds), creativity, detokenize(ids))
+    return collect_branches(gen, len(ids), detokenize, list(seeds), creativity, prompt if chat else detokenize(ids))
+
+
+def check_context(model: nn.Module, prompt_len: int, max_new_tokens: int) -> None:
+    """A clear error when the prompt and the new tokens do not fit the model's context."""
+    n_ctx = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if n_ctx and prompt_len + max_new_tokens > n_ctx:
+        raise ConfigError(f"the prompt has {prompt_len} tokens and --max-new-tokens is {max_new_tokens}: more than "
+                          f"the model's context of {n_ctx} tokens; shorten the prompt or ask for fewer tokens")
 
 
 def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, seed: int = 0,
              branch_seeds: list[int] | None = None, creativity=None, max_new_tokens: int = 50,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             min_p: float | None = None, stop: str | None = None, on_token=None) -> ThinkResult:
+             min_p: float | None = None, stop: str | None = None, on_token=None,
+             chat: bool | None = None) -> ThinkResult:
     """N thought branches of a grafted HF model in one batched pass with the KV cache.
 
     Like :func:`mixture_of_thoughts.generation.autoregressive.think`: branch ``i`` owns seed
     ``seed + i`` (token sampling by Gumbel-max and thought noise from its own ``RowNoise``) and a
     creativity (``None`` = the graft's default, a float, a ``(lo, hi)`` spread, or a list), so
-    re-running one branch alone (``branch_seeds=[s]``, same creativity) reproduces it.
+    re-running one branch alone (``branch_seeds=[s]``, same creativity) reproduces it. An instruct
+    model's prompt goes through its chat template (``chat=None``: when the tokenizer has one) and a
+    branch stops at any of its end-of-turn ids.
 
     Returns:
         :class:`~mixture_of_thoughts.generation.decoder.ThinkResult`; each branch's
@@ -126,4 +153,4 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
                                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop,
                                creativity=crea if crea is not None else [st.spec.thoughts.creativity] * len(seeds),
                                step_stats=lambda: {k: v["row_load"] for k, v in st.stats.items()},
-                               on_token=on_token)
+                               on_token=on_token, chat=chat)

@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 SPEC_FILE = "graft.json"
 WEIGHTS_FILE = "thoughts.safetensors"
 SPEC_FORMAT = 1
+# Relative noise std per unit of creativity: at c = 1 each branch input and hidden pre-activation is
+# perturbed by 10% of its RMS (see hf/README of the noise scale in the main README).
+GRAFT_NOISE_INIT = 0.1
 # model_type -> (path of the decoder layer list, MLP form)
 SUPPORTED = {"gpt2": ("transformer.h", "gpt2"), "llama": ("model.layers", "gated"),
              "mistral": ("model.layers", "gated"), "qwen2": ("model.layers", "gated")}
@@ -242,15 +245,17 @@ def _positions_hook(state: GraftState):
 
 
 def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int = 4, k: int = 2,
-          creativity: float = 1.0, route: str = "token", noise_init: float = 0.02, seed: int = 0,
-          thoughts: ThoughtConfig | None = None) -> nn.Module:
+          creativity: float = 1.0, route: str = "token", noise_init: float = GRAFT_NOISE_INIT,
+          noise_scale: str = "relative", seed: int = 0, thoughts: ThoughtConfig | None = None) -> nn.Module:
     """Replace the MLP of ``layers`` by thought layers whose branches copy it (in place).
 
     Args:
         model: a Hugging Face causal LM of a supported architecture (see ``SUPPORTED``).
         layers: ``"all"`` or decoder layer indices.
-        n_branches, k, creativity, route, noise_init: the :class:`ThoughtConfig` fields
-            (ignored when ``thoughts`` is given).
+        n_branches, k, creativity, route, noise_init, noise_scale: the :class:`ThoughtConfig` fields
+            (ignored when ``thoughts`` is given). The default noise is relative: at creativity c a
+            branch's input and hidden pre-activation get Gaussian noise of std ``c * noise_init`` times
+            their own RMS (see ``GRAFT_NOISE_INIT``).
         seed: seeds the training-time noise generator.
     Returns:
         ``model``, with ``model.mot_graft`` (its :class:`GraftState`).
@@ -270,7 +275,7 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
         if bad or not idx:
             raise ConfigError(f"layers must be 'all' or indices in [0, {n - 1}], got {layers!r}")
     cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
-                                    noise_init=noise_init, balance_coef=0.01, z_coef=1e-3)
+                                    noise_init=noise_init, noise_scale=noise_scale, balance_coef=0.01, z_coef=1e-3)
     state = GraftState.new(GraftSpec(mtype, idx, cfg, seed))
     for i in idx:
         mlp = blocks[i].mlp

@@ -242,6 +242,12 @@ class _ScaleRows(torch.autograd.Function):
         return gx, ga
 
 
+def _row_rms(x: Tensor) -> Tensor:
+    """Root mean square of each row, ``(M,)``, without gradient (a noise scale, not a path)."""
+    with torch.no_grad():
+        return x.float().pow(2).mean(1).sqrt().to(x.dtype)
+
+
 def _needs_graph(*tensors: Tensor) -> bool:
     """Whether autograd must record: ``autograd.Function.apply`` costs ~0.1 ms a call, a lot per decode step."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors if torch.is_tensor(t))
@@ -389,16 +395,19 @@ class ThoughtsFFN(nn.Module):
         """The selected branches on their (noisy) inputs, in dispatch order: ``(M, d)``."""
         B, T, d = x.shape
         xin = x.reshape(B * T, d).index_select(0, dp.tokens)  # (M, d)
+        relative = self.cfg.noise_scale == "relative"
         if noise is not None:
             c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
             n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp.pairs, x)  # (M, d)
-            xin = add_scaled_noise(xin, (c_pair * self.s_in[dp.branches]).reshape(-1), n1)
+            a1 = (c_pair * self.s_in[dp.branches]).reshape(-1)
+            xin = add_scaled_noise(xin, a1 * _row_rms(xin) if relative else a1, n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
             hid = hid + self.b_in[dp.branches]
         if noise is not None:
             n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
-            hid = add_scaled_noise(hid, (c_pair * self.s_hid[dp.branches]).reshape(-1), n2)
+            a2 = (c_pair * self.s_hid[dp.branches]).reshape(-1)
+            hid = add_scaled_noise(hid, a2 * _row_rms(hid) if relative else a2, n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
         return out + self.b_out[dp.branches] if self.b_out is not None else out
 
@@ -453,8 +462,8 @@ class ThoughtsFFN(nn.Module):
     def _creativity(self, creativity, noise, B: int, x: Tensor) -> tuple[float | Tensor, bool]:
         """``(c, draws)``: c as a float or a ``(B, 1, 1)`` tensor; ``draws`` says whether to draw noise."""
         c = self.cfg.creativity if creativity is None else creativity
-        if torch.is_tensor(c):
-            return c.to(x.device, x.dtype).reshape(B, 1, 1), noise is not None
+        if torch.is_tensor(c):  # rows at creativity 0 get exactly 0 noise; a batch all at 0 draws none
+            return c.to(x.device, x.dtype).reshape(B, 1, 1), noise is not None and bool((c > 0).any())
         return float(c), noise is not None and float(c) > 0
 
     def route(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
