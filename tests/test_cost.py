@@ -101,3 +101,121 @@ def test_hf_commands_without_transformers_say_what_to_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 2
     assert "pip install 'mixture-of-thoughts[hf]'" in out.stderr
+
+
+# ----------------------------------------------------------------------------- mot cost --measured
+
+START = {"event": "start", "n_params": 100_000_000, "trainable_params": 25_000_000, "model": "gpt2-demo",
+         "device": "cpu", "cpu": "2-core x86_64"}
+
+
+def _run_dir(tmp_path, records, *, spec=True, name="run"):
+    """A synthetic ``mot graft`` output directory: graft.json and metrics.jsonl (records, or raw text)."""
+    d = tmp_path / name
+    d.mkdir()
+    if spec:
+        (d / "graft.json").write_text(json.dumps({"model_type": "gpt2", "layers": [0, 1, 2, 3],
+                                                  "thoughts": {"n_branches": 4, "k": 2}, "seed": 0, "format": 1}))
+    if records is not None:
+        text = records if isinstance(records, str) else "".join(json.dumps(r) + "\n" for r in records)
+        (d / "metrics.jsonl").write_text(text)
+    return d
+
+
+# 100 steps of 4,000 tokens in 1,800 s; N = 100M, N_t = 25M (N_t/N = 0.25)
+RECORDS = [START,
+           {"eval": "before", "creativity": 1.0, "nll_per_token": 3.9},
+           {"step": 50, "tokens": 200_000, "wall_s": 900.0, "s_per_step": 18.0, "loss": 3.5},
+           {"step": 100, "tokens": 400_000, "wall_s": 1800.0, "s_per_step": 18.0, "loss": 3.2},
+           {"eval": "after", "creativity": 1.0, "nll_per_token": 3.1}]
+
+
+def test_read_measured_run(tmp_path):
+    from mixture_of_thoughts.hf.cost import read_measured_run
+
+    r = read_measured_run(_run_dir(tmp_path, RECORDS))
+    assert (r.steps, r.tokens, r.wall_s, r.loss) == (100, 400_000, 1800.0, 3.2)  # the last step record
+    assert (r.n_params, r.trainable_params, r.model, r.device, r.cpu) == (1e8, 2.5e7, "gpt2-demo", "cpu",
+                                                                          "2-core x86_64")
+    assert (r.model_type, r.layers) == ("gpt2", [0, 1, 2, 3])
+    # no graft.json, no start record, wall time from s_per_step, a truncated last line skipped
+    text = json.dumps({"step": 10, "tokens": 4000, "s_per_step": 2.5}) + "\n" + '{"step": 11, "tok'
+    r = read_measured_run(_run_dir(tmp_path, text, spec=False, name="bare"))
+    assert (r.steps, r.tokens, r.wall_s, r.n_params, r.model_type) == (10, 4000, 25.0, None, None)
+
+
+def test_cli_cost_measured_by_hand(tmp_path, capsys):
+    from mixture_of_thoughts.cli import main
+
+    run = _run_dir(tmp_path, RECORDS)
+    hw = ["--gpu-tflops", "1000", "--mfu", "0.5", "--gpu-hour-usd", "2"]
+    assert main(["cost", "--measured", str(run), "--tokens", "1B", *hw, "--measured-tflops", "2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["params"] == 1e8 and d["trainable_fraction"] == 0.25 and d["tokens"] == 1e9
+    # run: 2 * 1e8 * 4e5 * (1 + 1 + 0.25) = 1.8e14 FLOPs in 1800 s = 1e11 FLOP/s; GPU 1000e12 * 0.5 = 5e14, 5000x
+    assert d["run_flops"] == pytest.approx(1.8e14)
+    assert d["run_flops_per_s"] == pytest.approx(1e11)
+    assert d["gpu_flops_per_s"] == pytest.approx(5e14)
+    assert d["gpu_over_run"] == pytest.approx(5000)
+    # on the run's device: 1800 s = 0.5 h; scaled to 1e9 tokens: 1800 * 1e9 / 4e5 = 4.5e6 s = 1250 h
+    assert d["device_hours"] == pytest.approx(0.5)
+    assert d["device_hours_scaled"] == pytest.approx(1250)
+    graft, full, at_run_mfu = d["estimates"]
+    # 1250 h / 5000 = 0.25 GPU-hours = 4.5e17 / 5e14 / 3600; $2/h -> $0.50
+    assert graft["flops"] == pytest.approx(4.5e17)
+    assert graft["gpu_hours"] == pytest.approx(0.25) and graft["usd"] == pytest.approx(0.5)
+    # 6 * 1e8 * 1e9 = 6e17 / 5e14 = 1200 s = 1/3 h -> $2/3
+    assert full["flops"] == pytest.approx(6e17)
+    assert full["gpu_hours"] == pytest.approx(1 / 3) and full["usd"] == pytest.approx(2 / 3)
+    # the run's MFU: 1e11 / 2e12 = 5%; at 5% of 1000 TFLOP/s: 4.5e17 / 5e13 = 9000 s = 2.5 h = 1250 h * 2/1000
+    assert d["run_mfu"] == pytest.approx(0.05)
+    assert at_run_mfu["gpu_hours"] == pytest.approx(2.5) and at_run_mfu["usd"] == pytest.approx(5.0)
+    assert len(d["notes"]) == 3
+
+    # the text table; --tokens defaults to the run's; --params / --trainable-fraction override the run's
+    assert main(["cost", "--measured", str(run), *hw]) == 0
+    text = capsys.readouterr().out
+    assert "100 steps, 400K tokens in 1,800.0 s" in text and "5,000x more" in text
+    assert "give --measured-tflops" in text
+    assert main(["cost", "--measured", str(run), "--params", "200M", "--trainable-fraction", "0.5",
+                 *hw, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["tokens"] == 4e5 and d["params_source"] == "--params"
+    assert d["run_flops"] == pytest.approx(2 * 2e8 * 4e5 * 2.5)
+
+
+def _one_line_error(capsys, argv, *needles):
+    from mixture_of_thoughts.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mot: error: ") and err.count("\n") == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_cli_cost_measured_errors(tmp_path, capsys):
+    _one_line_error(capsys, ["cost", "--measured", str(tmp_path / "nope")], "no such directory", "nope")
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, ["cost", "--measured", str(tmp_path / "file")], "is a file")
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, None, name="empty"))],
+                    "no metrics.jsonl")
+    only_evals = [START, {"eval": "before", "creativity": 1.0, "nll_per_token": 3.9}]
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, only_evals, name="nostep"))],
+                    "no record with 'step'")
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, [{"step": 5, "wall_s": 3.0}],
+                                                                name="notokens"))], "'tokens'")
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, [{"step": 5, "tokens": 100}],
+                                                                name="nowall"))], "'wall_s'", "'s_per_step'")
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, [{"step": 5, "tokens": "many",
+                                                                            "wall_s": 1.0}], name="badtok"))],
+                    "'tokens'")
+    _one_line_error(capsys, ["cost", "--measured", str(_run_dir(tmp_path, '{"step": 1\n{"step": 2, "tokens": 9, '
+                                                                          '"wall_s": 1}\n', name="badline"))],
+                    "line 1 is not JSON")
+    noparams = _run_dir(tmp_path, [{"step": 5, "tokens": 100, "wall_s": 1.0}], name="noparams")
+    _one_line_error(capsys, ["cost", "--measured", str(noparams)], "'n_params'", "--params")
+    good = _run_dir(tmp_path, RECORDS, name="good")
+    _one_line_error(capsys, ["cost", "--measured", str(good), "--graft-tokens", "1B"], "--graft-tokens")
+    _one_line_error(capsys, ["cost", "--params", "124M", "--measured-tflops", "2"], "--measured")
+    _one_line_error(capsys, ["cost", "--measured", str(good), "--measured-tflops", "0"], "--measured-tflops")

@@ -12,10 +12,10 @@ import typing
 from ..config import ModelConfig, ThoughtConfig, TrainConfig, load_json, preset
 from ..errors import ConfigError
 from ..units import to_bits
+from . import live
 from .common import (
     DATA_HELP,
     DEFAULT_MODEL,  # noqa: F401  (re-exported: tests/test_shipped_model.py imports it from here)
-    load_hf,
     load_run,
     parse_bool,
     parse_creativity,
@@ -23,6 +23,8 @@ from .common import (
     read_corpus,
     sampling_flags,
 )
+
+MAX_ROUTE_LAYERS = 8  # mot think prints per-layer routes for models with at most this many thought layers
 
 # ----------------------------------------------------------------------------- config flags
 
@@ -137,12 +139,14 @@ def cmd_think(args) -> int:
     """Generate N thought branches for one prompt in one batched pass.
 
     Example: mot think runs/mot --prompt "ROMEO:" --branches 8 --creativity 0.5:1.5 --max-new-tokens 200 --seed 1
-    Without RUN_DIR, uses the small MoT model that ships with the package.
+    Without RUN_DIR, uses the small MoT model that ships with the package. With --model smollm2, a real
+    instruct model (SmolLM2-135M-Instruct, offline), grafted on the fly, answers through its chat template:
+    mot think --model smollm2 --prompt "Give me an idea for a short story about a lighthouse." --branches 8
     """
     from ..generation.autoregressive import think
 
     seeds = [args.branch_seed] if args.branch_seed is not None else None
-    grafted = think_grafted(args, seeds, parse_creativity(args.creativity))  # None unless RUN_DIR is grafted
+    grafted = think_pretrained(args, seeds, parse_creativity(args.creativity))  # None for char runs
     unit = "nats/char"
     if grafted is not None:
         res, path, kind = grafted
@@ -158,12 +162,15 @@ def cmd_think(args) -> int:
         print(json.dumps(res.to_dict()))
         return 0
     print(f"{len(res.branches)} branches from {path} ({kind}); prompt {res.prompt!r}")
+    chat = grafted is not None and "chat template" in kind
     for i, b in enumerate(res.branches):
         crea = "n/a" if b.creativity is None else f"{b.creativity:.2f}"
-        top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items())
+        # the top branches per layer (a few layers only: a 30-layer trace is in --json)
+        top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items()) \
+            if len(b.routing) <= MAX_ROUTE_LAYERS else ""
         print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} {unit}"
               + (f"  routes {top}" if top else ""))
-        print(res.prompt + b.text)
+        print(b.text if chat else res.prompt + b.text)
     d = res.diversity
     if len(res.branches) < 2:
         return 0  # the diversity of a set needs two branches
@@ -172,19 +179,47 @@ def cmd_think(args) -> int:
     return 0
 
 
-def think_grafted(args, branch_seeds, creativity):
-    """``mot think DIR`` for a grafted Hugging Face directory: ``(ThinkResult, path, kind)``, or ``None``
-    when ``args.run`` is not a grafted directory (then ``mot think`` loads a MoT run as usual)."""
-    from ..hf.generate import think_hf
-    from ..hf.graft import is_grafted_dir
+def think_pretrained(args, branch_seeds, creativity):
+    """``mot think --model NAME|DIR`` (or ``mot think GRAFTED_DIR``): ``(ThinkResult, path, kind)``, or
+    ``None`` when neither is given (then ``mot think`` loads a char run as usual). An ungrafted model is
+    grafted on the fly, training-free (every branch a copy of the MLP, router zero), on ``--layers``."""
+    from ..hf.generate import think_hf, uses_chat
+    from ..hf.graft import graft, is_grafted_dir
+    from ..hf.registry import load_pretrained
 
-    if not args.run or not is_grafted_dir(args.run):
+    name = args.model or (args.run if args.run and is_grafted_dir(args.run) else None)
+    if name is None:
         return None
-    model, tok = load_hf(args.run, args.device)
-    res = think_hf(model, tok, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=branch_seeds,
-                   creativity=creativity, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, stop=args.stop)
-    return res, args.run, f"grafted {model.config.model_type}"
+    model, tok, src = load_pretrained(name, args.device)
+    kind = f"{src.kind} {model.config.model_type}"
+    if not hasattr(model, "mot_graft"):
+        graft(model, graft_layers(args.layers, model.config.num_hidden_layers))
+        kind += f", grafted on the fly on {args.layers} layers"
+    chat = uses_chat(tok, False if args.no_chat else None)
+    kw = dict(branches=args.branches, seed=args.seed, branch_seeds=branch_seeds, creativity=creativity,
+              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+              top_p=args.top_p, min_p=args.min_p, stop=args.stop, chat=chat)
+    if live.wanted(args):
+        n = 1 if branch_seeds else args.branches
+        seeds = branch_seeds or [args.seed + i for i in range(n)]
+        with live.live_branches(lambda t: tok.decode(t, skip_special_tokens=True), n,
+                                [f"branch {i} (seed {s})" for i, s in enumerate(seeds)]) as on_token:
+            res = think_hf(model, tok, args.prompt, on_token=on_token, **kw)
+    else:
+        res = think_hf(model, tok, args.prompt, **kw)
+    return res, name, kind + (", chat template" if chat else "")
+
+
+def graft_layers(spec: str, n_layer: int):
+    """``--layers`` of a graft: all, lower (first half), upper (second half), or indices like 0,2,5."""
+    if spec == "lower":
+        return list(range(n_layer // 2))
+    if spec == "upper":
+        return list(range(n_layer // 2, n_layer))
+    parsed = parse_layers(spec)
+    if parsed == "none":
+        raise ConfigError("--layers none grafts nothing: use all, lower, upper or indices")
+    return parsed
 
 
 def _top_branches(load: list[float], n: int = 2) -> str:
@@ -259,6 +294,10 @@ def register(add) -> None:
     th.add_argument("--creativity", default=None, help="a value, LO:HI spread over the branches, or a list a,b,c")
     th.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
     th.add_argument("--branch-seed", type=int, default=None, help="regenerate the one branch with this seed")
+    th.add_argument("--model", default=None,
+                    help="a pretrained causal LM: smollm2 (offline), a Hugging Face or grafted directory, or a hub id")
+    th.add_argument("--layers", default="all", help="--model: decoder layers to graft: all, lower, upper, or 0,2,5")
+    th.add_argument("--no-chat", action="store_true", help="--model: continue the raw prompt (no chat template)")
 
     e = add("eval", cmd_eval)
     e.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")

@@ -226,18 +226,51 @@ def cmd_cost(args) -> int:
     from the lowest trainable one up; 1 when every layer is grafted) + 2·N_t·D weight gradients
     (N_t = --trainable-fraction·N). See mixture_of_thoughts.hf.cost for the assumptions.
 
-    Example: mot cost --preset llama-7b --tokens 1T --graft-tokens 1B --trainable-fraction 0.1
-    """
-    from ..hf.cost import CHINCHILLA_TOKENS_PER_PARAM, PRESETS, Hardware, estimate, format_table, parse_count, to_dict
+    With --measured RUN (the --out directory of mot graft): the run's logged tokens and wall time,
+    scaled to --tokens (default: the run's) on the GPU, beside both formulas for the same tokens, with
+    the run's throughput implied by the grafting formula. N and N_t/N default to the run's records.
 
-    if args.params is None and args.preset is None:
-        raise ConfigError(f"give --params (e.g. 124M) or --preset ({', '.join(PRESETS)})")
-    params = parse_count(args.params, "--params") if args.params is not None else PRESETS[args.preset]
+    Example: mot cost --preset llama-7b --tokens 1T --graft-tokens 1B --trainable-fraction 0.1
+    Example: mot cost --measured runs/gpt2-mot --tokens 1B --measured-tflops 2
+    """
+    from ..hf.cost import (
+        CHINCHILLA_TOKENS_PER_PARAM,
+        PRESETS,
+        Hardware,
+        compare_measured,
+        estimate,
+        format_measured,
+        format_table,
+        measured_to_dict,
+        parse_count,
+        read_measured_run,
+        to_dict,
+    )
+
+    hw = Hardware(args.gpu_tflops, args.mfu, args.gpu_hour_usd)
+    params = (parse_count(args.params, "--params") if args.params is not None
+              else PRESETS[args.preset] if args.preset is not None else None)
+    if args.measured is not None:
+        if args.graft_tokens is not None:
+            raise ConfigError("--graft-tokens does not apply with --measured; --tokens sets the tokens to "
+                              "extrapolate to")
+        run = read_measured_run(args.measured)
+        c = compare_measured(run, hw, params=params, params_source="--params" if args.params else "--preset",
+                             tokens=parse_count(args.tokens, "--tokens") if args.tokens is not None else None,
+                             trainable_fraction=args.trainable_fraction, backprop_fraction=args.backprop_fraction,
+                             run_peak_tflops=args.measured_tflops)
+        print(json.dumps(measured_to_dict(c)) if args.json else format_measured(c))
+        return 0
+    if args.measured_tflops is not None:
+        raise ConfigError("--measured-tflops needs --measured RUN")
+    if params is None:
+        raise ConfigError(f"give --params (e.g. 124M), --preset ({', '.join(PRESETS)}) or --measured RUN")
     tokens = (parse_count(args.tokens, "--tokens") if args.tokens is not None
               else CHINCHILLA_TOKENS_PER_PARAM * params)
-    hw = Hardware(args.gpu_tflops, args.mfu, args.gpu_hour_usd)
-    rows = estimate(params, tokens, hw, trainable_fraction=args.trainable_fraction,
-                    graft_tokens=parse_count(args.graft_tokens, "--graft-tokens"),
+    rows = estimate(params, tokens, hw,
+                    trainable_fraction=0.1 if args.trainable_fraction is None else args.trainable_fraction,
+                    graft_tokens=parse_count("1B" if args.graft_tokens is None else args.graft_tokens,
+                                             "--graft-tokens"),
                     backprop_fraction=args.backprop_fraction)
     if args.json:
         print(json.dumps({"params": params, "hardware": vars(hw), "estimates": to_dict(rows)}))
@@ -305,13 +338,23 @@ def _cost_flags(c) -> None:
 
     c.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="fill in --params (gpt2 124M, llama-7b 6.74B)")
-    c.add_argument("--params", default=None, help="parameters N, e.g. 124M, 6.74B")
-    c.add_argument("--tokens", default=None, help="full-training tokens D, e.g. 10B (default 20·N, Chinchilla)")
-    c.add_argument("--graft-tokens", default="1B", help="grafting tokens")
-    c.add_argument("--trainable-fraction", type=float, default=0.1, help="N_t / N, the trained share when grafting")
+    c.add_argument("--params", default=None,
+                   help="parameters N, e.g. 124M, 6.74B (with --measured: default the run's n_params)")
+    c.add_argument("--tokens", default=None,
+                   help="full-training tokens D, e.g. 10B (default 20·N, Chinchilla); with --measured: the tokens "
+                        "to extrapolate to (default the run's)")
+    c.add_argument("--graft-tokens", default=None, help="grafting tokens (default 1B; not with --measured)")
+    c.add_argument("--trainable-fraction", type=float, default=None,
+                   help="N_t / N, the trained share when grafting (default 0.1; with --measured: the run's "
+                        "trainable_params / n_params)")
     c.add_argument("--backprop-fraction", type=float, default=1.0,
                    help="N_bp / N, the share the activation gradients pass through (1 = all layers grafted)")
     c.add_argument("--gpu-tflops", type=float, default=989.0, help="dense peak TFLOP/s per GPU (H100 SXM BF16: 989)")
     c.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation achieved")
     c.add_argument("--gpu-hour-usd", type=float, default=2.5, help="price of one GPU-hour")
+    c.add_argument("--measured", default=None, metavar="RUN",
+                   help="a mot graft output directory (graft.json, metrics.jsonl): extrapolate its logged tokens "
+                        "and wall time to --tokens on the GPU")
+    c.add_argument("--measured-tflops", type=float, default=None,
+                   help="with --measured: dense peak TFLOP/s of the device the run ran on, for its MFU")
     c.add_argument("--json", action="store_true")

@@ -403,13 +403,13 @@ class ThoughtsFFN(nn.Module):
             xin = add_scaled_noise(xin, a1 * _row_rms(xin) if relative else a1, n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
-            hid = hid + self.b_in[dp.branches]
+            hid = hid + self._per_branch(self.b_in, dp.branches)
         if noise is not None:
             n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
             a2 = (c_pair * self.s_hid[dp.branches]).reshape(-1)
             hid = add_scaled_noise(hid, a2 * _row_rms(hid) if relative else a2, n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
-        return out + self.b_out[dp.branches] if self.b_out is not None else out
+        return out + self._per_branch(self.b_out, dp.branches) if self.b_out is not None else out
 
     def _combine(self, x: Tensor, dp: Dispatch, out_sorted: Tensor, outs: Tensor | None, w: Tensor,
                  logw: Tensor) -> Tensor:
@@ -526,8 +526,17 @@ class ThoughtsFFN(nn.Module):
         """
         return activation(hid)
 
+    @staticmethod
+    def _per_branch(p: Tensor, branches: Tensor) -> Tensor:
+        """Rows of a per-branch tensor ``(E, ...)`` for ``branches``; a shared one ``(1, ...)`` broadcasts."""
+        return p[0] if p.shape[0] == 1 else p[branches]
+
     def _grouped(self, a: Tensor, w: Tensor, counts: Tensor) -> Tensor:
-        """``a[rows of branch e] @ w[e]`` for rows sorted by branch: ``(M, K) x (E, K, N) -> (M, N)``."""
+        """``a[rows of branch e] @ w[e]`` for rows sorted by branch: ``(M, K) x (E, K, N) -> (M, N)``.
+
+        Weights shared by all branches (``w`` of shape ``(1, K, N)``, a tied graft) take one matmul."""
+        if w.shape[0] == 1:
+            return a @ w[0]
         if _grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
             offs = counts.cumsum(0).to(torch.int32)
             return F.grouped_mm(a, w, offs=offs)
