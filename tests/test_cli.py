@@ -374,11 +374,13 @@ def test_graft_resolves_data_names(monkeypatch, tmp_path, corpus_text, capsys):
         seen.append(real(data))
         return seen[-1]
 
-    def stop(name, device):
+    def stop(name, device=None):
         raise ConfigError("stopped before loading the model")
 
+    from mixture_of_thoughts.hf import registry
+
     monkeypatch.setattr(cli_hf, "read_corpus", spy)
-    monkeypatch.setattr(cli_hf, "_load_pretrained", stop)
+    monkeypatch.setattr(registry, "load_pretrained", stop)
     _fails(capsys, ["graft", "--model", "gpt2", "--data", "shakespeare", "--out", tmp_path / "o"], "stopped before")
     assert seen == [corpus_text]
 
@@ -422,7 +424,9 @@ def test_graft_named_corpus_then_think_end_to_end(monkeypatch, tmp_path, corpus_
     out = tmp_path / "grafted"
     assert main(["graft", "--model", str(base), "--data", "shakespeare", "--steps", "2", "--batch-size", "2",
                  "--block-size", "16", "--out", str(out), "--quiet"]) == 0
-    assert f"{len(corpus_text):,} training tokens" in capsys.readouterr().out  # one token per character
+    printed = capsys.readouterr().out  # one token per character: 90% trained on, 10% held out
+    n_train = int(len(corpus_text) * 0.9)
+    assert f"{n_train:,} training tokens, {len(corpus_text) - n_train:,} held out" in printed
     assert main(["think", str(out), "--prompt", "the ", "--branches", "2", "--max-new-tokens", "4", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["branches"]) == 2
 

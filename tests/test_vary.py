@@ -127,7 +127,7 @@ def test_greedy_variants_equal_the_rows_alone_exactly(model, tok, ways_file):
     res = vary(model, tok, DRAFT, "short,angle,style", variants=1, max_new_tokens=MAX_NEW, temperature=0.0,
                ways_file=ways_file)
     texts = {v.way: v.text for v in res.variants}
-    assert len(set(texts.values())) == 3  # different prompts, different continuations
+    assert max(len(t) for t in texts.values()) > 10  # enough greedy steps to exercise the cache
     for way, text in texts.items():
         assert text == _alone(model, tok, way, 0, max_new_tokens=MAX_NEW, temperature=0.0).text
         single = vary(model, tok, DRAFT, [way], variants=1, max_new_tokens=MAX_NEW, temperature=0.0,
@@ -136,22 +136,26 @@ def test_greedy_variants_equal_the_rows_alone_exactly(model, tok, ways_file):
 
 
 def test_thought_noise_variants_equal_think_hf_alone(make_tiny_llama, tok, ways_file):
-    model = graft(make_tiny_llama(len(tok), seed=2), "all")
-    res = vary(model, tok, DRAFT, ["angle", "short"], variants=2, creativity=3.0, seed=1, max_new_tokens=20,
-               temperature=1.0, ways_file=ways_file)
-    plain = vary(model, tok, DRAFT, ["angle", "short"], variants=2, creativity=0.0, seed=1, max_new_tokens=20,
-                 temperature=1.0, ways_file=ways_file)
-    assert all(v.creativity == 3.0 for v in res.variants)
-    assert [v.text for v in res.variants] != [v.text for v in plain.variants]  # the noise changes the texts
-    for v in res.variants:
-        prompt = WAYS[v.way]["instruction"].replace("{text}", DRAFT)
-        alone = think_hf(model, tok, prompt, branch_seeds=[v.seed], creativity=3.0, max_new_tokens=20,
-                         temperature=1.0, chat=False).branches[0]
-        assert v.text == alone.text, (v.way, v.seed)
+    # a strong branch noise: the default (2 % of a tiny random model's activations) barely moves its logits
+    model = graft(make_tiny_llama(len(tok), seed=2), "all", noise_init=0.5)
+    kw = dict(variants=2, seed=1, max_new_tokens=20, ways_file=ways_file)
+    greedy = vary(model, tok, DRAFT, ["angle", "short"], creativity=3.0, temperature=0.0, **kw)
+    plain = vary(model, tok, DRAFT, ["angle", "short"], creativity=0.0, temperature=0.0, **kw)
+    sampled = vary(model, tok, DRAFT, ["angle", "short"], creativity=3.0, temperature=1.0, **kw)
+    assert all(v.creativity == 3.0 for v in greedy.variants + sampled.variants)
+    # greedy decoding: the variants of a way differ only by their thought noise
+    assert plain.variants[0].text == plain.variants[1].text and plain.variants[2].text == plain.variants[3].text
+    assert greedy.variants[0].text != greedy.variants[1].text and greedy.variants[2].text != greedy.variants[3].text
+    for res, t in ((greedy, 0.0), (sampled, 1.0)):
+        for v in res.variants:
+            prompt = WAYS[v.way]["instruction"].replace("{text}", DRAFT)
+            alone = think_hf(model, tok, prompt, branch_seeds=[v.seed], creativity=3.0, max_new_tokens=20,
+                             temperature=t, chat=False).branches[0]
+            assert v.text == alone.text, (v.way, v.seed, t)
     # creativity 0 on the grafted model is the model itself
     base = make_tiny_llama(len(tok), seed=2)
     for v in plain.variants:
-        assert v.text == _alone(base, tok, v.way, v.seed, max_new_tokens=20, temperature=1.0).text
+        assert v.text == _alone(base, tok, v.way, v.seed, max_new_tokens=20, temperature=0.0).text
 
 
 def test_way_none_is_a_plain_rewrite(model, tok, ways_file):

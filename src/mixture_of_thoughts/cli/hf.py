@@ -52,23 +52,6 @@ def _empty_out(path: str, force: bool) -> Path:
     return out
 
 
-def _load_pretrained(name: str, device: str | None):
-    """(model, tokenizer) of a Hugging Face causal LM, hub id or local directory."""
-    from ..hf._compat import require_transformers
-
-    require_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name)
-    except OSError as e:
-        raise ConfigError(f"cannot load --model {name!r}: {e}") from None
-    if device:
-        model.to(device)
-    return model, tok
-
-
 def _token_ids(tok, text: str, data: str):
     import torch
 
@@ -78,8 +61,11 @@ def _token_ids(tok, text: str, data: str):
     return ids
 
 
-def _fine_tune(model, ids, args) -> list[float]:
-    """Train the thought parameters on ``ids``, with a progress bar on stderr unless ``--quiet``."""
+def _fine_tune(model, ids, args, log) -> list[float]:
+    """Train the thought parameters on ``ids``; a progress bar on stderr unless ``--quiet``; every
+    ``--log-every`` steps a record of steps, tokens and wall time goes to ``log``."""
+    import time
+
     from ..hf.finetune import train_graft
 
     bar = None
@@ -87,18 +73,38 @@ def _fine_tune(model, ids, args) -> list[float]:
         from tqdm import tqdm
 
         bar = tqdm(total=args.steps, desc="graft", file=sys.stderr)
+    t0 = time.perf_counter()
+    recent: list[float] = []
 
     def progress(step, loss):
+        recent.append(loss)
+        done = step + 1
+        if done % args.log_every == 0 or done == args.steps:
+            wall = time.perf_counter() - t0
+            log({"step": done, "tokens": done * args.batch_size * args.block_size, "wall_s": round(wall, 3),
+                 "s_per_step": round(wall / done, 4), "loss": sum(recent) / len(recent)})
+            recent.clear()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
 
     try:
         return train_graft(model, ids, steps=args.steps, batch_size=args.batch_size, block_size=args.block_size,
-                           lr=args.lr, seed=args.seed, progress=progress)
+                           lr=args.lr, seed=args.seed, branches=args.train_branches, creativity=args.creativity,
+                           progress=progress)
     finally:
         if bar is not None:
             bar.close()
+
+
+def _evaluate(model, heldout, args, when: str, log) -> dict[float, float]:
+    from ..hf.finetune import heldout_nll
+
+    res = heldout_nll(model, heldout, args.eval_creativities, block_size=args.block_size,
+                      windows=args.eval_windows, seed=args.seed)
+    for c, nll in res.items():
+        log({"eval": when, "creativity": c, "nll_per_token": round(nll, 5)})
+    return res
 
 
 def cmd_graft(args) -> int:
@@ -110,26 +116,47 @@ def cmd_graft(args) -> int:
     (save_pretrained), the tokenizer, graft.json and thoughts.safetensors; load it with
     mixture_of_thoughts.hf.graft.load_grafted or `mot think DIR`.
 
-    Example: mot graft --model gpt2 --layers all --branches 4 --k 2 --data corpus.txt --steps 200 --out runs/gpt2-mot
+    The last 10% of --data is held out: its NLL per token at several creativities before and after
+    training, and the wall time per step, go into OUT/metrics.jsonl (mot cost --measured reads it).
+
+    Example: mot graft --model smollm2 --data shakespeare --steps 100 --batch-size 4 --block-size 64 --out runs/smol
     """
+    import platform
+
     from ..hf.graft import freeze_except_thoughts, graft, save_grafted
+    from ..hf.registry import load_pretrained
 
     out = _empty_out(args.out, args.force)
+    if args.steps < 1 or args.log_every < 1:
+        raise ConfigError("--steps and --log-every must be >= 1")
     text = read_corpus(args.data)  # resolved as by every --data: a path or 'shakespeare'
     layers = _graft_layers(args.layers)
-    model, tok = _load_pretrained(args.model, args.device)
+    model, tok, _ = load_pretrained(args.model, args.device)
     graft(model, layers, n_branches=args.branches, k=args.k, creativity=args.creativity,
           route=args.route, noise_init=args.noise_init, seed=args.seed)
-    trainable, total = freeze_except_thoughts(model)
+    trainable, total = freeze_except_thoughts(model, branches=args.train_branches)
     ids = _token_ids(tok, text, args.data)
+    cut = int(ids.numel() * 0.9)  # the last 10% is held out for the NLL before and after
+    train_ids, heldout = ids[:cut], ids[cut:]
+    records: list[dict] = [{
+        "event": "start", "model": args.model, "model_type": model.config.model_type, "n_params": total,
+        "trainable_params": trainable, "layers": model.mot_graft.spec.layers,
+        "device": str(next(model.parameters()).device), "cpu": platform.processor() or platform.machine(),
+        "batch_size": args.batch_size, "block_size": args.block_size, "creativity": args.creativity,
+        "train_tokens": int(train_ids.numel()), "heldout_tokens": int(heldout.numel())}]
     print(f"grafted {args.model} ({model.config.model_type}): layers {model.mot_graft.spec.layers}, "
           f"E={args.branches}, k={args.k}; trainable {trainable:,} of {total:,} parameters "
-          f"({trainable / total:.1%}); {ids.numel():,} training tokens")
-    losses = _fine_tune(model, ids, args)
+          f"({trainable / total:.2%}); {train_ids.numel():,} training tokens, {heldout.numel():,} held out")
+    before = _evaluate(model, heldout, args, "before", records.append)
+    losses = _fine_tune(model, train_ids, args, records.append)
+    after = _evaluate(model, heldout, args, "after", records.append)
     save_grafted(model, out, tok, overwrite=args.force)
-    first, last = losses[0], sum(losses[-10:]) / len(losses[-10:])
-    print(f"LM loss {first:.4f} -> {last:.4f} nats/token (mean of the last {min(10, len(losses))} steps); "
-          f"saved {out}")
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    step_s = next(r["s_per_step"] for r in reversed(records) if "s_per_step" in r)
+    print("held-out NLL per token (before -> after): " + ", ".join(
+        f"c={c:g}: {before[c]:.4f} -> {after[c]:.4f}" for c in before))
+    print(f"{args.steps} steps, {step_s:.2f} s a step; LM loss {losses[0]:.4f} -> "
+          f"{sum(losses[-10:]) / len(losses[-10:]):.4f}; saved {out} (metrics in {out / 'metrics.jsonl'})")
     return 0
 
 
@@ -291,23 +318,43 @@ def register(add) -> None:
 
 
 def _graft_flags(g) -> None:
-    g.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    from ..hf.graft import GRAFT_NOISE_INIT
+    from ..hf.registry import DEFAULT
+
+    g.add_argument("--model", default=DEFAULT,
+                   help=f"a causal LM: {DEFAULT} (offline, the default), a local Hugging Face directory or a hub id")
     g.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
     g.add_argument("--branches", type=int, default=4, help="E, branches per grafted layer")
     g.add_argument("--k", type=int, default=2, help="branches active per token")
-    g.add_argument("--creativity", type=float, default=1.0, help="default creativity of the grafted layers")
+    g.add_argument("--creativity", type=float, default=1.0,
+                   help="creativity of the grafted layers, and of the branch noise while training")
     g.add_argument("--route", choices=["token", "sequence"], default="token")
-    g.add_argument("--noise-init", type=float, default=0.02, help="initial branch noise scales")
-    g.add_argument("--data", required=True, help="text to fine-tune on: " + DATA_HELP)
+    g.add_argument("--noise-init", type=float, default=GRAFT_NOISE_INIT,
+                   help="initial branch noise scales (relative to each row's RMS)")
+    g.add_argument("--train-branches", action="store_true",
+                   help="also train the branch weights (unties them: E copies of each MLP); default: only the "
+                        "router, its temperature and the noise scales")
+    g.add_argument("--data", default="shakespeare", help="text to fine-tune on: " + DATA_HELP)
     g.add_argument("--steps", type=int, default=200)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--block-size", type=int, default=128, help="tokens per training window")
-    g.add_argument("--lr", type=float, default=1e-4)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--eval-creativities", type=_floats, default=[0.0, 0.5, 1.0, 2.0],
+                   help="creativities of the held-out NLL before and after (default 0,0.5,1,2)")
+    g.add_argument("--eval-windows", type=int, default=16, help="held-out windows of --block-size tokens")
+    g.add_argument("--log-every", type=int, default=10, help="steps between records in metrics.jsonl")
     g.add_argument("--seed", type=int, default=0, help="seeds the windows and the training noise")
     g.add_argument("--out", required=True, help="directory to write")
     g.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        return [float(v) for v in s.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
 
 
 def _experts_flags(e) -> None:
