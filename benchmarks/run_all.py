@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ["bench_foundation.py", "bench_thoughts_layer.py", "bench_think.py", "bench_diffusion.py"]
+SCRIPTS = ["bench_foundation.py", "bench_thoughts_layer.py", "bench_think.py", "bench_diffusion.py", "bench_smollm2.py"]
 
 
 def main() -> int:

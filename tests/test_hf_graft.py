@@ -181,3 +181,37 @@ def test_cli_graft_then_think(tmp_path, capsys):
     assert len(res["branches"]) == 3 and [b["seed"] for b in res["branches"]] == [1, 2, 3]
     assert main(["graft", "--model", str(base), "--data", str(data), "--out", str(out), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_cli_graft_writes_heldout_nll_and_timing(tmp_path, capsys):
+    """metrics.jsonl: a start record, step records (tokens, wall time) and the held-out NLL before and
+    after at each creativity; before training at c = 0 it is the ungrafted model's own NLL."""
+    import torch.nn.functional as F
+
+    tok = char_tokenizer()
+    base = tmp_path / "base"
+    plain = tiny_model("llama")
+    plain.save_pretrained(base)
+    tok.save_pretrained(base)
+    text = "the cat sat on the mat.\nthe rat ate the tea.\n" * 20
+    (tmp_path / "data.txt").write_text(text)
+    out = tmp_path / "g"
+    assert main(["graft", "--model", str(base), "--data", str(tmp_path / "data.txt"), "--steps", "4",
+                 "--batch-size", "2", "--block-size", "16", "--log-every", "2", "--eval-windows", "3",
+                 "--eval-creativities", "0,1", "--out", str(out), "--quiet"]) == 0
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["event"] == "start" and recs[0]["trainable_params"] < recs[0]["n_params"]
+    steps = [r for r in recs if "step" in r]
+    assert [r["step"] for r in steps] == [2, 4] and [r["tokens"] for r in steps] == [64, 128]
+    assert 0 < steps[0]["wall_s"] <= steps[1]["wall_s"]
+    evals = {(r["eval"], r["creativity"]): r["nll_per_token"] for r in recs if "eval" in r}
+    assert set(evals) == {("before", 0.0), ("before", 1.0), ("after", 0.0), ("after", 1.0)}
+    ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
+    held = ids[int(ids.numel() * 0.9):]
+    win = torch.stack([held[i * 16:i * 16 + 17] for i in range(3)])
+    with torch.no_grad():
+        logits = plain(input_ids=win[:, :-1]).logits
+    ref = F.cross_entropy(logits.reshape(-1, logits.size(-1)), win[:, 1:].reshape(-1)).item()
+    assert evals[("before", 0.0)] == pytest.approx(ref, abs=1e-4)
+    assert evals[("before", 1.0)] != evals[("before", 0.0)]
+    assert "held-out NLL per token" in capsys.readouterr().out

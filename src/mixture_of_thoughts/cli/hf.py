@@ -121,8 +121,6 @@ def cmd_graft(args) -> int:
 
     Example: mot graft --model smollm2 --data shakespeare --steps 100 --batch-size 4 --block-size 64 --out runs/smol
     """
-    import platform
-
     from ..hf.graft import freeze_except_thoughts, graft, save_grafted
     from ..hf.registry import load_pretrained
 
@@ -141,7 +139,7 @@ def cmd_graft(args) -> int:
     records: list[dict] = [{
         "event": "start", "model": args.model, "model_type": model.config.model_type, "n_params": total,
         "trainable_params": trainable, "layers": model.mot_graft.spec.layers,
-        "device": str(next(model.parameters()).device), "cpu": platform.processor() or platform.machine(),
+        "device": str(next(model.parameters()).device), "cpu": _cpu_name(),
         "batch_size": args.batch_size, "block_size": args.block_size, "creativity": args.creativity,
         "train_tokens": int(train_ids.numel()), "heldout_tokens": int(heldout.numel())}]
     print(f"grafted {args.model} ({model.config.model_type}): layers {model.mot_graft.spec.layers}, "
@@ -348,6 +346,18 @@ def _graft_flags(g) -> None:
     g.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _cpu_name() -> str:
+    """The processor's model name (for the run's record), e.g. 'AMD EPYC'."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
 
 
 def _floats(s: str) -> list[float]:
