@@ -343,3 +343,13 @@ def test_custom_autograd_pieces_pass_gradcheck():
     n = torch.randn(7, 5, dtype=torch.float64, generator=g)
     assert torch.autograd.gradcheck(lambda a, s: _AddScaledNoise.apply(a, s, n), (a, s))
     assert torch.autograd.gradcheck(_ScaleRows.apply, (a, s))
+
+
+def test_aux_off_keeps_the_output_and_the_routing_statistics():
+    layer = make_layer()
+    x = torch.randn(2, 5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    full = layer(x, noise=RowNoise([1, 2]), creativity=1.0)
+    light = layer(x, noise=RowNoise([1, 2]), creativity=1.0, aux=False)
+    assert torch.equal(full.y, light.y) and float(light.aux_loss) == 0.0
+    for key in ("load", "row_load", "active_k"):
+        assert torch.equal(full.stats[key], light.stats[key])

@@ -230,7 +230,7 @@ class GraftedThoughts(ThoughtsFFN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
         out = super().forward(x, noise=st.noise_for(x.shape[0], x.device), positions=st.positions,
-                              creativity=st.creativity)
+                              creativity=st.creativity, aux=torch.is_grad_enabled())
         st.aux.append(out.aux_loss)
         st.stats[self.layer_idx] = out.stats
         self.last_stats = out.stats

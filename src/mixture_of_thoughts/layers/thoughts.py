@@ -345,7 +345,7 @@ class ThoughtsFFN(nn.Module):
 
     def forward(self, x: Tensor, *, noise: rng.Noise | None = None, positions: Tensor | None = None,
                 creativity: float | Tensor | None = None, route: str | None = None,
-                costly_stats: bool = False) -> ThoughtOutput:
+                costly_stats: bool = False, aux: bool = True) -> ThoughtOutput:
         """Route, run the selected branches, combine.
 
         Args:
@@ -356,6 +356,8 @@ class ThoughtsFFN(nn.Module):
             route: ``"token"`` or ``"sequence"`` for this call; ``None`` = the config's.
             costly_stats: also report ``branch_diversity`` (1 - mean pairwise cosine of the selected
                 branch outputs; 1 when no token has two active branches).
+            aux: compute the aux losses and their statistics; ``False`` (generation) reports only
+                ``load`` and ``row_load``, with a zero aux loss.
         Returns:
             :class:`ThoughtOutput`; ``stats`` holds ``router_entropy`` (nats), ``load`` ``(E,)``,
             ``row_load`` ``(B, E)``, ``active_k``, ``tau``, ``balance_loss`` and ``z_loss`` (unscaled).
@@ -377,8 +379,22 @@ class ThoughtsFFN(nn.Module):
         if need_outs:
             outs = x.new_zeros(B * T * cfg.k, d).index_copy(0, dispatch.pairs, out_sorted).view(B * T, cfg.k, d)
         y = self._combine(x, dispatch, out_sorted, outs, w, logw)
-        aux, stats = self._losses_and_stats(r, probs, outs, costly_stats)
-        return ThoughtOutput(self.dropout(y.view(B, T, d)), aux, stats)
+        if aux:
+            aux_loss, stats = self._losses_and_stats(r, probs, outs, costly_stats)
+        else:
+            aux_loss, stats = x.new_zeros(()), self._routing_stats(r, probs.dtype)
+        return ThoughtOutput(self.dropout(y.view(B, T, d)), aux_loss, stats)
+
+    def _routing_stats(self, r: Routing, dtype) -> dict[str, Tensor]:
+        """``load`` ``(E,)``, ``row_load`` ``(B, E)`` (the fraction of (token, slot) pairs per branch) and
+        ``active_k``."""
+        with torch.no_grad():
+            B, T, k = r.idx.shape
+            row_counts = torch.zeros(B, self.cfg.n_branches, device=r.idx.device, dtype=dtype).scatter_add_(
+                1, r.idx.reshape(B, T * k), r.active.reshape(B, T * k).to(dtype))
+            return {"load": row_counts.sum(0) / row_counts.sum().clamp(min=1),
+                    "row_load": row_counts / row_counts.sum(1, keepdim=True).clamp(min=1),
+                    "active_k": r.active.float().sum(-1).mean()}
 
     def _dispatch(self, idx: Tensor, active: Tensor) -> Dispatch:
         """Sort the active (token, slot) pairs by branch (pair ``p = (b*T + t)*k + slot``)."""
