@@ -32,6 +32,7 @@ _TWO_NEG24 = 2.0**-24
 # The largest float32 below 1. ((2**24 - 1) + 0.5) * 2**-24 rounds up to 1.0 in float32, and
 # ndtri(1) = +inf (then 0 * inf = NaN at creativity 0): clamp the top pattern here.
 _BELOW_ONE_F32 = 1.0 - 2.0**-24
+_SQRT2 = 2.0**0.5
 
 # Stream kinds; combined with a layer index by :func:`stream_id`.
 SAMPLE = 1  # token sampling (Gumbel-max)
@@ -86,7 +87,9 @@ def bits_to_normal(bits: torch.Tensor) -> torch.Tensor:
     draw is finite (|z| < 5.5).
     """
     u = (((bits >> 8).to(torch.float32) + 0.5) * _TWO_NEG24).clamp_(max=_BELOW_ONE_F32)
-    return torch.special.ndtri(u)
+    # ndtri(u) = sqrt(2) erfinv(2u - 1); 2u - 1 is exact for these u, and erfinv's vectorised kernel is
+    # ~10x faster than ndtri's scalar one (the two agree to a few ulp)
+    return torch.erfinv(u * 2.0 - 1.0).mul_(_SQRT2)
 
 
 @runtime_checkable

@@ -220,7 +220,10 @@ class GraftedThoughts(ThoughtsFFN):
             vecs = {"b_in": mlp.gate_proj.bias, "b_up": mlp.up_proj.bias, "b_out": mlp.down_proj.bias}
         for name, w in mats.items():
             p = getattr(self, name)
-            p.copy_(w.unsqueeze(0).expand(p.shape[0], *w.shape))
+            if p.shape[0] == 1:  # tied: share the MLP's own storage (no copy; its layout is the fast one)
+                p.data = w.detach().unsqueeze(0).to(p.dtype)
+            else:
+                p.copy_(w.unsqueeze(0).expand(p.shape[0], *w.shape))
         for name, b in vecs.items():
             p = getattr(self, name, None)
             if p is not None:
