@@ -399,7 +399,8 @@ def threshold_from_similarities(sims, same) -> tuple[float, float]:
     return float(cands[k]), float(ba[k])
 
 
-def calibrate_threshold(pairs: Sequence[Mapping] | None = None, embedder: Embedder | None = None) -> tuple[float, float]:
+def calibrate_threshold(pairs: Sequence[Mapping] | None = None,
+                        embedder: Embedder | None = None) -> tuple[float, float]:
     """Calibrate the equivalence threshold on labelled pairs with the sentence embedder.
 
     Args:
