@@ -353,3 +353,16 @@ def test_aux_off_keeps_the_output_and_the_routing_statistics():
     assert torch.equal(full.y, light.y) and float(light.aux_loss) == 0.0
     for key in ("load", "row_load", "active_k"):
         assert torch.equal(full.stats[key], light.stats[key])
+
+
+def test_a_batch_all_at_creativity_0_draws_no_noise():
+    class Refuses:
+        per_row = True
+
+        def __getattr__(self, name):
+            raise AssertionError(f"noise.{name} called at creativity 0")
+
+    layer = make_layer()
+    x = torch.randn(3, 4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = layer(x, noise=Refuses(), creativity=torch.zeros(3))
+    assert torch.equal(out.y, layer(x, noise=None).y)  # exactly the deterministic layer
