@@ -215,3 +215,24 @@ def test_cli_graft_writes_heldout_nll_and_timing(tmp_path, capsys):
     assert evals[("before", 0.0)] == pytest.approx(ref, abs=1e-4)
     assert evals[("before", 1.0)] != evals[("before", 0.0)]
     assert "held-out NLL per token" in capsys.readouterr().out
+
+
+def test_noise_tokens_keeps_the_noise_for_the_prompt_and_the_first_tokens_only():
+    from mixture_of_thoughts.config import ThoughtConfig
+    from mixture_of_thoughts.hf.graft import GraftSpec, GraftState
+    from mixture_of_thoughts.rng import RowNoise
+
+    st = GraftState.new(GraftSpec("llama", [0], ThoughtConfig(), 0))
+    st.noise, st.noise_until = RowNoise([1, 2]), 10
+    st.positions = torch.tensor([9])
+    assert st.noise_for(2, torch.device("cpu")) is st.noise
+    st.positions = torch.tensor([10])
+    assert st.noise_for(2, torch.device("cpu")) is None
+
+    tok, model = char_tokenizer(), graft(tiny_model("llama"), "all", noise_init=2.0)
+    kw = dict(branches=3, seed=0, creativity=1.0, max_new_tokens=12, temperature=0.0)
+    always = [b.text for b in think_hf(model, tok, "the cat", **kw).branches]
+    assert [b.text for b in think_hf(model, tok, "the cat", noise_tokens=12, **kw).branches] == always
+    assert [b.text for b in think_hf(model, tok, "the cat", noise_tokens=0, **kw).branches] != always
+    with pytest.raises(ConfigError, match="noise_tokens"):
+        think_hf(model, tok, "the cat", noise_tokens=-1, **kw)

@@ -366,3 +366,16 @@ def test_a_batch_all_at_creativity_0_draws_no_noise():
     x = torch.randn(3, 4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     out = layer(x, noise=Refuses(), creativity=torch.zeros(3))
     assert torch.equal(out.y, layer(x, noise=None).y)  # exactly the deterministic layer
+
+
+@pytest.mark.parametrize("mode", ["token", "persistent"])
+def test_persistent_noise_is_one_direction_per_row_and_slot(mode):
+    # k = E: every branch is selected everywhere, so only the branch noise can tell positions apart
+    layer = make_layer(n_branches=2, k=2, noise_mode=mode)
+    x = torch.randn(1, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).expand(2, 6, D)
+    y = layer(x, noise=RowNoise([5, 6]), creativity=1.0).y
+    same = torch.allclose(y, y[:, :1].expand_as(y))
+    assert same == (mode == "persistent")
+    assert not torch.allclose(y[0], y[1])  # rows keep their own directions
+    step = layer(x[:, 3:4], noise=RowNoise([5, 6]), positions=torch.tensor([3]), creativity=1.0).y
+    assert torch.allclose(step, y[:, 3:4])  # the cached path draws the same numbers

@@ -23,6 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 NOISE_SCALES = ("absolute", "relative")
+NOISE_MODES = ("token", "persistent")
 ROUTES = ("token", "sequence")
 COMBINERS = ("weighted", "attention")
 OBJECTIVES = ("ar", "diffusion")
@@ -65,6 +66,8 @@ class ThoughtConfig:
             without gradient): relative noise means the same perturbation in every layer and model,
             whatever its activation size. Grafts use ``"relative"``; ``"absolute"`` is the default of
             the char models (and of every checkpoint written before the field existed).
+        noise_mode: ``"token"`` (fresh branch noise at every position) or ``"persistent"`` (one noise
+            vector per row, slot and layer, kept at every position: a fixed direction per branch).
         balance_coef: coefficient of the Switch-Transformer load-balancing loss.
         z_coef: coefficient of the router z-loss.
         diversity_coef: coefficient of the branch-diversity loss (mean pairwise cosine).
@@ -79,6 +82,7 @@ class ThoughtConfig:
     combine: str = "weighted"
     noise_init: float = 0.02
     noise_scale: str = "absolute"
+    noise_mode: str = "token"
     balance_coef: float = 0.01
     z_coef: float = 1e-3
     diversity_coef: float = 0.0
@@ -97,6 +101,8 @@ class ThoughtConfig:
             raise ConfigError(f"route must be one of {ROUTES}, got {self.route!r}")
         if self.combine not in COMBINERS:
             raise ConfigError(f"combine must be one of {COMBINERS}, got {self.combine!r}")
+        if self.noise_mode not in NOISE_MODES:
+            raise ConfigError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         if self.noise_scale not in NOISE_SCALES:
             raise ConfigError(f"noise_scale must be one of {NOISE_SCALES}, got {self.noise_scale!r}")
         for name in ("noise_init", "balance_coef", "z_coef", "diversity_coef"):

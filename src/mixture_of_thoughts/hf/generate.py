@@ -131,7 +131,7 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
              branch_seeds: list[int] | None = None, creativity=None, max_new_tokens: int = 50,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, stop: str | None = None, on_token=None,
-             chat: bool | None = None) -> ThinkResult:
+             chat: bool | None = None, noise_tokens: int | None = None) -> ThinkResult:
     """N thought branches of a grafted HF model in one batched pass with the KV cache.
 
     Like :func:`mixture_of_thoughts.generation.autoregressive.think`: branch ``i`` owns seed
@@ -139,7 +139,8 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
     creativity (``None`` = the graft's default, a float, a ``(lo, hi)`` spread, or a list), so
     re-running one branch alone (``branch_seeds=[s]``, same creativity) reproduces it. An instruct
     model's prompt goes through its chat template (``chat=None``: when the tokenizer has one) and a
-    branch stops at any of its end-of-turn ids.
+    branch stops at any of its end-of-turn ids. ``noise_tokens=m`` keeps the thought noise for the
+    prompt and the first ``m`` generated tokens only ("a thought first, then words").
 
     Returns:
         :class:`~mixture_of_thoughts.generation.decoder.ThinkResult`; each branch's
@@ -148,7 +149,13 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
     seeds, crea = branch_plan(branches, seed, branch_seeds, creativity)
     dev = next(model.parameters()).device
     c = torch.tensor(crea, device=dev) if crea is not None else None
-    with thought_noise(model, RowNoise(seeds, dev, lookahead=min(LOOKAHEAD, max_new_tokens)), c) as st:
+    until = None
+    if noise_tokens is not None:
+        if noise_tokens < 0:
+            raise ConfigError(f"noise_tokens must be >= 0, got {noise_tokens}")
+        until = len(prompt_ids(tokenizer, prompt, uses_chat(tokenizer, chat))) + noise_tokens
+    noise = RowNoise(seeds, dev, lookahead=min(LOOKAHEAD, max_new_tokens))
+    with thought_noise(model, noise, c, noise_until=until) as st:
         return sample_branches(model, tokenizer, prompt, seeds, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop,
                                creativity=crea if crea is not None else [st.spec.thoughts.creativity] * len(seeds),

@@ -118,6 +118,8 @@ class GraftState:
         training_noise: the seeded default noise source.
         noise: the current source: ``training_noise``, a per-row :class:`RowNoise`, or ``None`` (no noise).
         creativity: ``None`` (the config's default), a float or a ``(B,)`` tensor.
+        noise_until: no branch noise in a call whose positions are all at or past this absolute
+            position (noise for the prompt and the first tokens only); ``None``: always.
         positions: absolute positions of the current call.
         aux: the grafted layers' aux losses of the last forward call.
         stats: ``{layer: stats}`` of the last forward call.
@@ -129,6 +131,7 @@ class GraftState:
     training_noise: TrainingNoise
     noise: TrainingNoise | RowNoise | None = None
     creativity: float | torch.Tensor | None = None
+    noise_until: int | None = None
     positions: torch.Tensor | None = None
     aux: list[torch.Tensor] = field(default_factory=list)
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -142,7 +145,12 @@ class GraftState:
 
     def noise_for(self, batch_size: int, device: torch.device):
         """The noise for a forward call over ``batch_size`` rows (``None``: no noise)."""
-        return None if self.noise is None else self.noise.for_batch(batch_size, device)
+        if self.noise is None:
+            return None
+        past = self.noise_until is not None and self.positions is not None
+        if past and int(self.positions.min()) >= self.noise_until:
+            return None
+        return self.noise.for_batch(batch_size, device)
 
     def aux_loss(self) -> torch.Tensor:
         """The sum of the grafted layers' auxiliary losses over the last forward call."""
@@ -275,14 +283,14 @@ def _positions_hook(state: GraftState):
 
 def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int = 4, k: int = 2,
           creativity: float = 1.0, route: str = "token", noise_init: float = GRAFT_NOISE_INIT,
-          noise_scale: str = "relative", seed: int = 0, thoughts: ThoughtConfig | None = None,
-          tied: bool = True) -> nn.Module:
+          noise_scale: str = "relative", noise_mode: str = "token", seed: int = 0,
+          thoughts: ThoughtConfig | None = None, tied: bool = True) -> nn.Module:
     """Replace the MLP of ``layers`` by thought layers whose branches copy it (in place).
 
     Args:
         model: a Hugging Face causal LM of a supported architecture (see ``SUPPORTED``).
         layers: ``"all"`` or decoder layer indices.
-        n_branches, k, creativity, route, noise_init, noise_scale: the :class:`ThoughtConfig` fields
+        n_branches, k, creativity, route, noise_init, noise_scale, noise_mode: the :class:`ThoughtConfig` fields
             (ignored when ``thoughts`` is given). The default noise is relative: at creativity c a
             branch's input and hidden pre-activation get Gaussian noise of std ``c * noise_init`` times
             their own RMS (see ``GRAFT_NOISE_INIT``).
@@ -307,7 +315,8 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
         if bad or not idx:
             raise ConfigError(f"layers must be 'all' or indices in [0, {n - 1}], got {layers!r}")
     cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
-                                    noise_init=noise_init, noise_scale=noise_scale, balance_coef=0.01, z_coef=1e-3)
+                                    noise_init=noise_init, noise_scale=noise_scale, noise_mode=noise_mode,
+                                    balance_coef=0.01, z_coef=1e-3)
     state = GraftState.new(GraftSpec(mtype, idx, cfg, seed, tied=tied))
     for i in idx:
         mlp = blocks[i].mlp
@@ -364,23 +373,25 @@ def freeze_except_thoughts(model: nn.Module, branches: bool = True) -> tuple[int
 
 
 @contextlib.contextmanager
-def thought_noise(model: nn.Module, noise: RowNoise | list[int] | TrainingNoise | None, creativity=None):
+def thought_noise(model: nn.Module, noise: RowNoise | list[int] | TrainingNoise | None, creativity=None,
+                  noise_until: int | None = None):
     """Temporarily set the grafted layers' noise source and creativity.
 
     Args:
         noise: a :class:`RowNoise`, a list of per-row seeds, the state's ``training_noise`` (the
             seeded training generator) or ``None`` (no noise: deterministic top-k).
         creativity: ``None`` (config default), a float or a ``(B,)`` tensor.
+        noise_until: an absolute position from which on no noise is drawn (``None``: everywhere).
     """
     st = grafted_state(model)
-    old = (st.noise, st.creativity)
+    old = (st.noise, st.creativity, st.noise_until)
     if isinstance(noise, (list, tuple)):
         noise = RowNoise(noise, next(model.parameters()).device)
-    st.noise, st.creativity = noise, creativity
+    st.noise, st.creativity, st.noise_until = noise, creativity, noise_until
     try:
         yield st
     finally:
-        st.noise, st.creativity = old
+        st.noise, st.creativity, st.noise_until = old
 
 
 def grafted_state(model: nn.Module) -> GraftState:

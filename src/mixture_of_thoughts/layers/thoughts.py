@@ -414,14 +414,14 @@ class ThoughtsFFN(nn.Module):
         relative = self.cfg.noise_scale == "relative"
         if noise is not None:
             c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
-            n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp.pairs, x)  # (M, d)
+            n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp, x)  # (M, d)
             a1 = (c_pair * self.s_in[dp.branches]).reshape(-1)
             xin = add_scaled_noise(xin, a1 * _row_rms(xin) if relative else a1, n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
             hid = hid + self._per_branch(self.b_in, dp.branches)
         if noise is not None:
-            n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp.pairs, x)  # (M, h)
+            n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp, x)  # (M, h)
             a2 = (c_pair * self.s_hid[dp.branches]).reshape(-1)
             hid = add_scaled_noise(hid, a2 * _row_rms(hid) if relative else a2, n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
@@ -518,7 +518,7 @@ class ThoughtsFFN(nn.Module):
                 active = active & (torch.arange(k, device=x.device) < k_tok)
         return Routing(logits, z, tau, idx, active)
 
-    def _pair_normal(self, noise: rng.Noise, kind: int, positions: Tensor, width: int, pair_sorted: Tensor,
+    def _pair_normal(self, noise: rng.Noise, kind: int, positions: Tensor, width: int, dp: Dispatch,
                      x: Tensor) -> Tensor:
         """Standard normals ``(M, width)`` for the dispatched (token, slot) pairs, in dispatch order.
 
@@ -526,12 +526,19 @@ class ThoughtsFFN(nn.Module):
         draws never depend on the rest of the batch. ``GeneratorNoise`` draws i.i.d. numbers for the
         whole batch with no per-row guarantee to keep, so there the ``M`` numbers are drawn directly in
         dispatch order: the same distribution, without drawing inactive slots and without the gather.
+        With ``noise_mode="persistent"`` the draw is one vector per row and *branch*, ``(B, E, width)``,
+        the same at every position: each branch of a row keeps a fixed random direction.
         """
         B, T = x.shape[:2]
+        stream = rng.stream_id(kind, self.layer_idx)
+        if self.cfg.noise_mode == "persistent":
+            n = noise.normal(stream, None, (self.cfg.n_branches, width)).to(x.device, x.dtype)  # (B, 1, E, w)
+            rows = dp.tokens // T
+            return n.reshape(B * self.cfg.n_branches, width).index_select(0, rows * self.cfg.n_branches + dp.branches)
         if not noise.per_row:
-            return noise.iid_normal((pair_sorted.shape[0], width)).to(x.device, x.dtype)
-        n = noise.normal(rng.stream_id(kind, self.layer_idx), positions, (self.cfg.k, width))
-        return n.to(x.device, x.dtype).reshape(B * T * self.cfg.k, width).index_select(0, pair_sorted)
+            return noise.iid_normal((dp.pairs.shape[0], width)).to(x.device, x.dtype)
+        n = noise.normal(stream, positions, (self.cfg.k, width))
+        return n.to(x.device, x.dtype).reshape(B * T * self.cfg.k, width).index_select(0, dp.pairs)
 
     def _activate(self, hid: Tensor, xin: Tensor, counts: Tensor) -> Tensor:
         """The branch non-linearity on the hidden pre-activation ``hid`` ``(M, h)``.
