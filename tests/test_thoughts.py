@@ -379,3 +379,17 @@ def test_persistent_noise_is_one_direction_per_row_and_slot(mode):
     assert not torch.allclose(y[0], y[1])  # rows keep their own directions
     step = layer(x[:, 3:4], noise=RowNoise([5, 6]), positions=torch.tensor([3]), creativity=1.0).y
     assert torch.allclose(step, y[:, 3:4])  # the cached path draws the same numbers
+
+
+def test_orthogonal_rows_are_orthogonal_keep_row_0_and_have_gaussian_length():
+    from mixture_of_thoughts.layers.thoughts import orthogonal_rows
+
+    n = torch.randn(5, 3, 64, generator=torch.Generator().manual_seed(0))
+    o = orthogonal_rows(n)
+    for e in range(3):
+        gram = o[:, e] @ o[:, e].T
+        assert torch.allclose(gram, 64.0 * torch.eye(5), atol=1e-3)
+        assert torch.allclose(o[0, e] / 8.0, n[0, e] / n[0, e].norm(), atol=1e-5)
+    layer = make_layer(n_branches=2, k=2, noise_mode="orthogonal")
+    x = torch.randn(3, 4, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(layer(x, noise=RowNoise([1, 2, 3]), creativity=1.0).y).all()

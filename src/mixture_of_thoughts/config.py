@@ -23,7 +23,7 @@ from typing import Any
 from .errors import ConfigError
 
 NOISE_SCALES = ("absolute", "relative")
-NOISE_MODES = ("token", "persistent")
+NOISE_MODES = ("token", "persistent", "orthogonal")
 ROUTES = ("token", "sequence")
 COMBINERS = ("weighted", "attention")
 OBJECTIVES = ("ar", "diffusion")
@@ -66,8 +66,9 @@ class ThoughtConfig:
             without gradient): relative noise means the same perturbation in every layer and model,
             whatever its activation size. Grafts use ``"relative"``; ``"absolute"`` is the default of
             the char models (and of every checkpoint written before the field existed).
-        noise_mode: ``"token"`` (fresh branch noise at every position) or ``"persistent"`` (one noise
-            vector per row, slot and layer, kept at every position: a fixed direction per branch).
+        noise_mode: ``"token"`` (fresh branch noise at every position), ``"persistent"`` (one noise
+            vector per row, branch and layer, kept at every position: a fixed direction per branch) or
+            ``"orthogonal"`` (persistent directions made mutually orthogonal across the batch's rows).
         balance_coef: coefficient of the Switch-Transformer load-balancing loss.
         z_coef: coefficient of the router z-loss.
         diversity_coef: coefficient of the branch-diversity loss (mean pairwise cosine).

@@ -193,12 +193,12 @@ def think_pretrained(args, branch_seeds, creativity):
     model, tok, src = load_pretrained(name, args.device)
     kind = f"{src.kind} {model.config.model_type}"
     if not hasattr(model, "mot_graft"):
-        graft(model, graft_layers(args.layers, model.config.num_hidden_layers))
-        kind += f", grafted on the fly on {args.layers} layers"
+        graft(model, graft_layers(args.layers, model.config.num_hidden_layers), noise_mode=args.noise_mode)
+        kind += f", grafted on the fly on {args.layers} layers, {args.noise_mode} noise"
     chat = uses_chat(tok, False if args.no_chat else None)
     kw = dict(branches=args.branches, seed=args.seed, branch_seeds=branch_seeds, creativity=creativity,
               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, min_p=args.min_p, stop=args.stop, chat=chat)
+              top_p=args.top_p, min_p=args.min_p, stop=args.stop, chat=chat, noise_tokens=args.noise_tokens)
     if live.wanted(args):
         n = 1 if branch_seeds else args.branches
         seeds = branch_seeds or [args.seed + i for i in range(n)]
@@ -298,6 +298,11 @@ def register(add) -> None:
                     help="a pretrained causal LM: smollm2 (offline), a Hugging Face or grafted directory, or a hub id")
     th.add_argument("--layers", default="all", help="--model: decoder layers to graft: all, lower, upper, or 0,2,5")
     th.add_argument("--no-chat", action="store_true", help="--model: continue the raw prompt (no chat template)")
+    th.add_argument("--noise-mode", choices=["token", "persistent", "orthogonal"], default="token",
+                    help="--model: fresh branch noise per token, one direction per branch (persistent), or "
+                         "persistent directions orthogonal across the branches")
+    th.add_argument("--noise-tokens", type=int, default=None,
+                    help="--model: thought noise for the prompt and the first N new tokens only")
 
     e = add("eval", cmd_eval)
     e.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")

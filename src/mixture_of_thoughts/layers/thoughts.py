@@ -242,6 +242,22 @@ class _ScaleRows(torch.autograd.Function):
         return gx, ga
 
 
+def orthogonal_rows(n: Tensor) -> Tensor:
+    """Make the rows of ``n`` ``(B, E, W)`` mutually orthogonal for each of the E columns, keeping norm.
+
+    Gram-Schmidt across the batch (a QR of each ``(W, B)`` slice, signs fixed so that row 0 keeps its
+    own direction), each row rescaled to ``sqrt(W)``, the expected length of a standard normal vector
+    in W dimensions. Needs ``B <= W``.
+    """
+    B, E, W = n.shape
+    if B > W:
+        raise ValueError(f"cannot make {B} directions orthogonal in {W} dimensions")
+    q, r = torch.linalg.qr(n.permute(1, 2, 0).double())  # (E, W, B), (E, B, B)
+    sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).masked_fill(torch.diagonal(r, dim1=-2, dim2=-1) == 0, 1.0)
+    q = q * sign.unsqueeze(1)
+    return (q.permute(2, 0, 1) * W**0.5).to(n.dtype)
+
+
 def _row_rms(x: Tensor) -> Tensor:
     """Root mean square of each row, ``(M,)``, without gradient (a noise scale, not a path)."""
     with torch.no_grad():
@@ -527,12 +543,17 @@ class ThoughtsFFN(nn.Module):
         whole batch with no per-row guarantee to keep, so there the ``M`` numbers are drawn directly in
         dispatch order: the same distribution, without drawing inactive slots and without the gather.
         With ``noise_mode="persistent"`` the draw is one vector per row and *branch*, ``(B, E, width)``,
-        the same at every position: each branch of a row keeps a fixed random direction.
+        the same at every position: each branch of a row keeps a fixed random direction;
+        ``"orthogonal"`` makes those directions mutually orthogonal across the rows of the batch
+        (:func:`orthogonal_rows`), so rows explore different directions (rows are then coupled: a row
+        is reproduced alone only in the same batch).
         """
         B, T = x.shape[:2]
         stream = rng.stream_id(kind, self.layer_idx)
-        if self.cfg.noise_mode == "persistent":
+        if self.cfg.noise_mode in ("persistent", "orthogonal"):
             n = noise.normal(stream, None, (self.cfg.n_branches, width)).to(x.device, x.dtype)  # (B, 1, E, w)
+            if self.cfg.noise_mode == "orthogonal":
+                n = orthogonal_rows(n[:, 0]).unsqueeze(1)
             rows = dp.tokens // T
             return n.reshape(B * self.cfg.n_branches, width).index_select(0, rows * self.cfg.n_branches + dp.branches)
         if not noise.per_row:
