@@ -133,3 +133,12 @@ def test_large_generator_normals_depend_on_the_seed_alone_not_the_thread_count()
     assert not torch.equal(a[:300], a[300:])  # the two halves come from different streams
     assert abs(float(a.mean())) < 0.01 and abs(float(a.std()) - 1.0) < 0.01
     assert not torch.equal(a, GeneratorNoise(torch.Generator().manual_seed(4), 1).iid_normal(shape))
+
+
+def test_int32_hash_gives_the_same_bits_as_the_reference():
+    from mixture_of_thoughts.rng import _hash32_int32
+
+    xs = [0, 1, MASK, MASK - 1, 2**31, 2**31 - 1, 2**16 - 1, 2**16] + [random.Random(1).getrandbits(32)
+                                                                      for _ in range(5000)]
+    got = (_hash32_int32(torch.tensor(xs, dtype=torch.int64).to(torch.int32)).to(torch.int64) & MASK).tolist()
+    assert got == [lowbias32(x) for x in xs]

@@ -71,6 +71,24 @@ def _index_hash(n: int, device: torch.device) -> torch.Tensor:
     return hash32(torch.arange(n, dtype=torch.int64, device=device) + 0x85EBCA77)
 
 
+_M2_INT32 = 0x846CA68B - (1 << 32)  # the second multiplier as a two's-complement int32
+
+
+def _hash32_int32(x: torch.Tensor) -> torch.Tensor:
+    """:func:`hash32` on int32 tensors holding the 32-bit values in two's complement: the same bits.
+
+    int32 products wrap modulo 2**32 (the kernels multiply in two's complement, like the int64 ones
+    :func:`_mul32` relies on), and a logical right shift is an arithmetic one masked to the low bits.
+    On CPUs this runs ~10x faster than the int64 form (vectorised 32-bit multiplies), which matters
+    for the large draws (a vocabulary of Gumbel noise per row and position).
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _M2_INT32
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
 def seed_to_key(seed: int) -> int:
     """A 32-bit key from any Python int seed (hash of its low and high halves)."""
     s = int(seed) & 0xFFFFFFFFFFFFFFFF
@@ -203,8 +221,8 @@ class RowNoise:
         # (key, stream) and index stages do not depend on the call: computed once and kept.
         h = self._stream_key(stream)
         h = hash32(h.view(B, 1) ^ (pos + 0x632BE5AB))  # (B, T); +const so position 0 is not special
-        h = hash32(h.view(B, T, 1) ^ _index_hash(n, self.device))  # (B, T, n)
-        return h.view(B, T, *tail)
+        h = _hash32_int32((h.view(B, T, 1) ^ _index_hash(n, self.device)).to(torch.int32))  # (B, T, n)
+        return (h.to(torch.int64) & _MASK32).view(B, T, *tail)
 
     def _stream_key(self, stream: int) -> torch.Tensor:
         """``hash32(key_b ^ hash32(stream))`` per row, ``(B,)``, cached per stream."""
