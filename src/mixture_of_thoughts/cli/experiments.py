@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
+from ..errors import ConfigError
 from .common import DATA_HELP
 from .progress import TqdmTrainProgress, tqdm_track
 
@@ -14,19 +15,54 @@ def cmd_compare(args) -> int:
 
     Example: mot compare --data shakespeare --preset cpu-small --steps 2000 --out reports/shakespeare
     --quick runs a few-minute version (tiny counts) of the same pipeline.
+
+    With --model (a registry name such as smollm2, or a Hugging Face directory) it compares thought
+    branches of that pretrained LM with temperature, top-p, min-p and two-phase sampling on
+    open-ended prompts, by semantic diversity at matched reference NLL:
+    mot compare --model smollm2 --limit 40 --branches 8 --max-new-tokens 64 --out reports/smollm2
+    (--prompts FILE: a JSONL with a "prompt" field; default the shipped open_ended.jsonl).
     """
+    command = "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else ""
+    if args.model is not None:
+        return _compare_lm(args, command)
+    if args.limit is not None or args.max_new_tokens is not None:
+        raise ConfigError("--limit and --max-new-tokens go with --model (the LM comparison)")
     from ..experiments.compare import CompareConfig, run_compare
 
-    kw = {k: getattr(args, k) for k in ("data", "preset", "out", "reuse", "device")}
+    if args.prompts is not None:
+        try:
+            args.prompts = int(args.prompts)
+        except ValueError:
+            raise ConfigError(f"--prompts: without --model, the number of validation prompts (an integer), "
+                              f"got {args.prompts!r}") from None
+    kw = {k: getattr(args, k) for k in ("data", "preset", "reuse", "device")}
+    kw["out"] = args.out if args.out is not None else "reports/shakespeare"
     for k in ("steps", "prompts", "branches", "seeds", "new_tokens", "prompt_len"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
-    kw["command"] = "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else ""
+    kw["command"] = command
     cfg = CompareConfig.quick(**kw) if args.quick else CompareConfig(**kw)
     res = run_compare(cfg) if args.quiet else run_compare(cfg, track=tqdm_track, train_progress=TqdmTrainProgress)
     print(f"report: {cfg.out}/report.md")
     for v in res["verdicts"]:
         print("-", v)
+    return 0
+
+
+def _compare_lm(args, command: str) -> int:
+    from ..experiments.compare_lm import LMCompareConfig, run_compare_lm
+
+    kw = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "branches": args.branches,
+          "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else args.new_tokens,
+          "seeds": args.seeds, "out": args.out, "device": args.device, "command": command}
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+    kw = {k: v for k, v in kw.items() if v is not None}
+    cfg = LMCompareConfig.quick(**kw) if args.quick else LMCompareConfig(**kw)
+    res = run_compare_lm(cfg, track=None if args.quiet else tqdm_track)
+    print(f"report: {cfg.out}/report.md ({len(res['rows'])} settings, {res['seconds']:.0f} s)")
+    for s in res["skipped"]:
+        print(f"- skipped {s['label']}: {s['why']}")
     return 0
 
 
@@ -36,9 +72,15 @@ def register(add) -> None:
     c.add_argument("--data", default="shakespeare", help=DATA_HELP)
     c.add_argument("--preset", default="cpu-small", help="a dense preset; its -mot twin is the MoT contender")
     c.add_argument("--steps", type=int, default=None, help="training steps of each model (default 2000)")
-    c.add_argument("--out", default="reports/shakespeare")
+    c.add_argument("--out", default=None, help="report directory (default reports/shakespeare, or "
+                                                 "reports/smollm2 with --model)")
     c.add_argument("--reuse", action="store_true", help="load the models in OUT/runs instead of training")
-    c.add_argument("--prompts", type=int, default=None, help="validation prompts (default 100)")
+    c.add_argument("--prompts", default=None, help="validation prompts (default 100); with --model a JSONL "
+                                                    "file of {\"prompt\": ...} rows (default: the shipped set)")
+    c.add_argument("--model", default=None, help="compare sampling knobs and thought branches of this pretrained "
+                                                 "LM (a registry name or a directory) instead")
+    c.add_argument("--limit", type=int, default=None, help="with --model: the first N prompts")
+    c.add_argument("--max-new-tokens", type=int, default=None, help="with --model: tokens per branch (default 64)")
     c.add_argument("--branches", type=int, default=None, help="branches per prompt, N (default 8)")
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3)")
     c.add_argument("--prompt-len", type=int, default=None)
