@@ -46,8 +46,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.jsonl import parse_jsonl
 from ..errors import ConfigError, DataError
 from . import stats
+from .report import finite_json, format_ci
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = Path(__file__).parent.parent / "assets" / "prompts" / "open_ended.jsonl"
@@ -189,19 +191,13 @@ def load_prompts(path: str | Path | None = None, limit: int | None = None) -> li
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"prompts file {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"prompts file {p} is not readable UTF-8 text: {e}") from None
     rows = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"prompts file {p}, line {i}: not valid JSON ({e})") from None
+    for i, row in parse_jsonl(text, f"prompts file {p}"):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
             raise DataError(f'prompts file {p}, line {i}: needs a non-empty "prompt" string')
         rows.append(row)
@@ -381,22 +377,6 @@ def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender
             "seconds": seconds}
 
 
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _ci(d: dict, fmt: str = ".3f") -> str:
-    if not all(math.isfinite(v) for v in (d["mean"], *d["ci"])):
-        return "n/a"
-    return f"{d['mean']:{fmt}} [{d['ci'][0]:{fmt}}, {d['ci'][1]:{fmt}}]"
-
-
 def plot_frontier(res: dict, path: Path) -> None:
     from .report import _plt
 
@@ -424,7 +404,7 @@ def write_report(res: dict, out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_frontier(res, out / "frontier.png")
-    (out / "metrics.json").write_text(json.dumps(_finite(res), indent=1, default=str), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(finite_json(res), indent=1, default=str), encoding="utf-8")
     c = res["config"]
     L = ["# Do thought branches beat sampling knobs on semantic diversity?", ""]
     if c.get("command"):
@@ -465,10 +445,11 @@ def write_report(res: dict, out: Path) -> None:
             d = (f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
                  if v and math.isfinite(v["delta"]) else "")
             s = r["setting"]
-            L.append(f"| {s['knob']}={s[s['knob']]:g} | {_ci(r['ref_nll'])} | {_ci(r['semantic_distance'])} | "
-                     f"{_ci(r['vendi_semantic'], '.2f')} | {_ci(r['distinct_k'], '.2f')} | "
-                     f"{_ci(r['degenerate_frac'], '.2f')} | {_ci(r['effective_semantic_distance'])} | "
-                     f"{_ci(r['distinct_2'])} | {r['mean_tokens']['mean']:.1f} | {d} |")
+            L.append(f"| {s['knob']}={s[s['knob']]:g} | {format_ci(r['ref_nll'])} | "
+                     f"{format_ci(r['semantic_distance'])} | {format_ci(r['vendi_semantic'], '.2f')} | "
+                     f"{format_ci(r['distinct_k'], '.2f')} | "
+                     f"{format_ci(r['degenerate_frac'], '.2f')} | {format_ci(r['effective_semantic_distance'])} | "
+                     f"{format_ci(r['distinct_2'])} | {r['mean_tokens']['mean']:.1f} | {d} |")
         L.append("")
     if res["skipped"]:
         L += ["## Skipped", ""] + [f"- {s['label']}: {s['why']}" for s in res["skipped"]] + [""]

@@ -99,18 +99,21 @@ def plot_training(res: dict, path: Path):
     plt.close(fig)
 
 
-def _ci(d: dict, fmt: str = ".3f") -> str:
+def format_ci(d: dict, fmt: str = ".3f") -> str:
+    """``mean [lo, hi]`` of a ``{"mean", "ci"}`` record; ``n/a`` when any of them is not finite."""
+    if not all(math.isfinite(v) for v in (d["mean"], *d["ci"])):
+        return "n/a"
     return f"{d['mean']:{fmt}} [{d['ci'][0]:{fmt}}, {d['ci'][1]:{fmt}}]"
 
 
-def _finite(obj):
+def finite_json(obj):
     """JSON cannot hold NaN; write it as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 
@@ -120,7 +123,7 @@ def write_report(res: dict, out: Path) -> None:
     plot_frontier(res, out / "frontier_distinct3.png", "distinct_3", "distinct-3 (higher = more diverse)")
     plot_mechanism(res, out / "mechanism.png")
     plot_training(res, out / "training.png")
-    (out / "metrics.json").write_text(json.dumps(_finite(res), indent=1, default=str), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(finite_json(res), indent=1, default=str), encoding="utf-8")
     c = res["config"]
     val_note = f", first {c['val_chars']:,} characters" if c.get("val_chars") else ""
     L = ["# Do thought branches beat temperature?", ""]
@@ -142,8 +145,9 @@ def write_report(res: dict, out: Path) -> None:
           "| setting | reference bpc | self-BLEU | distinct-2 | distinct-3 | Vendi (char 2-3-grams) | best-of-N bpc |",
           "|---|---|---|---|---|---|---|"]
     for r in res["baseline"] + res["mot"] + res.get("diffusion", []):
-        L.append(f"| {r['label']} | {_ci(r['ref_bpc'])} | {_ci(r['self_bleu'], '.1f')} | {_ci(r['distinct_2'])} | "
-                 f"{_ci(r['distinct_3'])} | {_ci(r['vendi'], '.2f')} | {_ci(r['best_of_n_bpc'])} |")
+        L.append(f"| {r['label']} | {format_ci(r['ref_bpc'])} | {format_ci(r['self_bleu'], '.1f')} | "
+                 f"{format_ci(r['distinct_2'])} | {format_ci(r['distinct_3'])} | "
+                 f"{format_ci(r['vendi'], '.2f')} | {format_ci(r['best_of_n_bpc'])} |")
     L += ["", "## MoT (and diffusion) against the baseline at matched quality", "",
           "Difference contender − baseline, the baseline's value read off its temperature frontier at the setting's "
           "reference bpc (empty: outside the frontier's range).", "",

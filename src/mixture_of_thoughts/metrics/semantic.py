@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import importlib.util
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.jsonl import parse_jsonl
 from ..errors import DataError
 from ..hf._compat import MissingDependency
 from .diversity import EIGENVALUE_FLOOR, _check_n, _check_texts, _ngram_counts, _units
@@ -345,13 +345,7 @@ def load_calibration_pairs(path: str | Path | None = None) -> list[dict]:
             raise DataError(f"cannot read calibration pairs {path}: {e}") from None
         where = str(path)
     pairs = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}:{lineno}: not JSON ({e})") from None
+    for lineno, row in parse_jsonl(text, where):
         _check_pair(row, f"{where}:{lineno}")
         pairs.append(row)
     return pairs
