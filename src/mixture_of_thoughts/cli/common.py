@@ -110,25 +110,16 @@ def is_hf_dir(p: Path) -> bool:
 
 
 def load_hf(path: str, device: str | None = None):
-    """(model, tokenizer) from a grafted directory, a mixture_of_thoughts run, or a Hugging Face model."""
-    from ..hf._compat import require_transformers
-    from ..hf.graft import is_grafted_dir, load_grafted
+    """(model, tokenizer) from a mixture_of_thoughts run, or any model ``hf.registry.load_pretrained``
+    takes (a registry name such as smollm2, a grafted or Hugging Face directory, a hub id)."""
+    from ..hf.graft import is_grafted_dir
     from ..training.checkpoint import is_checkpoint, is_run
 
     p = Path(path)
     if p.is_dir() and not is_grafted_dir(p) and (is_run(p) or (is_checkpoint(p) and not is_hf_dir(p))):
-        from ..training.checkpoint import load_checkpoint
-
-        ck = load_checkpoint(p, device=device or "cpu")
+        ck = load_run(p, device=device or "cpu")
         return ck.model.eval(), ck.tokenizer
-    require_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from ..hf.registry import load_pretrained
 
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = load_grafted(path) if is_grafted_dir(path) else AutoModelForCausalLM.from_pretrained(path)
-    except OSError as e:
-        raise ConfigError(f"cannot load model {path!r}: {e}") from None
-    if device:
-        model.to(device)
-    return model.eval(), tok
+    model, tok, _ = load_pretrained(path, device)
+    return model, tok
