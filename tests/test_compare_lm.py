@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -52,7 +54,11 @@ def test_quick_writes_report(quick_run):
     assert {"temperature", "top-p", "min-p", "two-phase", "thoughts"} <= families
     assert not res["skipped"]
     report = (quick_run / "report.md").read_text()
-    assert "## Summary" in report and "semantic distance" in report
+    assert "## Verdict" in report and "## Every setting" in report and "semantic distance" in report
+    assert "## Examples side by side" in report and (quick_run / "frontier_distinct_k.png").stat().st_size > 0
+    # a verdict computed for the best thought setting, stated in the report
+    (best,) = [v for v in res["verdicts"] if v["which"] == "best"]
+    assert best["text"] in report and isinstance(best["meets_goal"], bool)
     assert "![quality-diversity frontier](frontier.png)" in report
 
 
@@ -116,7 +122,7 @@ def test_bad_input_one_line_error(tiny_dir, tmp_path, capsys, lines, args, match
     assert err.startswith("mot: error:") and match in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("family", ["temperature", "thoughts"])
+@pytest.mark.parametrize("family", ["temperature", "thoughts", "first-m"])
 def test_padded_batch_equals_rows_alone(tiny_dir, family):
     """Several prompts x branches in one left-padded pass: each row is what it is generated alone."""
     from mixture_of_thoughts.experiments.compare_lm import Contender, LMCompareConfig, _generate, _graft_copy
@@ -128,8 +134,9 @@ def test_padded_batch_equals_rows_alone(tiny_dir, family):
     ids = [tok(p)["input_ids"] for p in prompts]
     if family == "temperature":
         c, model = Contender("temperature", "temperature", temperature=1.2), ref
-    else:
-        c = Contender("thoughts", "creativity", temperature=0.0, creativity=40.0)
+    else:  # prompts of different lengths: with first-m, each row's noise ends at its own position
+        m = 3 if family == "first-m" else None
+        c = Contender("thoughts", "creativity", temperature=0.0, creativity=40.0, noise_tokens=m)
         model = _graft_copy(ref, c, LMCompareConfig(contenders=(c,))).eval()
     got = _generate(model, tok, c, ids, [5, 6], 8, "cpu")
     for q, p in enumerate(prompts):
@@ -137,8 +144,37 @@ def test_padded_batch_equals_rows_alone(tiny_dir, family):
             alone = sample_branches(model, tok, p, [5, 6], max_new_tokens=8, temperature=1.2, chat=False)
         else:
             alone = think_hf(model, tok, p, branch_seeds=[5, 6], creativity=40.0, max_new_tokens=8,
-                             temperature=0.0, chat=False)
-        assert [t for _, t in got[2 * q:2 * q + 2]] == [b.text for b in alone.branches]
+                             temperature=0.0, chat=False, noise_tokens=c.noise_tokens)
+        assert [r[1] for r in got[2 * q:2 * q + 2]] == [b.text for b in alone.branches]
+    if family == "first-m":  # and the noise did stop: without it the rows would differ from these
+        free = _generate(model, tok, dataclasses.replace(c, noise_tokens=None), ids, [5, 6], 8, "cpu")
+        assert [r[1] for r in free] != [r[1] for r in got]
+
+
+def test_decoder_nll_is_the_reference_nll(tiny_dir):
+    """Settings decoded by the ungrafted model take their reference NLL from the decoder's log-probabilities."""
+    from mixture_of_thoughts.experiments.compare_lm import Contender, _generate, reference_nll
+    from mixture_of_thoughts.hf.registry import load_pretrained
+
+    ref, tok, _ = load_pretrained(str(tiny_dir))
+    ids = [tok("a cat sat on the mat")["input_ids"], tok("tea")["input_ids"]]
+    got = _generate(ref, tok, Contender("top-p", "top_p", top_p=0.9), ids, [1, 2, 3], 10, "cpu")
+    for q in range(2):
+        rows = got[3 * q:3 * q + 3]
+        want = reference_nll(ref, ids[q], [r[0] for r in rows], "cpu")
+        np.testing.assert_allclose([r[2] for r in rows], want, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_is_decoded_once_per_prompt(tiny_dir):
+    from mixture_of_thoughts.experiments.compare_lm import Contender, _generate
+    from mixture_of_thoughts.hf.generate import sample_branches
+    from mixture_of_thoughts.hf.registry import load_pretrained
+
+    ref, tok, _ = load_pretrained(str(tiny_dir))
+    got = _generate(ref, tok, Contender("temperature", "temperature", temperature=0.0), [tok("tea")["input_ids"]],
+                    [4, 5, 6], 8, "cpu")
+    alone = sample_branches(ref, tok, "tea", [9], max_new_tokens=8, temperature=0.0, chat=False)
+    assert len(got) == 3 and {r[1] for r in got} == {alone.branches[0].text}
 
 
 def test_two_phase_switches_temperature(tiny_dir):
@@ -154,10 +190,88 @@ def test_two_phase_switches_temperature(tiny_dir):
     two = _generate(ref, tok, Contender("two-phase", "hot_tokens", temperature=0.0, hot_temperature=1.5,
                                         hot_tokens=3), ids, seeds, 8, "cpu")
     hot = _generate(ref, tok, Contender("temperature", "temperature", temperature=1.5), ids, seeds, 8, "cpu")
-    for (t2, _), (th, _) in zip(two, hot, strict=True):
+    for (t2, *_), (th, *_) in zip(two, hot, strict=True):
         assert t2[:3] == th[:3]
         row = ids[0] + t2[:3]
         with torch.no_grad():  # greedy after the prefix
             for x in t2[3:]:
                 assert x == int(ref(input_ids=torch.tensor([row])).logits[0, -1].argmax())
                 row.append(x)
+
+
+def _synthetic(points: dict, P: int = 24, seed: int = 0) -> dict:
+    """``{contender: {"per_prompt": ...}}`` with every metric near the given means, small per-prompt noise."""
+    from mixture_of_thoughts.experiments.compare_lm import METRICS
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c, means in points.items():
+        per = {k: np.full(P, 0.5) + 0.01 * rng.standard_normal(P) for k in METRICS}
+        for k, v in means.items():
+            per[k] = v + 0.01 * rng.standard_normal(P)
+        out[c] = {"per_prompt": per, "example": [["a", "b"]] * P}
+    return out
+
+
+def test_matched_quality_reads_the_best_baseline_line():
+    """A thought setting is compared with the highest baseline line at its own NLL; top-p's line ends at greedy."""
+    from mixture_of_thoughts.experiments.compare_lm import (
+        PRIMARY,
+        Contender,
+        LMCompareConfig,
+        baseline_lines,
+        summarise,
+    )
+
+    T = [Contender("temperature", "temperature", temperature=t) for t in (0.0, 0.5, 1.0)]
+    topp = Contender("top-p", "top_p", top_p=0.9)
+    weak = dataclasses.replace(PRIMARY, creativity=1.0)
+    sharp = dataclasses.replace(PRIMARY, creativity=0.1)
+    pts = {T[0]: dict(ref_nll=1.0, semantic_distance=0.0, distinct_k=1.0, degenerate_frac=0.0),
+           T[1]: dict(ref_nll=1.5, semantic_distance=0.4, distinct_k=3.0, degenerate_frac=0.0),
+           T[2]: dict(ref_nll=2.0, semantic_distance=0.6, distinct_k=5.0, degenerate_frac=0.1),
+           topp: dict(ref_nll=1.8, semantic_distance=0.5, distinct_k=4.0, degenerate_frac=0.0),
+           PRIMARY: dict(ref_nll=1.5, semantic_distance=0.7, distinct_k=6.0, degenerate_frac=0.0),
+           weak: dict(ref_nll=1.5, semantic_distance=0.35, distinct_k=6.0, degenerate_frac=0.0),
+           sharp: dict(ref_nll=0.5, semantic_distance=0.2, distinct_k=2.0, degenerate_frac=0.0)}
+    assert set(baseline_lines(pts)["top-p (T=1)"]) == {topp, T[0]}  # p -> 0 is greedy decoding
+    cfg = LMCompareConfig(contenders=tuple(pts), bootstrap=200)
+    prompts = [{"prompt": f"p{i}"} for i in range(24)]
+    res = summarise(cfg, prompts, _synthetic(pts), [], "synthetic", 0.0)
+    rows = {r["label"]: r for r in res["rows"]}
+    m = rows[PRIMARY.label]["vs_best_baseline"]
+    # at NLL 1.5 temperature gives 0.4 and top-p's line (greedy -> 1.8) only 0.31: temperature is the best line
+    assert m["best_line"] == "temperature"
+    assert m["semantic_distance"]["delta"] == pytest.approx(0.3, abs=0.02)
+    assert m["semantic_distance"]["disjoint_above"] and m["distinct_k"]["delta"] == pytest.approx(3.0, abs=0.1)
+    assert not rows[weak.label]["vs_best_baseline"]["semantic_distance"]["disjoint_above"]
+    assert rows[sharp.label]["vs_best_baseline"]["semantic_distance"] is None  # below greedy's NLL: no match
+    v = {x["which"]: x for x in res["verdicts"]}
+    assert v["primary"]["meets_goal"] and v["best"]["label"] == PRIMARY.label
+    # more degenerate branches than the baseline at that quality: the goal is missed even with more spread
+    pts[PRIMARY] = dict(pts[PRIMARY], degenerate_frac=0.5)
+    res = summarise(cfg, prompts, _synthetic(pts), [], "synthetic", 0.0)
+    (p,) = [x for x in res["verdicts"] if x["which"] == "primary"]
+    assert not p["meets_goal"] and "does not meet the goal" in p["text"]
+
+
+def test_settings_are_kept_and_read_back(tiny_dir, tmp_path, monkeypatch):
+    """Every finished setting is saved; running again reads it back instead of generating (resume)."""
+    from mixture_of_thoughts.experiments import compare_lm
+    from mixture_of_thoughts.experiments.compare_lm import Contender, LMCompareConfig, run_compare_lm
+
+    try:
+        semantic.get_embedder()
+    except Exception as e:
+        pytest.skip(f"no semantic embedder: {e}")
+    grid = (Contender("temperature", "temperature", temperature=0.0), Contender("temperature", "temperature",
+                                                                              temperature=1.0))
+    cfg = LMCompareConfig.quick(model=str(tiny_dir), out=str(tmp_path / "o"), contenders=grid)
+    first = run_compare_lm(cfg)
+    assert len(list((tmp_path / "o" / "settings").glob("*.json"))) == 2
+    monkeypatch.setattr(compare_lm, "_run_contender", lambda *a, **k: pytest.fail("a kept setting was generated again"))
+    again = run_compare_lm(cfg)
+    assert [r["semantic_distance"] for r in again["rows"]] == [r["semantic_distance"] for r in first["rows"]]
+    # another token budget is another experiment: it is not read from the kept files
+    with pytest.raises(pytest.fail.Exception):
+        run_compare_lm(dataclasses.replace(cfg, max_new_tokens=5))

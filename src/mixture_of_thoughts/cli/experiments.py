@@ -55,6 +55,12 @@ def _compare_lm(args, command: str) -> int:
     kw = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "branches": args.branches,
           "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else args.new_tokens,
           "seeds": args.seeds, "out": args.out, "device": args.device, "command": command}
+    if args.grid is not None:
+        from ..experiments.compare_lm import GRIDS
+
+        if args.grid not in GRIDS:
+            raise ConfigError(f"unknown --grid {args.grid!r}: choose one of {', '.join(GRIDS)}")
+        kw["contenders"] = GRIDS[args.grid]()
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -80,7 +86,9 @@ def register(add) -> None:
     c.add_argument("--model", default=None, help="compare sampling knobs and thought branches of this pretrained "
                                                  "LM (a registry name or a directory) instead")
     c.add_argument("--limit", type=int, default=None, help="with --model: the first N prompts")
-    c.add_argument("--max-new-tokens", type=int, default=None, help="with --model: tokens per branch (default 64)")
+    c.add_argument("--grid", default=None, help="with --model: the settings to run, default (the report's, "
+                                                "~2 h on 2 CPU cores) or wide (~10x: a coarse sweep)")
+    c.add_argument("--max-new-tokens", type=int, default=None, help="with --model: tokens per branch (default 32)")
     c.add_argument("--branches", type=int, default=None, help="branches per prompt, N (default 8)")
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3)")
     c.add_argument("--prompt-len", type=int, default=None)

@@ -119,7 +119,8 @@ class GraftState:
         noise: the current source: ``training_noise``, a per-row :class:`RowNoise`, or ``None`` (no noise).
         creativity: ``None`` (the config's default), a float or a ``(B,)`` tensor.
         noise_until: no branch noise in a call whose positions are all at or past this absolute
-            position (noise for the prompt and the first tokens only); ``None``: always.
+            position (noise for the prompt and the first tokens only); a ``(B,)`` tensor gives each
+            row its own (rows of different prompt lengths in one padded batch); ``None``: always.
         positions: absolute positions of the current call.
         aux: the grafted layers' aux losses of the last forward call.
         stats: ``{layer: stats}`` of the last forward call.
@@ -131,7 +132,7 @@ class GraftState:
     training_noise: TrainingNoise
     noise: TrainingNoise | RowNoise | None = None
     creativity: float | torch.Tensor | None = None
-    noise_until: int | None = None
+    noise_until: int | torch.Tensor | None = None
     positions: torch.Tensor | None = None
     aux: list[torch.Tensor] = field(default_factory=list)
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
@@ -148,9 +149,23 @@ class GraftState:
         if self.noise is None:
             return None
         past = self.noise_until is not None and self.positions is not None
-        if past and int(self.positions.min()) >= self.noise_until:
+        if past and bool((self._row_first_position() >= self.noise_until).all()):
             return None
         return self.noise.for_batch(batch_size, device)
+
+    def _row_first_position(self) -> torch.Tensor:
+        """The first absolute position of the current call, per row ``(B, 1)`` or shared ``(1,)``."""
+        pos = self.positions
+        return pos.min(-1, keepdim=True).values.reshape(-1) if pos.dim() > 1 else pos.min().reshape(1)
+
+    def creativity_for(self, default: float) -> float | torch.Tensor | None:
+        """The creativity of the current call: rows past their own ``noise_until`` get exactly 0."""
+        c = self.creativity
+        if not torch.is_tensor(self.noise_until) or self.positions is None:
+            return c
+        live = self._row_first_position() < self.noise_until.to(self.positions.device)  # (B,)
+        base = torch.as_tensor(default if c is None else c, dtype=torch.float32, device=live.device)
+        return torch.where(live, base.expand(live.shape), torch.zeros((), device=live.device))
 
     def aux_loss(self) -> torch.Tensor:
         """The sum of the grafted layers' auxiliary losses over the last forward call."""
@@ -241,7 +256,7 @@ class GraftedThoughts(ThoughtsFFN):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
         out = super().forward(x, noise=st.noise_for(x.shape[0], x.device), positions=st.positions,
-                              creativity=st.creativity, aux=torch.is_grad_enabled())
+                              creativity=st.creativity_for(self.cfg.creativity), aux=torch.is_grad_enabled())
         st.aux.append(out.aux_loss)
         st.stats[self.layer_idx] = out.stats
         self.last_stats = out.stats
@@ -374,14 +389,15 @@ def freeze_except_thoughts(model: nn.Module, branches: bool = True) -> tuple[int
 
 @contextlib.contextmanager
 def thought_noise(model: nn.Module, noise: RowNoise | list[int] | TrainingNoise | None, creativity=None,
-                  noise_until: int | None = None):
+                  noise_until: int | torch.Tensor | None = None):
     """Temporarily set the grafted layers' noise source and creativity.
 
     Args:
         noise: a :class:`RowNoise`, a list of per-row seeds, the state's ``training_noise`` (the
             seeded training generator) or ``None`` (no noise: deterministic top-k).
         creativity: ``None`` (config default), a float or a ``(B,)`` tensor.
-        noise_until: an absolute position from which on no noise is drawn (``None``: everywhere).
+        noise_until: an absolute position from which on no noise is drawn, or a ``(B,)`` tensor of one
+            per row (``None``: everywhere).
     """
     st = grafted_state(model)
     old = (st.noise, st.creativity, st.noise_until)
