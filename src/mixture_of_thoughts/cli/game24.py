@@ -1,0 +1,144 @@
+"""``mot game24``: data, training, solving and evaluation on Game of 24."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+DEFAULT_DATA = "runs/game24/train.txt"
+KINDS = {"ar": "game24", "mot": "game24-mot"}
+
+
+def cmd_game24(args) -> int:
+    """Game of 24: make training traces, train a model, solve a puzzle, evaluate methods at equal budgets.
+
+    Examples:
+      mot game24 data --out runs/game24/train.txt
+      mot game24 train --kind ar --out runs/game24-ar
+      mot game24 solve "4 5 6 10" --method beam --budget 1800 --model runs/game24-ar
+      mot game24 solve "4 5 6 10" --method solver
+      mot game24 eval --model runs/game24-ar --methods sample,beam,random --budgets 450,1800,7200
+    """
+    return {"data": _data, "train": _train, "solve": _solve, "eval": _eval}[args.action](args)
+
+
+def _data(args) -> int:
+    from ..tasks import game24
+
+    train, test = game24.split(game24.load_puzzles())
+    text = game24.training_text(train, per_solution=args.per_solution, seed=args.seed)
+    out = Path(args.out or DEFAULT_DATA)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}: {text.count(chr(10) + chr(10)) + 1} traces of {len(train)} training puzzles "
+          f"({len(text):,} characters); the {len(test)} test puzzles (rows 900-999) are left out")
+    return 0
+
+
+def _train(args) -> int:
+    from ..config import ModelConfig, TrainConfig, preset
+    from ..training.trainer import train
+    from .progress import TqdmTrainProgress
+
+    if args.kind not in KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
+    data = Path(args.data or DEFAULT_DATA)
+    if not data.is_file():
+        raise ConfigError(f"no training traces at {data}: make them with mot game24 data --out {data}")
+    d = preset(KINDS[args.kind])
+    if args.steps is not None:
+        d["train"]["max_steps"] = args.steps
+    if not args.out:
+        raise ConfigError("--out is required (the run directory to create)")
+    res = train(str(data), args.out, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
+                force=args.force, device=args.device, progress=None if args.quiet else TqdmTrainProgress())
+    print(f"trained to step {res.step}: val loss {res.last_val_loss:.4f} nats; run in {res.run_dir}")
+    return 0
+
+
+def _solve(args) -> int:
+    from ..experiments.game24_eval import Game24EvalConfig, load_line_models, run_method
+    from ..tasks import game24
+
+    if not args.puzzle:
+        raise ConfigError('give the puzzle: mot game24 solve "4 5 6 10"')
+    puzzle = game24.parse_puzzle(" ".join(args.puzzle))
+    method = args.method
+    if args.budget < 1:
+        raise ConfigError(f"--budget must be a whole number of token positions >= 1, got {args.budget}")
+    if method not in ("sample", "thoughts", "beam", "random", "solver"):
+        raise ConfigError(f"unknown method {method!r}: choose from sample, thoughts, beam, random, solver")
+    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model,
+                           methods=(method,) if method != "solver" else (), budgets=(args.budget,),
+                           temperature=args.temperature, creativity=args.creativity, seed=args.seed,
+                           device=args.device)
+    lm, mot_lm = load_line_models(cfg)
+    r = run_method(method, puzzle, args.budget, lm=lm, mot_lm=mot_lm, cfg=cfg)
+    if args.json:
+        print(json.dumps({"puzzle": puzzle, "method": method, "solutions": list(r.solutions.values()),
+                          "positions": r.positions, "attempts": r.attempts, "seconds": r.seconds}))
+        return 0
+    head = f"{' '.join(map(str, puzzle))}: {method}"
+    size = f"{r.attempts} attempts, {r.positions} positions of a budget of {args.budget}" if method != "solver" \
+        else f"{r.attempts} step sequences"
+    print(f"{head}: {len(r.solutions)} distinct solution(s); {size}; {r.seconds:.2f} s")
+    for text in r.solutions.values():
+        ans = game24.answer_of(text)
+        print(f"  {ans} = 24" if ans else "  " + text.strip().splitlines()[-1])
+    return 0 if r.solutions else 1
+
+
+def _eval(args) -> int:
+    from ..experiments.game24_eval import Game24EvalConfig, run_eval
+    from .progress import tqdm_track
+
+    try:
+        budgets = tuple(int(x) for x in args.budgets.split(","))
+    except ValueError:
+        raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
+    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, methods=tuple(args.methods.split(",")),
+                           budgets=budgets, limit=args.limit, temperature=args.temperature,
+                           creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
+                           device=args.device, command=_command_line())
+    res = run_eval(cfg, track=None if args.quiet else tqdm_track)
+    print(f"report: {cfg.out}/report.md ({res['n_puzzles']} puzzles, {res['seconds']:.0f} s)")
+    for r in res["rows"]:
+        print(f"- {r['method']} @ {r['budget']}: {r['success']:.2f} solved, {r['distinct_correct']:.2f} distinct")
+    return 0
+
+
+def _command_line() -> str:
+    """The command as typed (for the report), when it was typed: empty when called from Python."""
+    return "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["game24"] else ""
+
+
+def register(add) -> None:
+    """Add ``game24``; ``add(name, fn)`` returns the new subparser."""
+    g = add("game24", cmd_game24)
+    g.add_argument("action", choices=("data", "train", "solve", "eval"))
+    g.add_argument("puzzle", nargs="*", help="solve: the four numbers, e.g. \"4 5 6 10\"")
+    g.add_argument("--out", default=None, help="data: the text file; train: the run; eval: the report folder")
+    g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
+    g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
+    g.add_argument("--kind", default="ar", help="train: ar (autoregressive) or mot (its thought twin)")
+    g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
+    g.add_argument("--force", action="store_true", help="train: overwrite an existing run")
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, random or solver")
+    g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
+    g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
+    g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
+    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam)")
+    g.add_argument("--mot-model", default=None, help="a MoT run (thoughts)")
+    g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--json", action="store_true", help="solve: one JSON line")
+    g.add_argument("--device", default=None)
+    g.add_argument("--quiet", action="store_true")

@@ -1,0 +1,276 @@
+"""Search over thoughts on a verifiable step task, every method at the same budget.
+
+A *task* (:class:`Task`) has states, valid moves, a verifier and a text form a language model can
+continue; Game of 24 is :class:`Game24Task`. A method spends a *budget* of model token positions
+(:class:`Budget`): a row the model reads or writes costs one position per token, its prompt
+included (the implementation recomputes prompts, and the count says so). What a method finds is a
+set of distinct verified solutions (:class:`SearchResult`).
+
+Methods:
+
+* :func:`sample_traces`: whole traces sampled at a temperature (and, with a thought model, a
+  creativity), best-of-N by the verifier;
+* :func:`beam_search`: Tree of Thoughts' BFS over steps: the model proposes next lines, invalid
+  ones are dropped, the ``width`` states with the highest model log-likelihood are kept;
+* :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
+  (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from ..errors import ConfigError
+from ..rng import RowNoise
+from . import game24
+
+BLOCK_SEP = "\n"  # the training text separates traces by a blank line: a prompt starts after one
+
+
+class Task(Protocol):
+    """A step task: what the search methods need of it."""
+
+    def start(self, puzzle) -> game24.State: ...
+
+    def moves(self, state) -> list: ...
+
+    def apply(self, state, move): ...
+
+    def solution(self, state) -> str | None:
+        """The canonical key of the solution ``state`` reaches, or None."""
+
+    def parse_line(self, state, line: str): ...
+
+    def check_text(self, puzzle, text: str) -> str | None:
+        """The canonical key of the solution a generated trace states, or None."""
+
+
+class Game24Task:
+    """Game of 24 as a :class:`Task` (states, moves and traces of :mod:`.game24`)."""
+
+    def start(self, puzzle) -> game24.State:
+        return game24.State.start(puzzle)
+
+    def moves(self, state: game24.State) -> list[game24.Step]:
+        return state.moves()
+
+    def apply(self, state: game24.State, move: game24.Step) -> game24.State:
+        return state.apply(move)
+
+    def solution(self, state: game24.State) -> str | None:
+        return game24.canonical(state.exprs[0]) if state.solved else None
+
+    def parse_line(self, state: game24.State, line: str) -> game24.Step | None:
+        return game24.parse_step(state, line)
+
+    def check_text(self, puzzle, text: str) -> str | None:
+        return game24.check_trace(puzzle, text)
+
+
+@dataclass
+class Budget:
+    """Model token positions a method may spend."""
+
+    limit: int
+    spent: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ConfigError(f"a budget is a whole number of token positions >= 1, got {self.limit!r}")
+
+    @property
+    def left(self) -> int:
+        return self.limit - self.spent
+
+    def take(self, costs: Sequence[int]) -> int:
+        """Charge rows in order while they fit; returns how many did (the rest are not used)."""
+        n = 0
+        for c in costs:
+            if self.spent + c > self.limit:
+                break
+            self.spent += c
+            n += 1
+        return n
+
+
+@dataclass
+class SearchResult:
+    """What a method found on one puzzle."""
+
+    method: str
+    solutions: dict[str, str] = field(default_factory=dict)  # canonical key -> the text that stated it
+    positions: int = 0
+    attempts: int = 0  # complete traces or leaves examined
+    seconds: float = 0.0
+
+    @property
+    def solved(self) -> bool:
+        return bool(self.solutions)
+
+
+# ------------------------------------------------------------------------------------ the model side
+
+
+class LineModel:
+    """A character-level causal model continuing several prompts at once (thought branches included).
+
+    Prompts of different lengths are left-padded with newlines, which the training text has between
+    traces; a row's cost is its own prompt plus what it writes.
+    """
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, creativity: float | None = None):
+        self.model, self.tok = model.eval(), tokenizer
+        self.temperature, self.creativity = float(temperature), creativity
+        self.dev = next(model.parameters()).device
+        self.pad = tokenizer.encode("\n")[0]
+
+    @torch.no_grad()
+    def continue_(self, prompts: list[str], seeds: list[int], max_chars: int,
+                  stop: str) -> list[tuple[str, float, int]]:
+        """Per prompt: ``(text written up to and including stop, its log-likelihood, positions used)``."""
+        from ..generation.autoregressive import generate
+
+        ids = [self.tok.encode(p, unknown="replace") for p in prompts]
+        block = self.model.config.block_size
+        T0 = max(len(x) for x in ids)
+        if T0 + max_chars > block:
+            raise ConfigError(f"a prompt of {T0} characters plus {max_chars} new ones is longer than the model's "
+                              f"block size {block}")
+        batch = torch.full((len(ids), T0), self.pad, dtype=torch.long)
+        for b, x in enumerate(ids):  # left padding, row by row from Python lists
+            batch[b, T0 - len(x):] = torch.tensor(x)
+        c = None
+        if self.creativity is not None and self.model.config.has_thoughts:
+            c = torch.full((len(ids),), float(self.creativity), device=self.dev)
+        gen = generate(self.model, batch.to(self.dev), max_chars, RowNoise(seeds, self.dev),
+                       temperature=self.temperature, creativity=c, stop_ids=self.tok.encode(stop))
+        new = gen.tokens[:, T0:].tolist()
+        lls = gen.logprobs.cumsum(-1)
+        return [(self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, len(ids[b]) + L)
+                for b, L in enumerate(gen.lengths.tolist())]
+
+
+# ------------------------------------------------------------------------------------ methods
+
+
+TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this
+
+
+def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: int = 16, seed: int = 0,
+                  method: str = "sample") -> SearchResult:
+    """Whole traces, ``batch`` rows at a time, until the budget is spent; best-of-N by the verifier."""
+    t0, res = time.time(), SearchResult(method)
+    start = task.start(puzzle)
+    prompt = BLOCK_SEP + start.prompt()
+    k = 0
+    while budget.left > len(prompt):
+        rows = lm.continue_([prompt] * batch, [seed + k + i for i in range(batch)], TRACE_CHARS, "\n\n")
+        k += batch
+        used = budget.take([r[2] for r in rows])
+        for text, _, _ in rows[:used]:
+            key = task.check_text(start.puzzle, start.prompt() + text)
+            if key is not None:
+                res.solutions.setdefault(key, text)
+        res.attempts += used
+        if used < len(rows):
+            break
+    res.positions, res.seconds = budget.spent, time.time() - t0
+    return res
+
+
+LINE_CHARS = 40  # one step line
+
+
+def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 5, proposals: int = 8,
+                seed: int = 0) -> SearchResult:
+    """Breadth-first search over steps (Tree of Thoughts' BFS), restarted with new seeds while the
+    budget lasts: each kept state gets ``proposals`` sampled next lines, the valid distinct children
+    are ranked by the model's log-likelihood of their lines so far, the best ``width`` are kept."""
+    t0, res = time.time(), SearchResult("beam")
+    root = task.start(puzzle)
+    k, spent = 0, False
+    while not spent:
+        frontier: list[tuple[float, game24.State]] = [(0.0, root)]
+        while frontier and not frontier[0][1].done:
+            prompts, owners = [], []
+            for i, (_, s) in enumerate(frontier):
+                prompts += [BLOCK_SEP + s.text()] * proposals
+                owners += [i] * proposals
+            rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
+            k += len(prompts)
+            used = budget.take([r[2] for r in rows])
+            children: dict[tuple, tuple[float, game24.State]] = {}
+            for (text, ll, _), i in zip(rows[:used], owners[:used], strict=True):
+                score, s = frontier[i]
+                move = task.parse_line(s, text.strip("\n"))
+                if move is None:
+                    continue
+                child = task.apply(s, move)
+                key = (child.numbers, tuple(sorted(map(str, child.exprs))))
+                if key not in children or children[key][0] < score + ll:
+                    children[key] = (score + ll, child)
+            if used < len(rows):  # the budget is spent: this level is not finished
+                frontier, spent = [], True
+                break
+            frontier = sorted(children.values(), key=lambda x: -x[0])[:width]
+        for _, s in frontier:
+            res.attempts += 1
+            key = task.solution(s)
+            if key is not None:
+                res.solutions.setdefault(key, s.text())
+    res.positions, res.seconds = budget.spent, time.time() - t0
+    return res
+
+
+def trace_cost(puzzle) -> int:
+    """Token positions of one typical whole trace (prompt and a solver trace, or 3 step lines)."""
+    sols = game24.solve(tuple(sorted(puzzle)))
+    if sols:
+        steps, expr = next(iter(sols.values()))[0]
+        return len(BLOCK_SEP + game24.trace_of(puzzle, steps, expr)) + 1
+    return len(BLOCK_SEP + game24.State.start(puzzle).prompt()) + 4 * 30
+
+
+def random_steps(task: Task, puzzle, budget: Budget, *, seed: int = 0) -> SearchResult:
+    """Uniform random valid moves to the end, as many attempts as the budget buys whole traces."""
+    import random
+
+    t0, res = time.time(), SearchResult("random")
+    rng = random.Random(seed)
+    per = trace_cost(puzzle)
+    res.attempts = budget.take([per] * (budget.limit // per))
+    for _ in range(res.attempts):
+        s = task.start(puzzle)
+        while not s.done:
+            s = task.apply(s, rng.choice(task.moves(s)))
+        key = task.solution(s)
+        if key is not None:
+            res.solutions.setdefault(key, s.text())
+    res.positions, res.seconds = budget.spent, time.time() - t0
+    return res
+
+
+def exact(puzzle) -> SearchResult:
+    """The solver: every distinct solution, no model, no budget (the ceiling)."""
+    t0 = time.time()
+    sols = game24.solve(tuple(sorted(puzzle)))
+    res = SearchResult("solver", {k: game24.trace_of(puzzle, *v[0]) for k, v in sols.items()})
+    res.attempts, res.seconds = sum(len(v) for v in sols.values()), time.time() - t0
+    return res
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95% interval of a success rate."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)
