@@ -79,6 +79,17 @@ def test_beam_search_finds_solutions_with_a_guiding_proposer():
     assert not none.solved and none.positions <= 3000
 
 
+def test_mcts_finds_distinct_solutions_within_budget():
+    task = S.Game24Task()
+    r = S.mcts(ScriptedLM(), task, (1, 1, 4, 6), S.Budget(20000), proposals=6, seed=3)
+    assert r.positions <= 20000 and len(r.solutions) >= 2  # the novelty reward moves it to new solutions
+    assert set(r.solutions) <= set(g.solve((1, 1, 4, 6)))
+    for key, text in r.solutions.items():
+        assert g.check_trace((1, 1, 4, 6), text) == key
+    dead = S.mcts(ScriptedLM(valid=0.0), task, (1, 1, 4, 6), S.Budget(2000))
+    assert not dead.solved and dead.positions <= 2000
+
+
 def test_random_floor_and_solver_ceiling():
     task = S.Game24Task()
     ceiling = S.exact((1, 1, 4, 6))
@@ -118,6 +129,7 @@ def tiny_model_factory():
     (["solve", "4 5 six 10"], "not a whole number"), (["solve", "4 5 6 10", "--method", "mcts9"], "unknown method"),
     (["solve", "4 5 6 10", "--method", "random", "--budget", "0"], "--budget must be"),
     (["solve", "4 5 6 10", "--method", "beam"], "need --model"),
+    (["solve", "4 5 6 10", "--method", "mcts"], "need --model"),
     (["eval", "--methods", "random,nope"], "unknown method"),
     (["eval", "--methods", "random", "--budgets", "10,x"], "--budgets"),
 ])
@@ -148,11 +160,11 @@ def test_eval_report_with_a_tiny_model(tmp_path, tiny_model_factory):
     model, tok = tiny_model_factory
     run = tmp_path / "ck"
     save_checkpoint(run, model, tok, objective="ar")
-    cfg = Game24EvalConfig(model=str(run), methods=("sample", "beam", "random"), budgets=(40, 400),
+    cfg = Game24EvalConfig(model=str(run), methods=("sample", "beam", "mcts", "random"), budgets=(40, 400),
                            puzzles=[(1, 1, 4, 6), (4, 5, 6, 10)], out=str(tmp_path / "rep"), proposals=2, width=2)
     res = run_eval(cfg)
     rows = {(r["method"], r["budget"]): r for r in res["rows"]}
-    assert set(rows) == {(m, b) for m in ("sample", "beam", "random") for b in (40, 400)}
+    assert set(rows) == {(m, b) for m in ("sample", "beam", "mcts", "random") for b in (40, 400)}
     for r in rows.values():
         assert r["positions"] <= r["budget"] and 0 <= r["ci"][0] <= r["success"] <= r["ci"][1] <= 1
     assert res["solver"]["success"] == 1.0 and res["solver"]["distinct_correct"] > 1

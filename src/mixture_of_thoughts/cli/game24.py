@@ -72,8 +72,8 @@ def _solve(args) -> int:
     method = args.method
     if args.budget < 1:
         raise ConfigError(f"--budget must be a whole number of token positions >= 1, got {args.budget}")
-    if method not in ("sample", "thoughts", "beam", "random", "solver"):
-        raise ConfigError(f"unknown method {method!r}: choose from sample, thoughts, beam, random, solver")
+    if method not in ("sample", "thoughts", "beam", "mcts", "random", "solver"):
+        raise ConfigError(f"unknown method {method!r}: choose from sample, thoughts, beam, mcts, random, solver")
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
@@ -129,11 +129,11 @@ def register(add) -> None:
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive) or mot (its thought twin)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--force", action="store_true", help="train: overwrite an existing run")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, random or solver")
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, random or solver")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
     g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
-    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam)")
+    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts)")
     g.add_argument("--mot-model", default=None, help="a MoT run (thoughts)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)

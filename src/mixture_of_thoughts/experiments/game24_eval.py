@@ -19,7 +19,7 @@ from ..tasks import game24
 from ..tasks import search as S
 from .report import finite_json
 
-MODEL_METHODS = ("sample", "thoughts", "beam")
+MODEL_METHODS = ("sample", "thoughts", "beam", "mcts")
 METHODS = (*MODEL_METHODS, "random")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
@@ -67,6 +67,8 @@ def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, cfg: G
         return S.sample_traces(lm, task, puzzle, b, seed=cfg.seed)
     if method == "thoughts":
         return S.sample_traces(mot_lm, task, puzzle, b, seed=cfg.seed, method="thoughts")
+    if method == "mcts":
+        return S.mcts(lm, task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
     if method == "beam":
         return S.beam_search(lm, task, puzzle, b, width=cfg.width, proposals=cfg.proposals, seed=cfg.seed)
     raise ConfigError(f"unknown method {method!r}: choose from {', '.join((*METHODS, 'solver'))}")
@@ -81,9 +83,10 @@ def load_line_models(cfg: Game24EvalConfig):
         return load_checkpoint(run, device=resolve_device(device), expect=expect)
 
     lm = mot_lm = None
-    if any(m in ("sample", "beam") for m in cfg.methods):
+    if any(m in ("sample", "beam", "mcts") for m in cfg.methods):
         if not cfg.model:
-            raise ConfigError("sample and beam need --model RUN (an autoregressive run trained with mot game24 train)")
+            raise ConfigError("sample, beam and mcts need --model RUN (an autoregressive run trained with "
+                              "mot game24 train)")
         ck = load_run(cfg.model, expect="ar", device=cfg.device)
         lm = S.LineModel(ck.model, ck.tokenizer, temperature=cfg.temperature)
     if "thoughts" in cfg.methods:

@@ -12,6 +12,8 @@ Methods:
   creativity), best-of-N by the verifier;
 * :func:`beam_search`: Tree of Thoughts' BFS over steps: the model proposes next lines, invalid
   ones are dropped, the ``width`` states with the highest model log-likelihood are kept;
+* :func:`mcts`: PUCT over steps, the model's sampled step frequencies as priors, the verifier's
+  reward (a new solution) at the leaves;
 * :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
   (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
 """
@@ -224,6 +226,85 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
             key = task.solution(s)
             if key is not None:
                 res.solutions.setdefault(key, s.text())
+    res.positions, res.seconds = budget.spent, time.time() - t0
+    return res
+
+
+FREE_SIMULATIONS = 200  # simulations in a row that expand nothing: the tree is exhausted, stop
+
+
+@dataclass
+class _Node:
+    state: game24.State
+    prior: float = 1.0
+    visits: int = 0
+    value: float = 0.0
+    children: dict = field(default_factory=dict)  # move -> _Node
+    counts: dict = field(default_factory=dict)  # move -> proposals that named it
+    asked: int = 0  # batches of proposals so far
+
+    def ucb(self, parent_visits: int, c: float) -> float:
+        q = self.value / self.visits if self.visits else 0.0
+        return q + c * self.prior * math.sqrt(parent_visits + 1) / (1 + self.visits)
+
+    def wants_proposals(self) -> bool:
+        """Progressive widening: a first batch, then another each time the visits reach 4 x batches^2
+        (or at once while no proposal so far was valid)."""
+        return self.asked == 0 or not self.children or self.visits >= 4 * self.asked ** 2
+
+
+def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = 1.5,
+         seed: int = 0) -> SearchResult:
+    """Monte Carlo tree search over steps (PUCT with progressive widening), until the budget is spent.
+
+    Expanding a state asks the model for ``proposals`` next lines; the distinct valid moves among them
+    are its children, with the share of proposals that named each as the prior (the model's step
+    probabilities, estimated by sampling). Often-visited states ask again (progressive widening), so
+    moves the first batch missed can still appear. A simulation descends by PUCT, expanding on its
+    way, to a finished state; the verifier's reward is 1 for a solution not found before, else 0, so
+    visits drift from solutions already found to unexplored branches. The search stops when the
+    budget is spent (or after many simulations in a row that cost nothing: an exhausted tree).
+    """
+    t0, res = time.time(), SearchResult("mcts")
+    root = _Node(task.start(puzzle))
+    k, free = 0, 0
+    while budget.left > 0 and free < FREE_SIMULATIONS:
+        path, node, spent, before = [root], root, False, budget.spent
+        while not node.state.done:
+            if node.wants_proposals():
+                rows = lm.continue_([BLOCK_SEP + node.state.text()] * proposals,
+                                    [seed + k + j for j in range(proposals)], LINE_CHARS, "\n")
+                k += proposals
+                if budget.take([r[2] for r in rows]) < len(rows):
+                    spent = True
+                    break
+                node.asked += 1
+                for text, _, _ in rows:
+                    move = task.parse_line(node.state, text.strip("\n"))
+                    if move is not None:
+                        node.counts[move] = node.counts.get(move, 0) + 1
+                        if move not in node.children:
+                            node.children[move] = _Node(task.apply(node.state, move))
+                total = sum(node.counts.values())
+                for m, ch in node.children.items():
+                    ch.prior = node.counts[m] / total
+            if not node.children:
+                break  # no valid proposal yet: reward 0, asked again when reached again
+            node = max(node.children.values(), key=lambda ch: ch.ucb(node.visits, c_puct))
+            path.append(node)
+        if spent:
+            break
+        reward = 0.0
+        if node.state.done:
+            res.attempts += 1
+            key = task.solution(node.state)
+            if key is not None and key not in res.solutions:
+                res.solutions[key] = node.state.text()
+                reward = 1.0
+        for n in path:
+            n.visits += 1
+            n.value += reward
+        free = free + 1 if budget.spent == before else 0
     res.positions, res.seconds = budget.spent, time.time() - t0
     return res
 
