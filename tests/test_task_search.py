@@ -90,6 +90,56 @@ def test_mcts_finds_distinct_solutions_within_budget():
     assert not dead.solved and dead.positions <= 2000
 
 
+class ScriptedInfiller:
+    """Writes the rest of a solver trace from the prompt's state when one exists (else nonsense)."""
+
+    def complete(self, prompts, seeds, length):
+        out = []
+        for p in prompts:
+            lines = p.strip("\n").splitlines()
+            puzzle = g.parse_puzzle(lines[0].rstrip(":"))
+            s = g.State.start(puzzle)
+            for line in lines[1:]:
+                s = s.apply(g.parse_step(s, line))
+            text = "9 + 9 = 18 (left: 18)\nanswer: 9 + 9 = 18\n"
+            for m in s.moves():
+                nxt = s.apply(m)
+                if g.solve_from(nxt):
+                    t = nxt
+                    while not t.done:
+                        t = t.apply(next(x for x in t.moves() if g.solve_from(t.apply(x))))
+                    text = t.text()[len(s.text()):]
+                    break
+            out.append((text + "\n", 10 * length))
+        return out
+
+
+def test_hybrid_infills_after_the_first_steps():
+    task = S.Game24Task()
+    r = S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, (4, 5, 6, 10), S.Budget(20000), batch=4)
+    assert r.solved and r.positions <= 20000 and r.attempts >= 4
+    for key, text in r.solutions.items():
+        assert g.check_trace((4, 5, 6, 10), text) == key
+    # a first step that leads nowhere cannot be completed into a solution
+    poor = S.hybrid(ScriptedLM(), ScriptedInfiller(), task, (3, 3, 8, 8), S.Budget(3000), batch=2)
+    assert poor.positions <= 3000
+
+
+def test_infiller_with_a_tiny_diffusion_model(tiny_model_factory):
+    from mixture_of_thoughts.config import ModelConfig
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    _, tok = tiny_model_factory
+    cfg = ModelConfig(vocab_size=tok.vocab_size + 1, block_size=64, n_layer=2, n_head=2, n_embd=32, causal=False,
+                      time_conditioning=True)
+    inf = S.Infiller(Transformer(cfg).init_weights(torch.Generator().manual_seed(0)), tok, steps=4)
+    rows = inf.complete(["\n4 5 6 10:\n", "\n1 1 4 6:\n1 + 1 = 2 (left: 2 4 6)\n"], [1, 2], 48)
+    prompt_len = len("\n1 1 4 6:\n1 + 1 = 2 (left: 2 4 6)\n")
+    assert [len(t) for t, _ in rows] == [48 - prompt_len] * 2 and all(c == 4 * 48 for _, c in rows)
+    with pytest.raises(ConfigError, match="block size"):
+        inf.complete(["\n4 5 6 10:\n"], [1], 65)
+
+
 def test_random_floor_and_solver_ceiling():
     task = S.Game24Task()
     ceiling = S.exact((1, 1, 4, 6))
@@ -128,8 +178,10 @@ def tiny_model_factory():
     (["solve", "4 5 6"], "4 numbers"), (["solve", "4 5 6 14"], "outside 1-13"),
     (["solve", "4 5 six 10"], "not a whole number"), (["solve", "4 5 6 10", "--method", "mcts9"], "unknown method"),
     (["solve", "4 5 6 10", "--method", "random", "--budget", "0"], "--budget must be"),
-    (["solve", "4 5 6 10", "--method", "beam"], "need --model"),
-    (["solve", "4 5 6 10", "--method", "mcts"], "need --model"),
+    (["solve", "4 5 6 10", "--method", "beam"], "needs --model"),
+    (["solve", "4 5 6 10", "--method", "mcts"], "needs --model"),
+    (["solve", "4 5 6 10", "--method", "thoughts"], "needs --mot-model"),
+    (["solve", "4 5 6 10", "--method", "hybrid", "--model", "x"], "--diffusion-model"),
     (["eval", "--methods", "random,nope"], "unknown method"),
     (["eval", "--methods", "random", "--budgets", "10,x"], "--budgets"),
 ])

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 DEFAULT_DATA = "runs/game24/train.txt"
-KINDS = {"ar": "game24", "mot": "game24-mot"}
+KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24"}
 
 
 def cmd_game24(args) -> int:
@@ -54,6 +54,8 @@ def _train(args) -> int:
     d = preset(KINDS[args.kind])
     if args.steps is not None:
         d["train"]["max_steps"] = args.steps
+    if args.kind == "diffusion":
+        d["train"]["objective"] = "diffusion"
     if not args.out:
         raise ConfigError("--out is required (the run directory to create)")
     res = train(str(data), args.out, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
@@ -63,7 +65,7 @@ def _train(args) -> int:
 
 
 def _solve(args) -> int:
-    from ..experiments.game24_eval import Game24EvalConfig, load_line_models, run_method
+    from ..experiments.game24_eval import METHODS, Game24EvalConfig, load_line_models, run_method
     from ..tasks import game24
 
     if not args.puzzle:
@@ -72,14 +74,14 @@ def _solve(args) -> int:
     method = args.method
     if args.budget < 1:
         raise ConfigError(f"--budget must be a whole number of token positions >= 1, got {args.budget}")
-    if method not in ("sample", "thoughts", "beam", "mcts", "random", "solver"):
-        raise ConfigError(f"unknown method {method!r}: choose from sample, thoughts, beam, mcts, random, solver")
-    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model,
+    if method not in (*METHODS, "solver"):
+        raise ConfigError(f"unknown method {method!r}: choose from {', '.join((*METHODS, 'solver'))}")
+    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
                            device=args.device)
-    lm, mot_lm = load_line_models(cfg)
-    r = run_method(method, puzzle, args.budget, lm=lm, mot_lm=mot_lm, cfg=cfg)
+    lm, mot_lm, infiller = load_line_models(cfg)
+    r = run_method(method, puzzle, args.budget, lm=lm, mot_lm=mot_lm, infiller=infiller, cfg=cfg)
     if args.json:
         print(json.dumps({"puzzle": puzzle, "method": method, "solutions": list(r.solutions.values()),
                           "positions": r.positions, "attempts": r.attempts, "seconds": r.seconds}))
@@ -102,7 +104,8 @@ def _eval(args) -> int:
         budgets = tuple(int(x) for x in args.budgets.split(","))
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
-    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, methods=tuple(args.methods.split(",")),
+    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
+                           methods=tuple(args.methods.split(",")),
                            budgets=budgets, limit=args.limit, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
                            device=args.device, command=_command_line())
@@ -126,15 +129,16 @@ def register(add) -> None:
     g.add_argument("--out", default=None, help="data: the text file; train: the run; eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
-    g.add_argument("--kind", default="ar", help="train: ar (autoregressive) or mot (its thought twin)")
+    g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin) or diffusion")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--force", action="store_true", help="train: overwrite an existing run")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, random or solver")
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, hybrid, random or solver")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
     g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
     g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts)")
     g.add_argument("--mot-model", default=None, help="a MoT run (thoughts)")
+    g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")

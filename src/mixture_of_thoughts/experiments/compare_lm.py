@@ -130,8 +130,7 @@ def default_contenders() -> tuple[Contender, ...]:
     c += _sweep("thoughts", "creativity", (1.5,), temperature=0.0, noise_mode="token", layers="all")
     c += _sweep("thoughts", "creativity", (2.0, 3.0), temperature=0.0, noise_mode="persistent", layers="all")
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="orthogonal", layers="all")
-    for layers in ("lower", "upper"):
-        c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers=layers)
+    c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers="lower")
     c += _sweep("thoughts", "creativity", (3.0,), temperature=0.0, noise_mode="token", layers="all", noise_tokens=8)
     return tuple(c)
 

@@ -19,7 +19,7 @@ from ..tasks import game24
 from ..tasks import search as S
 from .report import finite_json
 
-MODEL_METHODS = ("sample", "thoughts", "beam", "mcts")
+MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "hybrid")
 METHODS = (*MODEL_METHODS, "random")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
@@ -29,6 +29,8 @@ TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT
 class Game24EvalConfig:
     model: str | None = None  # an AR run (sample, beam)
     mot_model: str | None = None  # a MoT run (thoughts)
+    diffusion_model: str | None = None  # a diffusion run (hybrid)
+    diffusion_steps: int = 16
     methods: tuple[str, ...] = ("sample", "beam", "random")
     budgets: tuple[int, ...] = (450, 1800, 7200)
     limit: int | None = None  # the first N test puzzles
@@ -55,7 +57,8 @@ class Game24EvalConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
 
 
-def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, cfg: Game24EvalConfig) -> S.SearchResult:
+def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, infiller=None,
+               cfg: Game24EvalConfig) -> S.SearchResult:
     """One method on one puzzle at one budget."""
     task = S.Game24Task()
     b = S.Budget(budget)
@@ -67,6 +70,8 @@ def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, cfg: G
         return S.sample_traces(lm, task, puzzle, b, seed=cfg.seed)
     if method == "thoughts":
         return S.sample_traces(mot_lm, task, puzzle, b, seed=cfg.seed, method="thoughts")
+    if method == "hybrid":
+        return S.hybrid(lm, infiller, task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
     if method == "mcts":
         return S.mcts(lm, task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
     if method == "beam":
@@ -75,41 +80,47 @@ def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, cfg: G
 
 
 def load_line_models(cfg: Game24EvalConfig):
-    """``(lm, mot_lm)`` for the methods that need them (an error names the missing ``--model``)."""
+    """``(lm, mot_lm, infiller)`` for the methods that need them (an error names the missing flag)."""
     from ..device import resolve_device
     from ..training.checkpoint import load_checkpoint
 
     def load_run(run, expect, device):
         return load_checkpoint(run, device=resolve_device(device), expect=expect)
 
-    lm = mot_lm = None
-    if any(m in ("sample", "beam", "mcts") for m in cfg.methods):
-        if not cfg.model:
-            raise ConfigError("sample, beam and mcts need --model RUN (an autoregressive run trained with "
-                              "mot game24 train)")
+    needs = {"model": ("sample", "beam", "mcts", "hybrid"), "mot_model": ("thoughts",), "diffusion_model": ("hybrid",)}
+    how = {"model": "--model RUN (an autoregressive run trained with mot game24 train)",
+           "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
+           "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)"}
+    for flag, methods in needs.items():  # every missing flag is named before anything is loaded
+        used = [m for m in cfg.methods if m in methods]
+        if used and not getattr(cfg, flag):
+            raise ConfigError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} {how[flag]}")
+    lm = mot_lm = infiller = None
+    if any(m in needs["model"] for m in cfg.methods):
         ck = load_run(cfg.model, expect="ar", device=cfg.device)
         lm = S.LineModel(ck.model, ck.tokenizer, temperature=cfg.temperature)
     if "thoughts" in cfg.methods:
-        if not cfg.mot_model:
-            raise ConfigError("thoughts needs --mot-model RUN (a MoT run trained with mot game24 train --kind mot)")
         ck = load_run(cfg.mot_model, expect="ar", device=cfg.device)
         if not ck.model.config.has_thoughts:
             raise ConfigError(f"{cfg.mot_model} has no thought layers: train it with mot game24 train --kind mot")
         mot_lm = S.LineModel(ck.model, ck.tokenizer, temperature=cfg.temperature, creativity=cfg.creativity)
-    return lm, mot_lm
+    if "hybrid" in cfg.methods:
+        ck = load_run(cfg.diffusion_model, expect="diffusion", device=cfg.device)
+        infiller = S.Infiller(ck.model, ck.tokenizer, steps=cfg.diffusion_steps, temperature=cfg.temperature)
+    return lm, mot_lm, infiller
 
 
 def run_eval(cfg: Game24EvalConfig, track: Callable[[list, str], Iterable] | None = None) -> dict:
     t0 = time.time()
     puzzles = cfg.puzzles or game24.split(game24.load_puzzles())[1]
     puzzles = puzzles[:cfg.limit] if cfg.limit else puzzles
-    lm, mot_lm = load_line_models(cfg)
+    lm, mot_lm, infiller = load_line_models(cfg)
     rows = []
     jobs = [(m, b) for m in cfg.methods for b in cfg.budgets]
     for m, b in (track(jobs, "methods x budgets") if track else jobs):
         found, distinct, spent, secs = 0, 0, 0, 0.0
         for p in puzzles:
-            r = run_method(m, p, b, lm=lm, mot_lm=mot_lm, cfg=cfg)
+            r = run_method(m, p, b, lm=lm, mot_lm=mot_lm, infiller=infiller, cfg=cfg)
             found += r.solved
             distinct += len(r.solutions)
             spent += r.positions

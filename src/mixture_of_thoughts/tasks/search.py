@@ -14,6 +14,8 @@ Methods:
   ones are dropped, the ``width`` states with the highest model log-likelihood are kept;
 * :func:`mcts`: PUCT over steps, the model's sampled step frequencies as priors, the verifier's
   reward (a new solution) at the leaves;
+* :func:`hybrid`: the search picks first steps, a masked-diffusion model infills the rest of the
+  trace (:class:`Infiller`), the verifier scores;
 * :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
   (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
 """
@@ -305,6 +307,75 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
             n.visits += 1
             n.value += reward
         free = free + 1 if budget.spent == before else 0
+    res.positions, res.seconds = budget.spent, time.time() - t0
+    return res
+
+
+class Infiller:
+    """A masked-diffusion model writing the rest of several traces at once (the hybrid's second half).
+
+    Each row's prompt is kept; the model denoises ``length`` positions in all with ``steps`` top-k
+    steps. A row's cost is what the model reads: ``length`` positions at every step.
+    """
+
+    def __init__(self, model, tokenizer, *, steps: int = 16, temperature: float = 1.0):
+        self.model, self.tok = model.eval(), tokenizer
+        self.steps, self.temperature = int(steps), float(temperature)
+        self.dev = next(model.parameters()).device
+        self.pad = tokenizer.encode("\n")[0]
+
+    @torch.no_grad()
+    def complete(self, prompts: list[str], seeds: list[int], length: int) -> list[tuple[str, int]]:
+        from ..generation.diffusion import generate
+
+        ids = [self.tok.encode(p, unknown="replace") for p in prompts]
+        T0 = max(len(x) for x in ids)
+        if length > self.model.config.block_size or length <= T0:
+            raise ConfigError(f"the infill length {length} must exceed the longest prompt ({T0}) and fit the "
+                              f"diffusion model's block size {self.model.config.block_size}")
+        batch = torch.full((len(ids), T0), self.pad, dtype=torch.long)
+        for b, x in enumerate(ids):  # left padding, row by row from Python lists
+            batch[b, T0 - len(x):] = torch.tensor(x)
+        out = generate(self.model, batch.to(self.dev), length, RowNoise(seeds, self.dev), sampler="topk",
+                       steps=self.steps, temperature=self.temperature)
+        texts = [self.tok.decode(row[T0:]) for row in out.tokens.tolist()]
+        return [(t, out.steps * length) for t in texts]
+
+
+def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget, *, proposals: int = 8,
+           batch: int = 8, length: int = 128, seed: int = 0) -> SearchResult:
+    """The search + diffusion hybrid: the search picks first steps, diffusion writes the rest.
+
+    The autoregressive model proposes ``proposals`` first lines (the search's first level); the
+    distinct valid ones are the directions, tried in proportion to how often the model proposed each.
+    For each direction the diffusion model infills the rest of the trace; the verifier scores it.
+    Proposals are asked again (new seeds) when none was valid.
+    """
+    t0, res = time.time(), SearchResult("hybrid")
+    root = task.start(puzzle)
+    k, firsts = 0, []
+    while not firsts:
+        rows = lm.continue_([BLOCK_SEP + root.text()] * proposals, [seed + k + j for j in range(proposals)],
+                            LINE_CHARS, "\n")
+        k += proposals
+        if budget.take([r[2] for r in rows]) < len(rows):
+            res.positions, res.seconds = budget.spent, time.time() - t0
+            return res
+        firsts = [task.apply(root, m) for m in (task.parse_line(root, t.strip("\n")) for t, _, _ in rows) if m]
+    i = 0
+    while True:
+        states = [firsts[(i + j) % len(firsts)] for j in range(batch)]  # proportional to the proposals
+        done = infiller.complete([BLOCK_SEP + s.text() for s in states], [seed + 7919 * (i + j) + 1 for j in
+                                                                        range(batch)], length)
+        i += batch
+        used = budget.take([c for _, c in done])
+        for s, (text, _) in zip(states[:used], done[:used], strict=True):
+            res.attempts += 1
+            key = task.check_text(root.puzzle, s.text() + text)
+            if key is not None:
+                res.solutions.setdefault(key, s.text() + text.split("\n\n")[0])
+        if used < len(done):
+            break
     res.positions, res.seconds = budget.spent, time.time() - t0
     return res
 
