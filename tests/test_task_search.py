@@ -158,9 +158,31 @@ def test_line_model_pads_and_counts_positions(tiny_model_factory):
     for (text, ll, pos), prompt in zip(rows, ["\n4 5 6 10:\n", "\n1 1 4 6:\n10 - 6"], strict=True):
         assert 1 <= len(text) <= 12 and pos == len(prompt) + len(text) and ll <= 0
         assert "\n" not in text[:-1]  # a row stops at its first newline
+    # a dense model reads a prompt shared by several rows once: the same texts as reading it per row,
+    # its positions charged to its first row only
+    shared = lm.continue_(["\n4 5 6 10:\n"] * 3, [1, 5, 6], 12, "\n")
+    solo = [lm.continue_(["\n4 5 6 10:\n"], [s], 12, "\n")[0] for s in (1, 5, 6)]
+    assert [r[0] for r in shared] == [r[0] for r in solo]
+    assert [r[1] for r in shared] == pytest.approx([r[1] for r in solo], abs=1e-4)
+    assert shared[0][2] == solo[0][2] and shared[1][2] == len(shared[1][0])
     # seeded: the same call writes the same rows; other seeds write other rows
     assert lm.continue_(["\n4 5 6 10:\n", "\n1 1 4 6:\n10 - 6"], [1, 2], 12, "\n") == rows
     assert lm.continue_(["\n4 5 6 10:\n", "\n1 1 4 6:\n10 - 6"], [3, 4], 12, "\n") != rows
+
+
+def test_a_thought_model_reads_its_prompt_per_row():
+    """A MoT model's prompt activations depend on each row's noise: no sharing, every row pays its prompt."""
+    from mixture_of_thoughts.config import ModelConfig, ThoughtConfig
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=2, n_head=2, n_embd=32, thought_layers="all",
+                      thoughts=ThoughtConfig(n_branches=4, k=2))
+    lm = S.LineModel(Transformer(cfg).init_weights(torch.Generator().manual_seed(0)), tok, creativity=2.0)
+    assert not lm.shares_prompts
+    rows = lm.continue_(["\n4 5 6 10:\n"] * 2, [1, 2], 8, "\n")
+    assert all(pos == len("\n4 5 6 10:\n") + len(text) for text, _, pos in rows)
 
 
 @pytest.fixture

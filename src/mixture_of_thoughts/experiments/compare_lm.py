@@ -128,10 +128,10 @@ def default_contenders() -> tuple[Contender, ...]:
     c += _sweep("min-p", "min_p", (0.3,), temperature=1.5)
     c += _sweep("two-phase", "hot_tokens", (4,), hot_temperature=1.5, temperature=0.3)
     c += _sweep("thoughts", "creativity", (1.5,), temperature=0.0, noise_mode="token", layers="all")
-    c += _sweep("thoughts", "creativity", (2.0, 3.0), temperature=0.0, noise_mode="persistent", layers="all")
+    c += _sweep("thoughts", "creativity", (3.0,), temperature=0.0, noise_mode="token", layers="all", noise_tokens=8)
+    c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers="all")
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="orthogonal", layers="all")
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers="lower")
-    c += _sweep("thoughts", "creativity", (3.0,), temperature=0.0, noise_mode="token", layers="all", noise_tokens=8)
     return tuple(c)
 
 

@@ -134,11 +134,22 @@ class LineModel:
         self.dev = next(model.parameters()).device
         self.pad = tokenizer.encode("\n")[0]
 
+    @property
+    def shares_prompts(self) -> bool:
+        """Rows with the same prompt read it once: true for a dense model (a thought model's prompt
+        activations depend on each row's noise, so each of its rows reads its own prompt)."""
+        return not self.model.config.has_thoughts
+
     @torch.no_grad()
     def continue_(self, prompts: list[str], seeds: list[int], max_chars: int,
                   stop: str) -> list[tuple[str, float, int]]:
-        """Per prompt: ``(text written up to and including stop, its log-likelihood, positions used)``."""
-        from ..generation.autoregressive import generate
+        """Per prompt: ``(text written up to and including stop, its log-likelihood, positions used)``.
+
+        With :attr:`shares_prompts`, each distinct prompt is read once and its KV cache copied to its
+        rows; its positions are charged to its first row, the others pay for what they write only.
+        """
+        from ..generation.autoregressive import LOOKAHEAD, generate
+        from ..generation.decoder import Sampling, decode
 
         ids = [self.tok.encode(p, unknown="replace") for p in prompts]
         block = self.model.config.block_size
@@ -149,15 +160,46 @@ class LineModel:
         batch = torch.full((len(ids), T0), self.pad, dtype=torch.long)
         for b, x in enumerate(ids):  # left padding, row by row from Python lists
             batch[b, T0 - len(x):] = torch.tensor(x)
-        c = None
-        if self.creativity is not None and self.model.config.has_thoughts:
-            c = torch.full((len(ids),), float(self.creativity), device=self.dev)
-        gen = generate(self.model, batch.to(self.dev), max_chars, RowNoise(seeds, self.dev),
-                       temperature=self.temperature, creativity=c, stop_ids=self.tok.encode(stop))
+        batch = batch.to(self.dev)
+        noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
+        stops = [self.tok.encode(stop)]
+        if self.shares_prompts:
+            gen = decode(_shared_prompt_step(self.model), batch, max_chars, noise, Sampling(self.temperature),
+                         stop_sequences=stops)
+        else:
+            c = None if self.creativity is None else torch.full((len(ids),), float(self.creativity), device=self.dev)
+            gen = generate(self.model, batch, max_chars, noise, temperature=self.temperature, creativity=c,
+                           stop_ids=stops[0])
+        first = {}
+        for b, p in enumerate(prompts):
+            first.setdefault(p, b)
         new = gen.tokens[:, T0:].tolist()
         lls = gen.logprobs.cumsum(-1)
-        return [(self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, len(ids[b]) + L)
-                for b, L in enumerate(gen.lengths.tolist())]
+        out = []
+        for b, L in enumerate(gen.lengths.tolist()):
+            read = len(ids[b]) if not self.shares_prompts or first[prompts[b]] == b else 0
+            out.append((self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, read + L))
+        return out
+
+
+def _shared_prompt_step(model):
+    """A decoder step function for a dense causal model that reads each distinct prompt row once."""
+    from ..generation.decoder import Step
+
+    cache = None
+
+    def step(tokens: torch.Tensor, length: int) -> Step:
+        nonlocal cache
+        if cache is None:
+            uniq, inv = torch.unique(tokens[:, :length], dim=0, return_inverse=True)
+            cache = model.new_cache(uniq.shape[0])
+            out = model(uniq, cache=cache, last_only=True)
+            cache.k, cache.v = cache.k[:, inv], cache.v[:, inv]
+            return Step(out.logits[inv, -1, :], {})
+        out = model(tokens[:, length - 1:length], cache=cache, last_only=True)
+        return Step(out.logits[:, -1, :], {})
+
+    return step
 
 
 # ------------------------------------------------------------------------------------ methods
