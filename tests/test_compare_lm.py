@@ -106,6 +106,7 @@ def test_reference_nll_matches_model(tiny_dir):
     (None, ["--prompts", "MISSING"], "does not exist"),
     (['{"prompt": "a cat"}', '{"text": "no prompt"}'], [], 'line 2: needs a non-empty "prompt"'),
     (['{"prompt": "a cat"}'], ["--limit", "0"], "--limit must be >= 1"),
+    (['{"prompt": "a cat"}'], ["--grid", "huge"], "unknown --grid 'huge'"),
 ])
 def test_bad_input_one_line_error(tiny_dir, tmp_path, capsys, lines, args, match):
     from mixture_of_thoughts.cli import main

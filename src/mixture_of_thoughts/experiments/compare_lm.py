@@ -128,10 +128,12 @@ def default_contenders() -> tuple[Contender, ...]:
     c += _sweep("min-p", "min_p", (0.3,), temperature=1.5)
     c += _sweep("two-phase", "hot_tokens", (4,), hot_temperature=1.5, temperature=0.3)
     c += _sweep("thoughts", "creativity", (1.5,), temperature=0.0, noise_mode="token", layers="all")
-    c += _sweep("thoughts", "creativity", (3.0,), temperature=0.0, noise_mode="token", layers="all", noise_tokens=8)
+    c += _sweep("thoughts", "creativity", (2.0, 3.0), temperature=0.0, noise_mode="token", layers="all",
+                noise_tokens=8)
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers="all")
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="orthogonal", layers="all")
-    c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers="lower")
+    for layers in ("lower", "upper"):
+        c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers=layers)
     return tuple(c)
 
 
@@ -623,6 +625,17 @@ def _examples_section(res: dict) -> list[str]:
     return L
 
 
+def _fmt_seconds(x) -> str:
+    return "" if x is None else f"{x:.0f}"
+
+
+def _total_seconds(res: dict) -> str:
+    secs = [v for v in res.get("setting_seconds", {}).values() if v is not None]
+    missing = len(res.get("setting_seconds", {})) - len(secs)
+    text = f"{sum(secs):.0f} s = {sum(secs) / 60:.0f} min"
+    return text + (f", {missing} settings without a recorded time" if missing else "")
+
+
 def _fmt_match(m: dict | None, metric: str, f: str = "+.3f") -> str:
     v = (m or {}).get(metric)
     if not v:
@@ -645,7 +658,9 @@ def write_report(res: dict, out: Path) -> None:
     L += [f"Model `{c['model']}` ({res['model_source']}); {res['n_prompts']} prompts "
           f"({', '.join(x for x in res['categories'] if x) or 'no categories'}), {c['branches']} branches of at most "
           f"{c['max_new_tokens']} tokens per prompt, {c['seeds']} seeds; 95% paired bootstrap intervals over prompts "
-          f"({c['bootstrap']} resamples); {res['seconds']:.0f} s.", "",
+          f"({c['bootstrap']} resamples). Generation and scoring took {_total_seconds(res)} "
+          f"(the sum of the settings' times; this invocation {res['seconds']:.0f} s, settings already run are read "
+          "back from `settings/`).", "",
           "Quality: mean per-token NLL of the continuations under the ungrafted model (lower is better). Semantic "
           "distance, Vendi and distinct-k from MiniLM embeddings; *effective* = over non-degenerate branches only. ",
           "", "![quality-diversity frontier](frontier.png)", ""]
@@ -683,7 +698,7 @@ def write_report(res: dict, out: Path) -> None:
     for g, rows in groups.items():
         L += [f"### {g}", "",
               "| setting | ref NLL | semantic distance | Vendi | distinct-k | degenerate | effective distance | "
-              "distinct-2 | tokens | Δ sem. vs T |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "distinct-2 | tokens | Δ sem. vs T | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             v = r["vs_temperature_at_matched_nll"]
             d = (f"{v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]"
@@ -693,7 +708,8 @@ def write_report(res: dict, out: Path) -> None:
                      f"{format_ci(r['semantic_distance'])} | {format_ci(r['vendi_semantic'], '.2f')} | "
                      f"{format_ci(r['distinct_k'], '.2f')} | "
                      f"{format_ci(r['degenerate_frac'], '.2f')} | {format_ci(r['effective_semantic_distance'])} | "
-                     f"{format_ci(r['distinct_2'])} | {r['mean_tokens']['mean']:.1f} | {d} |")
+                     f"{format_ci(r['distinct_2'])} | {r['mean_tokens']['mean']:.1f} | {d} | "
+                     f"{_fmt_seconds(res.get('setting_seconds', {}).get(r['label']))} |")
         L.append("")
     if res["skipped"]:
         L += ["## Skipped", ""] + [f"- {s['label']}: {s['why']}" for s in res["skipped"]] + [""]
@@ -715,7 +731,7 @@ def _load_setting(path: Path) -> dict | None:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         return {"per_prompt": {k: np.array(v, dtype=float) for k, v in raw["per_prompt"].items()},
-                "example": raw["texts"]}
+                "example": raw["texts"], "seconds": raw.get("seconds")}
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or cut short: run the setting again
 
@@ -727,7 +743,7 @@ def _save_setting(path: Path, c: Contender, r: dict) -> None:
     body = {"label": c.label, "setting": dataclasses.asdict(c),
             "per_prompt": {k: [float(x) if math.isfinite(x) else None for x in v]
                            for k, v in r["per_prompt"].items()},
-            "texts": r["example"]}
+            "texts": r["example"], "seconds": r.get("seconds")}
     tmp.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
 
