@@ -134,6 +134,8 @@ def default_contenders() -> tuple[Contender, ...]:
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="orthogonal", layers="all")
     for layers in ("lower", "upper"):
         c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers=layers)
+    # low-temperature decoding with thought noise (the setting closest to the frontier, sampled at T = 0.3)
+    c += _sweep("thoughts", "creativity", (2.0,), temperature=0.3, noise_mode="persistent", layers="upper")
     return tuple(c)
 
 
