@@ -276,3 +276,8 @@ def test_settings_are_kept_and_read_back(tiny_dir, tmp_path, monkeypatch):
     # another token budget is another experiment: it is not read from the kept files
     with pytest.raises(pytest.fail.Exception):
         run_compare_lm(dataclasses.replace(cfg, max_new_tokens=5))
+    with pytest.raises(pytest.fail.Exception):  # nor are fresh draws (another first seed)
+        run_compare_lm(dataclasses.replace(cfg, first_seed=99))
+    monkeypatch.undo()
+    fresh = run_compare_lm(dataclasses.replace(cfg, first_seed=99, out=str(tmp_path / "fresh")))
+    assert fresh["rows"][1]["examples"] != first["rows"][1]["examples"]  # T = 1: other draws, other texts

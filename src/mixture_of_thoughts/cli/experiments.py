@@ -54,7 +54,8 @@ def _compare_lm(args, command: str) -> int:
 
     kw = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "branches": args.branches,
           "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else args.new_tokens,
-          "seeds": args.seeds, "out": args.out, "device": args.device, "command": command}
+          "seeds": args.seeds, "out": args.out, "device": args.device, "command": command,
+          "first_seed": args.first_seed}
     if args.grid is not None:
         from ..experiments.compare_lm import GRIDS
 
@@ -87,7 +88,10 @@ def register(add) -> None:
                                                  "LM (a registry name or a directory) instead")
     c.add_argument("--limit", type=int, default=None, help="with --model: the first N prompts")
     c.add_argument("--grid", default=None, help="with --model: the settings to run, default (the report's, "
-                                                "~2 h on 2 CPU cores) or wide (~10x: a coarse sweep)")
+                                                "~2 h on 2 CPU cores), wide (~10x: a coarse sweep) or confirm "
+                                                "(the best thought setting and the baselines around it)")
+    c.add_argument("--first-seed", type=int, default=None, help="with --model: seeds start here (another value: "
+                                                                 "fresh draws of every setting)")
     c.add_argument("--max-new-tokens", type=int, default=None, help="with --model: tokens per branch (default 32)")
     c.add_argument("--branches", type=int, default=None, help="branches per prompt, N (default 8)")
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3)")

@@ -156,7 +156,16 @@ def wide_contenders() -> tuple[Contender, ...]:
     return tuple(c)
 
 
-GRIDS = {"default": default_contenders, "wide": wide_contenders}
+def confirm_contenders() -> tuple[Contender, ...]:
+    """The best thought setting of the committed report against the baselines around its NLL (run it with
+    another ``--first-seed``: a confirmation on fresh draws)."""
+    c = _sweep("temperature", "temperature", (0.0, 0.5, 0.7))
+    c += _sweep("min-p", "min_p", (0.1, 0.3), temperature=1.0)
+    c += _sweep("thoughts", "creativity", (2.0,), temperature=0.3, noise_mode="persistent", layers="upper")
+    return tuple(c)
+
+
+GRIDS = {"default": default_contenders, "wide": wide_contenders, "confirm": confirm_contenders}
 
 
 def quick_contenders() -> tuple[Contender, ...]:
@@ -184,6 +193,7 @@ class LMCompareConfig:
     branches: int = 8
     max_new_tokens: int = 32
     seeds: int = 2
+    first_seed: int = 0  # branch j of seed s has the seed first_seed + s * SEED_STRIDE + j (another = fresh draws)
     out: str = "reports/smollm2"
     contenders: tuple[Contender, ...] = field(default_factory=default_contenders)
     batch_prompts: int = 8  # prompts decoded together (rows: batch_prompts x branches)
@@ -344,7 +354,7 @@ def _run_contender(c: Contender, model, ref, tok, prompts: list[dict], ids_list:
     examples = []
     chunk = cfg.batch_prompts
     for si in range(cfg.seeds):
-        seeds = [si * SEED_STRIDE + j for j in range(cfg.branches)]
+        seeds = [cfg.first_seed + si * SEED_STRIDE + j for j in range(cfg.branches)]
         for start in range(0, P, chunk):
             sub = ids_list[start:start + chunk]
             res = _generate(model, tok, c, sub, seeds, cfg.max_new_tokens, dev)
@@ -659,7 +669,9 @@ def write_report(res: dict, out: Path) -> None:
         L += ["Command:", "", f"    {c['command']}", ""]
     L += [f"Model `{c['model']}` ({res['model_source']}); {res['n_prompts']} prompts "
           f"({', '.join(x for x in res['categories'] if x) or 'no categories'}), {c['branches']} branches of at most "
-          f"{c['max_new_tokens']} tokens per prompt, {c['seeds']} seeds; 95% paired bootstrap intervals over prompts "
+          f"{c['max_new_tokens']} tokens per prompt, {c['seeds']} seeds"
+          f"{' (first seed ' + str(c['first_seed']) + ')' if c.get('first_seed') else ''}; "
+          "95% paired bootstrap intervals over prompts "
           f"({c['bootstrap']} resamples). Generation and scoring took {_total_seconds(res)} "
           f"(the sum of the settings' times; this invocation {res['seconds']:.0f} s, settings already run are read "
           "back from `settings/`).", "",
@@ -725,6 +737,8 @@ def _setting_file(cfg: LMCompareConfig, prompts: list[dict], c: Contender, sourc
     """Where one setting's results are kept: named by a hash of everything that decides them."""
     key = {"setting": dataclasses.asdict(c), "model": source, "prompts": [p["prompt"] for p in prompts],
            **{k: getattr(cfg, k) for k in ("branches", "max_new_tokens", "seeds", "n_branches", "k", "seed")}}
+    if cfg.first_seed:
+        key["first_seed"] = cfg.first_seed
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cfg.out) / "settings" / f"{digest}.json"
 
