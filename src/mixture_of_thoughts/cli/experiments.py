@@ -62,6 +62,10 @@ def _compare_lm(args, command: str) -> int:
         if args.grid not in GRIDS:
             raise ConfigError(f"unknown --grid {args.grid!r}: choose one of {', '.join(GRIDS)}")
         kw["contenders"] = GRIDS[args.grid]()
+        if args.grid == "confirm":  # the confirmation is about the setting it confirms
+            from ..experiments.compare_lm import CONFIRM
+
+            kw["primary"] = CONFIRM.label
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     kw = {k: v for k, v in kw.items() if v is not None}
