@@ -394,23 +394,11 @@ def _mean_ci(x: np.ndarray, idx: np.ndarray) -> dict:
     return {"mean": m, "ci": [lo, hi]}
 
 
-def _vs_temperature(per: dict, temp_pts: list[dict], idx: np.ndarray, metric: str = "semantic_distance") -> dict:
-    """Contender minus the temperature frontier's ``metric`` at the contender's reference NLL (paired bootstrap)."""
-    def delta(sel):
-        bx = np.array([np.nanmean(t["ref_nll"][sel]) for t in temp_pts])
-        by = np.array([np.nanmean(t[metric][sel]) for t in temp_pts])
-        ok = np.isfinite(bx) & np.isfinite(by)
-        if ok.sum() < 2:
-            return float("nan")
-        return float(np.nanmean(per[metric][sel]) - stats.interpolate_frontier(bx[ok], by[ok],
-                                                                                 np.nanmean(per["ref_nll"][sel])))
-
-    point = delta(np.arange(idx.shape[1]))
-    if not math.isfinite(point):
-        return {"delta": float("nan"), "ci": [float("nan"), float("nan")]}
-    boots = np.array([delta(i) for i in idx])
-    lo, hi = stats.interval(boots)
-    return {"delta": point, "ci": [lo, hi]}
+def _vs_temperature(means: dict[Contender, dict], temps: list[Contender], c: Contender) -> dict:
+    """``c``'s semantic distance minus the temperature frontier's at ``c``'s reference NLL (paired
+    bootstrap): :func:`matched_quality` with the temperature line as the only baseline."""
+    m = matched_quality(means, {"temperature": temps}, c).get("semantic_distance") if len(temps) >= 2 else None
+    return {"delta": m["delta"], "ci": m["ci"]} if m else {"delta": float("nan"), "ci": [float("nan")] * 2}
 
 
 # the thought setting declared before the full run as the one the verdict is about (the pilots' best)
@@ -528,7 +516,7 @@ def _example_prompts(prompts: list[dict]) -> list[int]:
 def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender, dict], skipped: list[dict],
               source: str, seconds: float) -> dict:
     idx = stats.bootstrap_indices(len(prompts), cfg.bootstrap, cfg.seed)
-    temp_pts = [results[c]["per_prompt"] for c in cfg.contenders if c.family == "temperature" and c in results]
+    temps = [c for c in cfg.contenders if c.family == "temperature" and c in results]
     means = {c: _resampled(r["per_prompt"], idx) for c, r in results.items()}
     lines = baseline_lines(c for c in cfg.contenders if c in results)
     shown = _example_prompts(prompts)
@@ -541,7 +529,7 @@ def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender
              "examples": [results[c]["example"][i][:EXAMPLE_BRANCHES] for i in shown]}
         for k in METRICS:
             r[k] = _mean_ci(per[k], idx)
-        r["vs_temperature_at_matched_nll"] = _vs_temperature(per, temp_pts, idx) if c.family != "temperature" else None
+        r["vs_temperature_at_matched_nll"] = _vs_temperature(means, temps, c) if c.family != "temperature" else None
         if c.family == "thoughts" and lines:
             r["vs_best_baseline"] = matched_quality(means, lines, c)
         rows.append(r)

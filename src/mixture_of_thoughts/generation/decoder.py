@@ -243,3 +243,15 @@ def collect_branches(gen: Generation, prompt_len: int, decode_text: Callable[[li
         crea = None if creativity is None else creativity[b]
         out.append(Branch(decode_text(rows[b][:L]), seeds[b], crea, ll, route))
     return ThinkResult(prompt, out, set_diversity([br.text for br in out]))
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, mask)``, both ``(B, max len)``: each row right-aligned after ``pad_id``; mask 1 on tokens."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):  # building the batch from Python lists is per row by nature
+        if r:
+            ids[b, T - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[b, T - len(r):] = 1
+    return ids.to(device), mask.to(device)

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
-from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode
+from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
 from ..rng import RowNoise
 from .generate import _cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
 
@@ -121,18 +121,6 @@ def _known(table: dict[str, Way]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- batching
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, mask)``, both ``(B, max len)``: each row right-aligned after ``pad_id``; mask 1 on tokens."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, r in enumerate(rows):  # building the batch from Python lists is per row by nature
-        if r:
-            ids[b, T - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[b, T - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def padded_hf_step(model: nn.Module, mask: torch.Tensor,

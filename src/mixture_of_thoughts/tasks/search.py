@@ -31,6 +31,7 @@ from typing import Protocol
 import torch
 
 from ..errors import ConfigError
+from ..generation.decoder import left_pad
 from ..rng import RowNoise
 from . import game24
 
@@ -157,10 +158,7 @@ class LineModel:
         if T0 + max_chars > block:
             raise ConfigError(f"a prompt of {T0} characters plus {max_chars} new ones is longer than the model's "
                               f"block size {block}")
-        batch = torch.full((len(ids), T0), self.pad, dtype=torch.long)
-        for b, x in enumerate(ids):  # left padding, row by row from Python lists
-            batch[b, T0 - len(x):] = torch.tensor(x)
-        batch = batch.to(self.dev)
+        batch, _ = left_pad(ids, self.pad, self.dev)
         noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
         stops = [self.tok.encode(stop)]
         if self.shares_prompts:
@@ -375,10 +373,8 @@ class Infiller:
         if length > self.model.config.block_size or length <= T0:
             raise ConfigError(f"the infill length {length} must exceed the longest prompt ({T0}) and fit the "
                               f"diffusion model's block size {self.model.config.block_size}")
-        batch = torch.full((len(ids), T0), self.pad, dtype=torch.long)
-        for b, x in enumerate(ids):  # left padding, row by row from Python lists
-            batch[b, T0 - len(x):] = torch.tensor(x)
-        out = generate(self.model, batch.to(self.dev), length, RowNoise(seeds, self.dev), sampler="topk",
+        batch, _ = left_pad(ids, self.pad, self.dev)
+        out = generate(self.model, batch, length, RowNoise(seeds, self.dev), sampler="topk",
                        steps=self.steps, temperature=self.temperature)
         texts = [self.tok.decode(row[T0:]) for row in out.tokens.tolist()]
         return [(t, out.steps * length) for t in texts]
