@@ -111,8 +111,9 @@ def puzzles():
 
 def test_split_keeps_the_test_puzzles_out(puzzles):
     assert len(puzzles) == 1362 and puzzles[900] == (4, 5, 6, 10)
-    train, test = g.split(puzzles)
-    assert len(test) == 100 and not set(train) & set(test)
+    train, val, test = g.split(puzzles)
+    assert len(test) == 100 and len(val) == 100 and not set(train) & (set(test) | set(val))
+    assert test[0] == puzzles[900] and val[0] == puzzles[800] and len(train) == 1362 - 200
     text = g.training_text(train[:40], seed=1)
     heads = {line for line in text.splitlines() if line.endswith(":")}
     assert heads and not heads & {" ".join(map(str, p)) + ":" for p in test}

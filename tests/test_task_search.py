@@ -20,6 +20,7 @@ class ScriptedLM:
 
     def __init__(self, valid: float = 1.0, solve_first: bool = False):
         self.valid, self.solve_first, self.calls = valid, solve_first, 0
+        self.block_size = 256
 
     def continue_(self, prompts, seeds, max_chars, stop):
         out = []
@@ -92,6 +93,8 @@ def test_mcts_finds_distinct_solutions_within_budget():
 
 class ScriptedInfiller:
     """Writes the rest of a solver trace from the prompt's state when one exists (else nonsense)."""
+
+    model = type("M", (), {"config": type("C", (), {"block_size": 128})})
 
     def complete(self, prompts, seeds, length):
         out = []
@@ -200,10 +203,13 @@ def tiny_model_factory():
     (["solve", "4 5 6"], "4 numbers"), (["solve", "4 5 6 14"], "outside 1-13"),
     (["solve", "4 5 six 10"], "not a whole number"), (["solve", "4 5 6 10", "--method", "mcts9"], "unknown method"),
     (["solve", "4 5 6 10", "--method", "random", "--budget", "0"], "--budget must be"),
-    (["solve", "4 5 6 10", "--method", "beam"], "needs --model"),
-    (["solve", "4 5 6 10", "--method", "mcts"], "needs --model"),
-    (["solve", "4 5 6 10", "--method", "thoughts"], "needs --mot-model"),
-    (["solve", "4 5 6 10", "--method", "hybrid", "--model", "x"], "--diffusion-model"),
+    (["solve", "4 5 6 10", "--method", "beam", "--model", "/nonexistent/run"], "does not exist"),
+    (["solve", "4 5 6 10", "--method", "thoughts", "--mot-model", "/nonexistent/run"], "does not exist"),
+    (["solve", "4 5 6 10", "--method", "sample@-1"], "temperature > 0"),
+    (["solve", "4 5 6 10", "--method", "sample@hot"], "after @ comes a number"),
+    (["solve", "4 5 6 10", "--method", "random@2"], "no knob"),
+    (["eval", "--methods", "random", "--split", "train"], "--split"),
+    (["eval", "--methods", "random,random"], "listed twice"),
     (["eval", "--methods", "random,nope"], "unknown method"),
     (["eval", "--methods", "random", "--budgets", "10,x"], "--budgets"),
 ])
@@ -257,8 +263,164 @@ def test_cli_data_writes_training_traces_only(tmp_path, capsys):
     out = tmp_path / "t.txt"
     assert main(["game24", "data", "--out", str(out), "--per-solution", "1"]) == 0
     text = out.read_text()
-    test = g.split(g.load_puzzles())[1]
+    train, val, test = g.split(g.load_puzzles())
     heads = {line for line in text.splitlines() if line.endswith(":")}
-    assert len(heads) == 1262 - sum(1 for p in set(g.split(g.load_puzzles())[0]) if not g.solve(p))
-    assert not heads & {" ".join(map(str, p)) + ":" for p in test}
-    assert "the 100 test puzzles" in capsys.readouterr().out
+    assert len(heads) == 1162 - sum(1 for p in set(train) if not g.solve(p))
+    assert not heads & {" ".join(map(str, p)) + ":" for p in test + val}
+    assert "100 test puzzles" in capsys.readouterr().out
+
+
+def test_every_method_is_anytime():
+    """One run at a large budget, read at a smaller one, equals running at the smaller budget."""
+    task, p = S.Game24Task(), (4, 5, 6, 10)
+    runs = {
+        "sample": lambda b: S.sample_traces(ScriptedLM(valid=0.3), task, p, S.Budget(b), batch=4, seed=2),
+        "beam": lambda b: S.beam_search(ScriptedLM(0.7, True), task, p, S.Budget(b), width=3, proposals=4, seed=2),
+        "mcts": lambda b: S.mcts(ScriptedLM(0.7, True), task, p, S.Budget(b), proposals=4, seed=2),
+        "hybrid": lambda b: S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(b),
+                                     proposals=3, batch=2),
+        "random": lambda b: S.random_steps(task, (1, 1, 4, 6), S.Budget(b), seed=2),
+    }
+    for name, run in runs.items():
+        big = run(6000)
+        assert big.solved, name
+        for b in (150, 400, 900, 2500):
+            small, read = run(b), big.upto(b)
+            assert small.found == read.found, (name, b)
+            assert set(small.solutions) == set(read.solutions) and read.positions <= b
+        assert big.upto(6000).found == big.found
+
+
+def test_beam_passes_widen():
+    from itertools import islice
+
+    assert list(islice(S.beam_schedule(5, 8), 5)) == [(1, 4), (2, 8), (4, 8), (5, 8), (5, 8)]
+    # the first, narrow pass finishes within a small budget: a guiding proposer solves at once
+    r = S.beam_search(ScriptedLM(solve_first=True), S.Game24Task(), (4, 5, 6, 10), S.Budget(800))
+    assert r.solved and r.positions <= 800 and r.attempts == 1
+
+
+def test_method_knobs_parse():
+    from mixture_of_thoughts.experiments.game24_eval import Game24EvalConfig, MethodSpec, parse_method
+
+    assert parse_method("sample") == MethodSpec("sample")
+    assert parse_method("sample@0.7") == MethodSpec("sample", 0.7) and parse_method("sample@0.7").label == "sample@0.7"
+    assert parse_method("thoughts@0").knob == 0.0
+    cfg = Game24EvalConfig(methods=("sample@0.5", "thoughts@2", "beam"), temperature=0.9, creativity=1.5)
+    assert [cfg.lm_settings(s) for s in cfg.specs] == [(0.5, 1.5), (0.9, 2.0), (0.9, 1.5)]
+    cfg = Game24EvalConfig(methods=("sample", "thoughts@2"), temperature=0.9, thoughts_temperature=0.7)
+    assert [cfg.lm_settings(s) for s in cfg.specs] == [(0.9, 1.0), (0.7, 2.0)]
+    with pytest.raises(ConfigError, match="--thoughts-temperature"):
+        Game24EvalConfig(methods=("thoughts",), thoughts_temperature=0.0)
+    for bad in ("sample@0", "thoughts@-1", "beam@inf"):
+        with pytest.raises(ConfigError):
+            parse_method(bad)
+
+
+def _rec(found: dict, positions=1000):
+    return {"found": found, "solutions": {k: "" for k in found}, "attempts": 1, "positions": positions,
+            "seconds": 1.0, "clock": [[positions, 1.0]]}
+
+
+def test_goals_are_computed_from_the_records():
+    from mixture_of_thoughts.experiments.game24_eval import budget_rows, goals
+
+    n = 60
+    records = {  # per puzzle: found -> positions spent when found
+        "sample@0.5": [_rec({"a": 50}) if i < 30 else _rec({}) for i in range(n)],
+        "sample@1": [_rec({"a": 50, "b": 300}) if i < 42 else _rec({}) for i in range(n)],
+        "thoughts@2": [_rec({"a": 80, "b": 90, "c": 200}) if i < 36 else _rec({}) for i in range(n)],
+        "beam": [_rec({"a": 60}) if i < 57 else _rec({}) for i in range(n)],
+        "random": [_rec({"a": 500}) if i < 45 else _rec({}) for i in range(n)],
+    }
+    budgets = [100, 400, 1000]
+    rows = [r for lab, recs in records.items() for r in budget_rows(lab, recs, budgets)]
+    by = {(r["method"], r["budget"]): r for r in rows}
+    assert by[("sample@1", 100)]["success"] == 0.7 and by[("sample@1", 100)]["distinct_correct"] == 0.7
+    assert by[("sample@1", 400)]["distinct_correct"] == 1.4 and by[("random", 100)]["success"] == 0.0
+    g = goals(records, budgets, rows, resamples=200)
+    assert g["middle_budget"]["best"] == "beam" and g["middle_budget"]["success"] == 0.95 and g["middle_budget"]["met"]
+    s = g["search_vs_sampling"]
+    assert s["search"] == "beam" and s["sampling"] == "sample@1" and s["met"]  # 0.95 vs 0.70 at 100
+    th = {e["budget"]: e for e in g["thoughts_vs_temperature"]}
+    # at 400: thoughts 0.6 success, 3 distinct on its solved puzzles -> 1.8; the temperature line through
+    # (0.5, 0.5) and (0.7, 1.4) reads 0.95 at 0.6
+    assert th[400]["success"] == pytest.approx(0.6) and th[400]["temperature_line"] == pytest.approx(0.95)
+    assert th[400]["delta"] == pytest.approx(0.85) and th[400]["ci"][0] > 0
+    # the floor reaches 0.75 at 1000: above the samplers there, below everything at 100 and 400
+    assert g["above_floor"]["met"] is False
+    assert set(g["above_floor"]["not_above"]) == {"sample@0.5 @ 1000", "sample@1 @ 1000", "thoughts@2 @ 1000"}
+    records["random"] = [_rec({}) for _ in range(n)]
+    rows = [r for lab, recs in records.items() for r in budget_rows(lab, recs, budgets)]
+    assert goals(records, budgets, rows, resamples=50)["above_floor"]["met"]
+
+
+def test_eval_resumes_from_saved_records(tmp_path, tiny_model_factory, monkeypatch):
+    from mixture_of_thoughts.experiments import game24_eval as E
+    from mixture_of_thoughts.training.checkpoint import save_checkpoint
+
+    model, tok = tiny_model_factory
+    save_checkpoint(tmp_path / "ck", model, tok, objective="ar")
+    cfg = dict(model=str(tmp_path / "ck"), methods=("sample@0.8", "random"), budgets=(60, 200),
+               puzzles=[(1, 1, 4, 6), (4, 5, 6, 10)], out=str(tmp_path / "rep"))
+    first = E.run_eval(E.Game24EvalConfig(**cfg))
+    assert (tmp_path / "rep" / "methods" / "sample_at_0.8.json").is_file()
+
+    def boom(*a, **k):
+        raise AssertionError("a saved method ran again")
+
+    monkeypatch.setattr(E, "run_method", boom)
+    again = E.run_eval(E.Game24EvalConfig(**cfg))
+    assert again["rows"] == first["rows"]
+    with pytest.raises(AssertionError, match="ran again"):  # another seed is another record
+        E.run_eval(E.Game24EvalConfig(**cfg, seed=5))
+
+
+def test_missing_model_names_the_flag(monkeypatch, tmp_path):
+    from mixture_of_thoughts.experiments import game24_eval as E
+
+    monkeypatch.setattr(E, "SHIPPED_RUNS", {k: tmp_path / k for k in E.SHIPPED_RUNS})
+    with pytest.raises(ConfigError, match="need --model"):
+        E.load_line_models(E.Game24EvalConfig(methods=("beam", "mcts")))
+    with pytest.raises(ConfigError, match="needs --mot-model"):
+        E.load_line_models(E.Game24EvalConfig(methods=("thoughts",)))
+
+
+def test_export_half_is_half_the_size_and_loads(tmp_path, tiny_model_factory):
+    from mixture_of_thoughts.training.checkpoint import export_half, load_checkpoint, save_checkpoint
+
+    model, tok = tiny_model_factory
+    save_checkpoint(tmp_path / "ck", model, tok, objective="ar")
+    dest = export_half(tmp_path / "ck", tmp_path / "half")
+    full, half = (tmp_path / "ck" / "model.safetensors").stat().st_size, (dest / "model.safetensors").stat().st_size
+    assert half < 0.6 * full
+    ck = load_checkpoint(dest)
+    assert next(ck.model.parameters()).dtype == torch.float32
+    x = torch.tensor([tok.encode("4 5 6 10:")])
+    assert torch.allclose(ck.model(x).logits, model(x).logits, atol=2e-2)
+    with pytest.raises(Exception, match="exists"):
+        export_half(tmp_path / "ck", tmp_path / "half")
+
+
+def test_task_evaluator_scores_traces_for_branch_search(tiny_model_factory):
+    from mixture_of_thoughts.config import ModelConfig
+    from mixture_of_thoughts.generation.search import branch_search
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    ev = S.TaskEvaluator(S.Game24Task(), (4, 5, 6, 10))
+    prompt = "\n4 5 6 10:\n"
+    good = ("10 - 6 = 4 (left: 4 4 5)\n4 * 5 = 20 (left: 4 20)\n4 + 20 = 24 (left: 24)\n"
+            "answer: 4 + (5 * (10 - 6)) = 24\n")
+    two = "10 - 6 = 4 (left: 4 4 5)\n4 * 5 = 20 (left: 4 20)\n4 + 7 = 11\n"
+    one = "10 - 6 = 4 (left: 4 4 5)\n4 * 4 = 17 (left: 5 17)\n"
+    scores = ev.score([good, two, one, "nonsense", good.replace("(10 - 6)) = 24", "(10 + 6)) = 24")], prompt).tolist()
+    assert scores[0] == 1.0 and scores[1] == 0.375 and scores[2] == 0.25 and scores[3] == 0.0
+    assert scores[4] == 0.4375  # three valid steps, a wrong answer: the most partial credit, still below 1
+    # branch_search takes it like any evaluator: ranked best first by the verifier
+    _, tok = tiny_model_factory
+    cfg = ModelConfig(vocab_size=tok.vocab_size + 1, block_size=64, n_layer=2, n_head=2, n_embd=32, causal=False,
+                      time_conditioning=True)
+    model = Transformer(cfg).init_weights(torch.Generator().manual_seed(0)).eval()
+    res = branch_search(model, tok, prompt, length=48, branches=4, keep=2, points=(0.5,), evaluator=ev, steps=4)
+    assert len(res.branches) == 4 and [b.score for b in res.branches] == sorted((b.score for b in res.branches),
+                                                                                   reverse=True)

@@ -19,17 +19,21 @@ def cmd_game24(args) -> int:
     Examples:
       mot game24 data --out runs/game24/train.txt
       mot game24 train --kind ar --out runs/game24-ar
-      mot game24 solve "4 5 6 10" --method beam --budget 1800 --model runs/game24-ar
+      mot game24 solve "4 5 6 10" --method beam --budget 1800
       mot game24 solve "4 5 6 10" --method solver
-      mot game24 eval --model runs/game24-ar --methods sample,beam,random --budgets 450,1800,7200
+      mot game24 eval --methods sample,sample@0.7,beam,mcts,random --budgets 450,1800,7200
+      mot game24 export runs/game24-ar --out my-models/ar
+
+    solve and eval use the models shipped in the package unless --model, --mot-model or
+    --diffusion-model name runs of your own.
     """
-    return {"data": _data, "train": _train, "solve": _solve, "eval": _eval}[args.action](args)
+    return {"data": _data, "train": _train, "solve": _solve, "eval": _eval, "export": _export}[args.action](args)
 
 
 def _data(args) -> int:
     from ..tasks import game24
 
-    train, test = game24.split(game24.load_puzzles())
+    train, val, test = game24.split(game24.load_puzzles())
     text = game24.training_text(train, per_solution=args.per_solution, seed=args.seed)
     out = Path(args.out or DEFAULT_DATA)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -37,7 +41,8 @@ def _data(args) -> int:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     print(f"wrote {out}: {text.count(chr(10) + chr(10)) + 1} traces of {len(train)} training puzzles "
-          f"({len(text):,} characters); the {len(test)} test puzzles (rows 900-999) are left out")
+          f"({len(text):,} characters); the {len(val)} validation (rows 800-899) and {len(test)} test puzzles "
+          "(rows 900-999) are left out")
     return 0
 
 
@@ -65,7 +70,7 @@ def _train(args) -> int:
 
 
 def _solve(args) -> int:
-    from ..experiments.game24_eval import METHODS, Game24EvalConfig, load_line_models, run_method
+    from ..experiments.game24_eval import Game24EvalConfig, load_line_models, parse_method, run_method
     from ..tasks import game24
 
     if not args.puzzle:
@@ -74,14 +79,14 @@ def _solve(args) -> int:
     method = args.method
     if args.budget < 1:
         raise ConfigError(f"--budget must be a whole number of token positions >= 1, got {args.budget}")
-    if method not in (*METHODS, "solver"):
-        raise ConfigError(f"unknown method {method!r}: choose from {', '.join((*METHODS, 'solver'))}")
+    if method != "solver":
+        parse_method(method)  # one-line error for an unknown method or a bad knob
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
                            device=args.device)
-    lm, mot_lm, infiller = load_line_models(cfg)
-    r = run_method(method, puzzle, args.budget, lm=lm, mot_lm=mot_lm, infiller=infiller, cfg=cfg)
+    models = load_line_models(cfg) if method != "solver" else None
+    r = run_method(method, puzzle, args.budget, models=models, cfg=cfg)
     if args.json:
         print(json.dumps({"puzzle": puzzle, "method": method, "solutions": list(r.solutions.values()),
                           "positions": r.positions, "attempts": r.attempts, "seconds": r.seconds}))
@@ -105,14 +110,26 @@ def _eval(args) -> int:
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           methods=tuple(args.methods.split(",")),
-                           budgets=budgets, limit=args.limit, temperature=args.temperature,
+                           methods=tuple(args.methods.split(",")), split=args.split,
+                           budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
+                           thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
                            device=args.device, command=_command_line())
     res = run_eval(cfg, track=None if args.quiet else tqdm_track)
     print(f"report: {cfg.out}/report.md ({res['n_puzzles']} puzzles, {res['seconds']:.0f} s)")
     for r in res["rows"]:
         print(f"- {r['method']} @ {r['budget']}: {r['success']:.2f} solved, {r['distinct_correct']:.2f} distinct")
+    return 0
+
+
+def _export(args) -> int:
+    from ..training.checkpoint import export_half
+
+    if len(args.puzzle) != 1 or not args.out:
+        raise ConfigError("usage: mot game24 export RUN --out DIR (a half-precision copy of RUN's best checkpoint)")
+    dest = export_half(args.puzzle[0], args.out, force=args.force)
+    size = (dest / "model.safetensors").stat().st_size
+    print(f"wrote {dest} ({size / 2**20:.1f} MiB of float16 weights; loads as float32)")
     return 0
 
 
@@ -124,24 +141,30 @@ def _command_line() -> str:
 def register(add) -> None:
     """Add ``game24``; ``add(name, fn)`` returns the new subparser."""
     g = add("game24", cmd_game24)
-    g.add_argument("action", choices=("data", "train", "solve", "eval"))
-    g.add_argument("puzzle", nargs="*", help="solve: the four numbers, e.g. \"4 5 6 10\"")
+    g.add_argument("action", choices=("data", "train", "solve", "eval", "export"))
+    g.add_argument("puzzle", nargs="*", help="solve: the four numbers, e.g. \"4 5 6 10\"; export: the run")
     g.add_argument("--out", default=None, help="data: the text file; train: the run; eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin) or diffusion")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
-    g.add_argument("--force", action="store_true", help="train: overwrite an existing run")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, hybrid, random or solver")
+    g.add_argument("--force", action="store_true", help="train, export: overwrite an existing run or copy")
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, hybrid, random or solver "
+                   "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
+    g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
+    g.add_argument("--width", type=int, default=5, help="beam: states kept per level (the widest pass)")
+    g.add_argument("--proposals", type=int, default=8, help="beam, mcts, hybrid: next lines asked per state")
     g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
     g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
-    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts)")
-    g.add_argument("--mot-model", default=None, help="a MoT run (thoughts)")
-    g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid)")
+    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
+    g.add_argument("--mot-model", default=None, help="a MoT run (thoughts; default: shipped)")
+    g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
+    g.add_argument("--thoughts-temperature", type=float, default=None,
+                   help="eval: the MoT model's temperature (default: --temperature)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--json", action="store_true", help="solve: one JSON line")
     g.add_argument("--device", default=None)

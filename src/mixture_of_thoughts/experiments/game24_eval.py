@@ -4,15 +4,34 @@ Per method and budget: the success rate over the puzzles (Wilson 95% interval), 
 distinct correct solutions found per puzzle, the positions spent and the wall time. The random-steps
 floor and the exact solver (the ceiling, no budget) are printed beside them, with Tree of Thoughts'
 GPT-4 figures on the same 100 puzzles as anchors.
+
+Every method is anytime (:mod:`..tasks.search`), so each runs once per puzzle at the largest budget
+and is read off at the smaller ones. A method may carry its knob after ``@``: ``sample@0.7`` samples
+at temperature 0.7, ``thoughts@2`` runs the thought model at creativity 2 (``beam@0.8``, ``mcts@0.8``
+and ``hybrid@0.8`` set their proposal temperature). Each method's per-puzzle record is saved in
+``OUT/methods/`` and reused when the same method, models, puzzles and settings come again, so an
+interrupted evaluation resumes and the report can be rebuilt without running a model.
+
+The goals the report answers (issue: search over thoughts on a verifiable task):
+
+1. the best method solves at least 74% of the puzzles at the middle budget (ToT + GPT-4, b = 5);
+2. at the smallest budget, search (beam or MCTS) beats best-of-N sampling with disjoint intervals;
+   thought branches find more distinct correct solutions than temperature sampling at the same
+   success rate (the temperature line interpolated at the thought setting's success; paired
+   bootstrap over puzzles);
+3. every method beats the random-steps floor at every budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import ConfigError
 from ..tasks import game24
@@ -21,120 +40,357 @@ from .report import finite_json
 
 MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "hybrid")
 METHODS = (*MODEL_METHODS, "random")
+SEARCH_METHODS = ("beam", "mcts")
+SAMPLING_METHODS = ("sample", "thoughts")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
+GOAL_SUCCESS = 0.74
+SHIPPED = Path(__file__).parent.parent / "assets" / "game24"
+# the models `mot game24 solve/eval` use when no run is given: trained here, shipped in the package
+SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusion_model": SHIPPED / "diffusion"}
+NEEDS = {"model": ("sample", "beam", "mcts", "hybrid"), "mot_model": ("thoughts",), "diffusion_model": ("hybrid",)}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and its optional knob: the temperature, or a thought model's creativity."""
+
+    name: str
+    knob: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.knob is None else f"{self.name}@{self.knob:g}"
+
+
+def parse_method(text: str) -> MethodSpec:
+    """``"sample"``, ``"sample@0.7"`` (temperature), ``"thoughts@2"`` (creativity), ... (one-line errors)."""
+    name, at, knob = text.strip().partition("@")
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}: choose from {', '.join(METHODS)} (a knob after @, e.g. "
+                          "sample@0.7 or thoughts@2)")
+    if not at:
+        return MethodSpec(name)
+    if name == "random":
+        raise ConfigError(f"{text!r}: the random floor has no knob; write random")
+    try:
+        v = float(knob)
+    except ValueError:
+        raise ConfigError(f"{text!r}: after @ comes a number (a temperature, or a creativity for thoughts)") from None
+    if not np.isfinite(v) or v < 0 or (v == 0 and name != "thoughts"):
+        what = "creativity >= 0" if name == "thoughts" else "temperature > 0"
+        raise ConfigError(f"{text!r}: the knob must be a {what}")
+    return MethodSpec(name, v)
 
 
 @dataclass
 class Game24EvalConfig:
-    model: str | None = None  # an AR run (sample, beam)
-    mot_model: str | None = None  # a MoT run (thoughts)
-    diffusion_model: str | None = None  # a diffusion run (hybrid)
+    model: str | None = None  # an AR run (sample, beam, mcts, hybrid); default: the shipped one
+    mot_model: str | None = None  # a MoT run (thoughts); default: the shipped one
+    diffusion_model: str | None = None  # a diffusion run (hybrid); default: the shipped one
     diffusion_steps: int = 16
     methods: tuple[str, ...] = ("sample", "beam", "random")
     budgets: tuple[int, ...] = (450, 1800, 7200)
-    limit: int | None = None  # the first N test puzzles
+    split: str = "test"  # "test" (rows 900-999) or "val" (rows 800-899: tune here)
+    limit: int | None = None  # the first N puzzles
     temperature: float = 1.0
     creativity: float = 1.0
+    thoughts_temperature: float | None = None  # the thought model's temperature (default: temperature)
     width: int = 5
     proposals: int = 8
     seed: int = 0
     out: str = "reports/game24"
     device: str | None = None
     command: str = ""
-    puzzles: list = field(default_factory=list)  # overrides the test set (tests)
+    puzzles: list = field(default_factory=list)  # overrides the split (tests)
 
     def __post_init__(self):
         self.methods = tuple(self.methods)
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r}: choose from {', '.join(METHODS)}")
+        self.specs = [parse_method(m) for m in self.methods]
+        labels = [s.label for s in self.specs]
+        if len(set(labels)) < len(labels):
+            raise ConfigError(f"a method is listed twice in {', '.join(self.methods)}")
         self.budgets = tuple(self.budgets)
+        if not self.budgets:
+            raise ConfigError("give at least one budget")
         for b in self.budgets:
             if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                 raise ConfigError(f"a budget is a whole number of token positions >= 1, got {b!r}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.split not in ("test", "val"):
+            raise ConfigError(f"--split must be test or val, got {self.split!r}")
+        for name in ("temperature", "thoughts_temperature"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+    def lm_settings(self, spec: MethodSpec) -> tuple[float, float]:
+        """``(temperature, creativity)`` of the line model ``spec`` uses."""
+        if spec.name == "thoughts":
+            t = self.temperature if self.thoughts_temperature is None else self.thoughts_temperature
+            return t, self.creativity if spec.knob is None else spec.knob
+        return (self.temperature if spec.knob is None else spec.knob), self.creativity
 
 
-def run_method(method: str, puzzle, budget: int, *, lm=None, mot_lm=None, infiller=None,
+class Models:
+    """The checkpoints the methods need, loaded once; line models made per (temperature, creativity)."""
+
+    def __init__(self, cfg: Game24EvalConfig):
+        from ..device import resolve_device
+        from ..training.checkpoint import load_checkpoint
+
+        how = {"model": "--model RUN (an autoregressive run trained with mot game24 train)",
+               "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
+               "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)"}
+        expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion"}
+        self.cfg, self.paths, self.ck, self._lines = cfg, {}, {}, {}
+        names = [s.name for s in cfg.specs]
+        for flag, methods in NEEDS.items():  # every missing model is named before anything is loaded
+            used = [m for m in dict.fromkeys(names) if m in methods]
+            if not used:
+                continue
+            shipped = SHIPPED_RUNS[flag] if (SHIPPED_RUNS[flag] / "config.json").is_file() else None
+            path = getattr(cfg, flag) or shipped
+            if path is None:
+                raise ConfigError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} {how[flag]}")
+            self.paths[flag] = str(path)
+        for flag, path in self.paths.items():
+            ck = load_checkpoint(path, device=resolve_device(cfg.device), expect=expect[flag])
+            if flag == "mot_model" and not ck.model.config.has_thoughts:
+                raise ConfigError(f"{path} has no thought layers: train it with mot game24 train --kind mot")
+            self.ck[flag] = ck
+
+    def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
+        key = (flag, temperature, creativity)
+        if key not in self._lines:
+            ck = self.ck[flag]
+            self._lines[key] = S.LineModel(ck.model, ck.tokenizer, temperature=temperature, creativity=creativity)
+        return self._lines[key]
+
+    def infiller(self, temperature: float) -> S.Infiller:
+        key = ("diffusion_model", temperature)
+        if key not in self._lines:
+            ck = self.ck["diffusion_model"]
+            self._lines[key] = S.Infiller(ck.model, ck.tokenizer, steps=self.cfg.diffusion_steps,
+                                          temperature=temperature)
+        return self._lines[key]
+
+    def fingerprint(self, spec: MethodSpec) -> dict[str, str]:
+        """The sha256 of each model file ``spec`` uses (a saved record is reused only for the same models)."""
+        out = {}
+        for flag, methods in NEEDS.items():
+            if spec.name in methods:
+                f = self.ck[flag].path / "model.safetensors"
+                out[flag] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        return out
+
+
+def load_line_models(cfg: Game24EvalConfig) -> Models:
+    """The models ``cfg``'s methods need (an error names the missing flag)."""
+    return Models(cfg)
+
+
+def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | None,
                cfg: Game24EvalConfig) -> S.SearchResult:
     """One method on one puzzle at one budget."""
+    if spec == "solver":
+        return S.exact(puzzle)
+    spec = parse_method(spec) if isinstance(spec, str) else spec
     task = S.Game24Task()
     b = S.Budget(budget)
-    if method == "random":
-        return S.random_steps(task, puzzle, b, seed=cfg.seed)
-    if method == "solver":
-        return S.exact(puzzle)
-    if method == "sample":
-        return S.sample_traces(lm, task, puzzle, b, seed=cfg.seed)
-    if method == "thoughts":
-        return S.sample_traces(mot_lm, task, puzzle, b, seed=cfg.seed, method="thoughts")
-    if method == "hybrid":
-        return S.hybrid(lm, infiller, task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
-    if method == "mcts":
-        return S.mcts(lm, task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
-    if method == "beam":
-        return S.beam_search(lm, task, puzzle, b, width=cfg.width, proposals=cfg.proposals, seed=cfg.seed)
-    raise ConfigError(f"unknown method {method!r}: choose from {', '.join((*METHODS, 'solver'))}")
+    T, c = cfg.lm_settings(spec)
+    if spec.name == "random":
+        r = S.random_steps(task, puzzle, b, seed=cfg.seed)
+    elif spec.name == "sample":
+        r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
+    elif spec.name == "thoughts":
+        r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
+    elif spec.name == "hybrid":
+        r = S.hybrid(models.line("model", T), models.infiller(T), task, puzzle, b, proposals=cfg.proposals,
+                     seed=cfg.seed)
+    elif spec.name == "mcts":
+        r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
+    else:
+        r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals,
+                          seed=cfg.seed)
+    r.method = spec.label
+    return r
 
 
-def load_line_models(cfg: Game24EvalConfig):
-    """``(lm, mot_lm, infiller)`` for the methods that need them (an error names the missing flag)."""
-    from ..device import resolve_device
-    from ..training.checkpoint import load_checkpoint
+def eval_puzzles(cfg: Game24EvalConfig) -> list[tuple[int, ...]]:
+    if cfg.puzzles:
+        ps = list(cfg.puzzles)
+    else:
+        _, val, test = game24.split(game24.load_puzzles())
+        ps = test if cfg.split == "test" else val
+    return ps[:cfg.limit] if cfg.limit else ps
 
-    def load_run(run, expect, device):
-        return load_checkpoint(run, device=resolve_device(device), expect=expect)
 
-    needs = {"model": ("sample", "beam", "mcts", "hybrid"), "mot_model": ("thoughts",), "diffusion_model": ("hybrid",)}
-    how = {"model": "--model RUN (an autoregressive run trained with mot game24 train)",
-           "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
-           "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)"}
-    for flag, methods in needs.items():  # every missing flag is named before anything is loaded
-        used = [m for m in cfg.methods if m in methods]
-        if used and not getattr(cfg, flag):
-            raise ConfigError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} {how[flag]}")
-    lm = mot_lm = infiller = None
-    if any(m in needs["model"] for m in cfg.methods):
-        ck = load_run(cfg.model, expect="ar", device=cfg.device)
-        lm = S.LineModel(ck.model, ck.tokenizer, temperature=cfg.temperature)
-    if "thoughts" in cfg.methods:
-        ck = load_run(cfg.mot_model, expect="ar", device=cfg.device)
-        if not ck.model.config.has_thoughts:
-            raise ConfigError(f"{cfg.mot_model} has no thought layers: train it with mot game24 train --kind mot")
-        mot_lm = S.LineModel(ck.model, ck.tokenizer, temperature=cfg.temperature, creativity=cfg.creativity)
-    if "hybrid" in cfg.methods:
-        ck = load_run(cfg.diffusion_model, expect="diffusion", device=cfg.device)
-        infiller = S.Infiller(ck.model, ck.tokenizer, steps=cfg.diffusion_steps, temperature=cfg.temperature)
-    return lm, mot_lm, infiller
+def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles) -> dict:
+    T, c = cfg.lm_settings(spec)
+    key = {"method": spec.label, "budget": max(cfg.budgets), "seed": cfg.seed,
+           "puzzles": [list(p) for p in puzzles], "models": models.fingerprint(spec)}
+    if spec.name != "random":
+        key["temperature"] = T
+    if spec.name == "thoughts":
+        key["creativity"] = c
+    if spec.name in ("beam",):
+        key |= {"width": cfg.width, "proposals": cfg.proposals}
+    if spec.name in ("mcts", "hybrid"):
+        key["proposals"] = cfg.proposals
+    if spec.name == "hybrid":
+        key["diffusion_steps"] = cfg.diffusion_steps
+    return key
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(finite_json(obj)), encoding="utf-8")
+    tmp.replace(path)
+
+
+def method_records(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles, out: Path,
+                   track=None) -> list[dict]:
+    """Per puzzle, what ``spec`` found at the largest budget (read back from ``out`` when saved)."""
+    key = _record_key(cfg, spec, models, puzzles)
+    path = out / "methods" / (spec.label.replace("@", "_at_") + ".json")
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                return saved["puzzles"]
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable: run again and overwrite it
+    recs = []
+    for p in (track(puzzles, spec.label) if track else puzzles):
+        r = run_method(spec, p, max(cfg.budgets), models=models, cfg=cfg)
+        recs.append({"puzzle": list(p), "found": r.found, "solutions": r.solutions, "attempts": r.attempts,
+                     "positions": r.positions, "seconds": r.seconds, "clock": r.clock})
+    _write_json(path, {"key": key, "puzzles": recs})
+    return recs
+
+
+def at_budget(rec: dict, budget: int) -> tuple[bool, int, float, float]:
+    """``(solved, distinct solutions, positions, seconds)`` of one puzzle's record at ``budget``."""
+    n = sum(at <= budget for at in rec["found"].values())
+    # the run at ``budget`` stops in the first charge that reaches it (or where the method stopped)
+    stop = next((t for s, t in rec["clock"] if s >= budget), rec["clock"][-1][1] if rec["clock"] else 0.0)
+    return n > 0, n, min(rec["positions"], budget), stop
+
+
+def budget_rows(label: str, recs: list[dict], budgets) -> list[dict]:
+    rows = []
+    for b in budgets:
+        per = [at_budget(r, b) for r in recs]
+        found = sum(s for s, _, _, _ in per)
+        n = len(per)
+        rows.append({"method": label, "budget": b, "success": found / n, "ci": list(S.wilson(found, n)),
+                     "distinct_correct": sum(d for _, d, _, _ in per) / n, "positions": sum(p for *_, p, _ in per) / n,
+                     "seconds": sum(t for *_, t in per) / n})
+    return rows
 
 
 def run_eval(cfg: Game24EvalConfig, track: Callable[[list, str], Iterable] | None = None) -> dict:
     t0 = time.time()
-    puzzles = cfg.puzzles or game24.split(game24.load_puzzles())[1]
-    puzzles = puzzles[:cfg.limit] if cfg.limit else puzzles
-    lm, mot_lm, infiller = load_line_models(cfg)
-    rows = []
-    jobs = [(m, b) for m in cfg.methods for b in cfg.budgets]
-    for m, b in (track(jobs, "methods x budgets") if track else jobs):
-        found, distinct, spent, secs = 0, 0, 0, 0.0
-        for p in puzzles:
-            r = run_method(m, p, b, lm=lm, mot_lm=mot_lm, infiller=infiller, cfg=cfg)
-            found += r.solved
-            distinct += len(r.solutions)
-            spent += r.positions
-            secs += r.seconds
-        n = len(puzzles)
-        rows.append({"method": m, "budget": b, "success": found / n, "ci": list(S.wilson(found, n)),
-                     "distinct_correct": distinct / n, "positions": spent / n, "seconds": secs / n})
+    puzzles = eval_puzzles(cfg)
+    models = load_line_models(cfg)
+    out = Path(cfg.out)
+    records = {s.label: method_records(cfg, s, models, puzzles, out, track) for s in cfg.specs}
+    budgets = sorted(cfg.budgets)
+    rows = [r for label, recs in records.items() for r in budget_rows(label, recs, budgets)]
     ceiling = [len(game24.solve(tuple(sorted(p)))) for p in puzzles]
-    res = {"config": {k: v for k, v in asdict(cfg).items() if k != "puzzles"}, "n_puzzles": len(puzzles),
-           "rows": rows, "solver": {"success": sum(c > 0 for c in ceiling) / len(puzzles),
-                                    "distinct_correct": sum(ceiling) / len(puzzles)},
-           "tot_gpt4": TOT_ANCHORS, "seconds": time.time() - t0}
-    write_report(res, Path(cfg.out))
+    res = {"config": {k: v for k, v in asdict(cfg).items() if k != "puzzles"}, "models": models.paths,
+           "n_puzzles": len(puzzles), "rows": rows,
+           "solver": {"success": sum(c > 0 for c in ceiling) / len(puzzles),
+                      "distinct_correct": sum(ceiling) / len(puzzles)},
+           "tot_gpt4": TOT_ANCHORS, "seconds": time.time() - t0,
+           "method_seconds": {k: sum(r["seconds"] for r in v) for k, v in records.items()}}
+    res["goals"] = goals(records, budgets, rows)
+    write_report(res, out)
     return res
+
+
+# ------------------------------------------------------------------------------------ the goals
+
+
+def _matched_distinct(points: list[tuple[float, float]], success: float) -> float | None:
+    """The line through ``(success, distinct)`` points read at ``success`` (None outside its range)."""
+    pts = sorted(points)
+    xs = [p[0] for p in pts]
+    if not pts or success < xs[0] or success > xs[-1]:
+        return None
+    return float(np.interp(success, xs, [p[1] for p in pts]))
+
+
+def goals(records: dict[str, list[dict]], budgets: list[int], rows: list[dict], *, resamples: int = 1000,
+          seed: int = 0) -> dict:
+    """The three goals, computed (see the module docstring)."""
+    by = {(r["method"], r["budget"]): r for r in rows}
+    labels = list(records)
+    kind = {lab: lab.split("@")[0] for lab in labels}
+    out: dict = {}
+    mid = budgets[len(budgets) // 2]
+    models = [lab for lab in labels if kind[lab] != "random"]
+    if models:
+        best = max(models, key=lambda lab: by[(lab, mid)]["success"])
+        r = by[(best, mid)]
+        out["middle_budget"] = {"budget": mid, "best": best, "success": r["success"], "ci": r["ci"],
+                                "goal": GOAL_SUCCESS, "met": r["success"] >= GOAL_SUCCESS}
+    small = budgets[0]
+    search = [lab for lab in labels if kind[lab] in SEARCH_METHODS]
+    sampling = [lab for lab in labels if kind[lab] in SAMPLING_METHODS]
+    if search and sampling:
+        s = max(search, key=lambda lab: by[(lab, small)]["success"])
+        n = max(sampling, key=lambda lab: by[(lab, small)]["success"])
+        rs, rn = by[(s, small)], by[(n, small)]
+        out["search_vs_sampling"] = {"budget": small, "search": s, "search_success": rs["success"],
+                                     "search_ci": rs["ci"], "sampling": n, "sampling_success": rn["success"],
+                                     "sampling_ci": rn["ci"], "met": rs["ci"][0] > rn["ci"][1]}
+    temps = [lab for lab in labels if kind[lab] == "sample"]
+    thoughts = [lab for lab in labels if kind[lab] == "thoughts"]
+    if temps and thoughts:
+        out["thoughts_vs_temperature"] = _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed)
+    floor = [lab for lab in labels if kind[lab] == "random"]
+    if floor and models:
+        f = floor[0]
+        losers = [(lab, b) for lab in models for b in budgets if by[(lab, b)]["success"] <= by[(f, b)]["success"]]
+        out["above_floor"] = {"met": not losers, "not_above": [f"{lab} @ {b}" for lab, b in losers],
+                              "floor": {b: by[(f, b)]["success"] for b in budgets}}
+    return out
+
+
+def _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed) -> list[dict]:
+    """Per thought setting and budget: its distinct correct solutions per puzzle minus the temperature
+    line's at the same success rate, with a 95% paired bootstrap interval over puzzles."""
+    n = len(next(iter(records.values())))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    res = []
+    for b in budgets:
+        solved = {lab: np.array([at_budget(r, b)[0] for r in records[lab]], float) for lab in temps + thoughts}
+        distinct = {lab: np.array([at_budget(r, b)[1] for r in records[lab]], float) for lab in temps + thoughts}
+        for th in thoughts:
+            line = [(solved[t].mean(), distinct[t].mean()) for t in temps]
+            ref = _matched_distinct(line, solved[th].mean())
+            entry = {"setting": th, "budget": b, "success": float(solved[th].mean()),
+                     "distinct": float(distinct[th].mean()), "temperature_line": ref}
+            if ref is not None:
+                boots = []
+                for i in idx:
+                    lb = [(solved[t][i].mean(), distinct[t][i].mean()) for t in temps]
+                    rb = _matched_distinct(lb, solved[th][i].mean())
+                    if rb is not None:
+                        boots.append(distinct[th][i].mean() - rb)
+                entry["delta"] = float(distinct[th].mean() - ref)
+                entry["ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if \
+                    len(boots) >= 0.9 * resamples else None
+            res.append(entry)
+    return res
+
+
+# ------------------------------------------------------------------------------------ the report
 
 
 def write_report(res: dict, out: Path) -> None:
@@ -143,30 +399,53 @@ def write_report(res: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(finite_json(res), indent=1), encoding="utf-8")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for m in dict.fromkeys(r["method"] for r in res["rows"]):
         rs = [r for r in res["rows"] if r["method"] == m]
         xs = [r["budget"] for r in rs]
         ys = [r["success"] for r in rs]
         err = [[r["success"] - r["ci"][0] for r in rs], [r["ci"][1] - r["success"] for r in rs]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, label=m)
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, label=m, ls=":" if m == "random" else "-")
     ax.axhline(res["solver"]["success"], color="k", ls=":", label="exact solver (ceiling)")
     ax.axhline(TOT_ANCHORS["ToT (b=5)"], color="gray", ls="--", label="ToT + GPT-4 (b=5), paper")
     ax.set_xscale("log")
     ax.set_xlabel("budget: model token positions per puzzle")
-    ax.set_ylabel(f"success rate on {res['n_puzzles']} test puzzles")
+    ax.set_ylabel(f"success rate on {res['n_puzzles']} puzzles")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out / "success.png", dpi=120)
     plt.close(fig)
+    kinds = {r["method"]: r["method"].split("@")[0] for r in res["rows"]}
+    if any(k == "thoughts" for k in kinds.values()):
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for m, k in kinds.items():
+            if k in SAMPLING_METHODS:
+                rs = [r for r in res["rows"] if r["method"] == m]
+                ax.plot([r["success"] for r in rs], [r["distinct_correct"] for r in rs],
+                        "o-" if k == "sample" else "s--", label=m)
+        ax.set_xlabel("success rate")
+        ax.set_ylabel("distinct correct solutions per puzzle")
+        ax.set_title("each point a budget; thought branches vs temperature")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out / "distinct.png", dpi=120)
+        plt.close(fig)
+    (out / "report.md").write_text(report_markdown(res), encoding="utf-8")
+
+
+def report_markdown(res: dict) -> str:
     c = res["config"]
     L = ["# Game of 24: search over thoughts at equal budgets", ""]
     if c.get("command"):
         L += ["Command:", "", f"    {c['command']}", ""]
-    L += [f"{res['n_puzzles']} test puzzles (rows 900-999 of Tree of Thoughts' 24.csv); budget = model token "
-          "positions per puzzle (prompts included); success = at least one verified solution; 95% Wilson intervals.",
-          "", "![success by budget](success.png)", "",
+    split = "rows 900-999, the test set" if c.get("split", "test") == "test" else "rows 800-899, the validation set"
+    L += [f"{res['n_puzzles']} puzzles ({split} of Tree of Thoughts' 24.csv); budget = model token "
+          "positions per puzzle (prompts included); success = at least one verified solution; 95% Wilson "
+          "intervals. Models: " + ", ".join(f"{k} `{v}`" for k, v in res.get("models", {}).items()) + ".",
+          "", "![success by budget](success.png)", ""]
+    L += _goals_markdown(res.get("goals", {}))
+    L += ["## All results", "",
           "| method | budget | success | distinct correct / puzzle | positions / puzzle | s / puzzle |",
           "|---|---|---|---|---|---|"]
     for r in res["rows"]:
@@ -174,5 +453,39 @@ def write_report(res: dict, out: Path) -> None:
                  f"{r['distinct_correct']:.2f} | {r['positions']:.0f} | {r['seconds']:.2f} |")
     L += [f"| exact solver (ceiling) | - | {res['solver']['success']:.2f} | {res['solver']['distinct_correct']:.2f} "
           "| 0 | - |", "", "Tree of Thoughts with GPT-4 on the same puzzles (paper): " +
-          ", ".join(f"{k} {v:.1%}" for k, v in TOT_ANCHORS.items()) + ".", ""]
-    (out / "report.md").write_text("\n".join(L) + "\n", encoding="utf-8")
+          ", ".join(f"{k} {v:.1%}" for k, v in TOT_ANCHORS.items()) + ".", "",
+          f"Wall time: {res['seconds']:.0f} s for this report; per method (all puzzles, largest budget): " +
+          ", ".join(f"{k} {v:.0f} s" for k, v in res.get("method_seconds", {}).items()) + ".", ""]
+    return "\n".join(L) + "\n"
+
+
+def _goals_markdown(g: dict) -> list[str]:
+    if not g:
+        return []
+    L = ["## The goals", ""]
+    if "middle_budget" in g:
+        m = g["middle_budget"]
+        L.append(f"- **{m['goal']:.0%} at the middle budget ({m['budget']}): {'met' if m['met'] else 'not met'}.** "
+                 f"Best: {m['best']} {m['success']:.2f} [{m['ci'][0]:.2f}, {m['ci'][1]:.2f}].")
+    if "search_vs_sampling" in g:
+        s = g["search_vs_sampling"]
+        L.append(f"- **Search beats best-of-N at the smallest budget ({s['budget']}), intervals disjoint: "
+                 f"{'met' if s['met'] else 'not met'}.** Best search {s['search']} {s['search_success']:.2f} "
+                 f"[{s['search_ci'][0]:.2f}, {s['search_ci'][1]:.2f}]; best sampling {s['sampling']} "
+                 f"{s['sampling_success']:.2f} [{s['sampling_ci'][0]:.2f}, {s['sampling_ci'][1]:.2f}].")
+    if "thoughts_vs_temperature" in g:
+        L.append("- **Thought branches vs temperature, distinct correct solutions per puzzle at the same success "
+                 "rate** (the temperature line read at the thought setting's success; 95% paired bootstrap):")
+        for e in g["thoughts_vs_temperature"]:
+            if e["temperature_line"] is None:
+                L.append(f"  - {e['setting']} @ {e['budget']}: success {e['success']:.2f} is outside the temperature "
+                         "line's range: no matched comparison.")
+            else:
+                ci = f" [{e['ci'][0]:+.2f}, {e['ci'][1]:+.2f}]" if e.get("ci") else ""
+                L.append(f"  - {e['setting']} @ {e['budget']}: {e['distinct']:.2f} vs {e['temperature_line']:.2f} "
+                         f"at success {e['success']:.2f}: {e['delta']:+.2f}{ci}")
+    if "above_floor" in g:
+        a = g["above_floor"]
+        L.append(f"- **Every method above the random-steps floor at every budget: {'met' if a['met'] else 'not met'}"
+                 f".**" + ("" if a["met"] else " Not above: " + ", ".join(a["not_above"]) + "."))
+    return L + [""]

@@ -39,6 +39,7 @@ TARGET = 24
 N_NUMBERS = 4
 LOW, HIGH = 1, 13
 TEST_ROWS = range(900, 1000)
+VAL_ROWS = range(800, 900)  # held out too: search settings are tuned here, never on the test rows
 PUZZLES_FILE = "24.csv"
 OPS = ("+", "-", "*", "/")
 ANSWER = "answer: "
@@ -415,12 +416,16 @@ def load_puzzles(path: str | Path | None = None) -> list[tuple[int, ...]]:
     return [parse_puzzle(r["Puzzles"]) for r in rows]
 
 
-def split(puzzles: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """``(train, test)``: the test set is rows 900-999; training takes every other row."""
+def split(puzzles: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]],
+                                                  list[tuple[int, ...]]]:
+    """``(train, val, test)``: the test set is rows 900-999 (Tree of Thoughts'), the validation set rows
+    800-899 (similar difficulty: the file is sorted by human solving time); training takes every
+    other row, less any puzzle equal to a held-out one."""
     test = [puzzles[i] for i in TEST_ROWS if i < len(puzzles)]
-    train = [p for i, p in enumerate(puzzles) if i not in TEST_ROWS]
-    held = set(test)
-    return [p for p in train if p not in held], test
+    val = [puzzles[i] for i in VAL_ROWS if i < len(puzzles)]
+    held = set(test) | set(val)
+    train = [p for i, p in enumerate(puzzles) if i not in TEST_ROWS and i not in VAL_ROWS and p not in held]
+    return train, val, test
 
 
 def training_text(puzzles: list[tuple[int, ...]], *, per_solution: int = 2, seed: int = 0) -> str:

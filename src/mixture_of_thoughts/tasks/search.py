@@ -6,6 +6,11 @@ continue; Game of 24 is :class:`Game24Task`. A method spends a *budget* of model
 included (the implementation recomputes prompts, and the count says so). What a method finds is a
 set of distinct verified solutions (:class:`SearchResult`).
 
+Every method is *anytime*: what it does never depends on the budget's size, only on when the budget
+runs out. Each solution is recorded with the positions spent when it was found, so one run at the
+largest budget gives the result at every smaller one (:meth:`SearchResult.upto`; a test checks this
+equals running at the smaller budget).
+
 Methods:
 
 * :func:`sample_traces`: whole traces sampled at a temperature (and, with a thought model, a
@@ -18,6 +23,9 @@ Methods:
   trace (:class:`Infiller`), the verifier scores;
 * :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
   (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
+
+:class:`TaskEvaluator` puts the same interface under the diffusion multi-branch search
+(:func:`..generation.search.branch_search`): the task's verifier scores the branches.
 """
 
 from __future__ import annotations
@@ -84,6 +92,8 @@ class Budget:
 
     limit: int
     spent: int = 0
+    marks: list[int] = field(default_factory=list)  # positions spent after each row the last take charged
+    clock: list[tuple[int, float]] = field(default_factory=list)  # (spent, time) after each take
 
     def __post_init__(self):
         if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
@@ -95,12 +105,14 @@ class Budget:
 
     def take(self, costs: Sequence[int]) -> int:
         """Charge rows in order while they fit; returns how many did (the rest are not used)."""
-        n = 0
+        n, self.marks = 0, []
         for c in costs:
             if self.spent + c > self.limit:
                 break
             self.spent += c
+            self.marks.append(self.spent)
             n += 1
+        self.clock.append((self.spent, time.time()))
         return n
 
 
@@ -113,10 +125,32 @@ class SearchResult:
     positions: int = 0
     attempts: int = 0  # complete traces or leaves examined
     seconds: float = 0.0
+    found: dict[str, int] = field(default_factory=dict)  # canonical key -> positions spent when found
+    started: float = field(default_factory=time.time)
+    clock: list[tuple[int, float]] = field(default_factory=list)  # (positions, seconds) as it went
 
     @property
     def solved(self) -> bool:
         return bool(self.solutions)
+
+    def add(self, key: str | None, text: str, at: int) -> bool:
+        """Record a verified solution found after ``at`` positions; True if it is new."""
+        if key is None or key in self.solutions:
+            return False
+        self.solutions[key], self.found[key] = text, at
+        return True
+
+    def finish(self, budget: Budget) -> SearchResult:
+        self.positions, self.seconds = budget.spent, time.time() - self.started
+        self.clock = [(s, t - self.started) for s, t in budget.clock]
+        return self
+
+    def upto(self, limit: int) -> SearchResult:
+        """What the method had found when it had spent ``limit`` positions (the result at that budget)."""
+        keys = [k for k, at in self.found.items() if at <= limit]
+        done = [(s, t) for s, t in self.clock if s <= limit]
+        return SearchResult(self.method, {k: self.solutions[k] for k in keys}, min(self.positions, limit),
+                            self.attempts, done[-1][1] if done else 0.0, {k: self.found[k] for k in keys})
 
 
 # ------------------------------------------------------------------------------------ the model side
@@ -134,6 +168,7 @@ class LineModel:
         self.temperature, self.creativity = float(temperature), creativity
         self.dev = next(model.parameters()).device
         self.pad = tokenizer.encode("\n")[0]
+        self.block_size = model.config.block_size
 
     @property
     def shares_prompts(self) -> bool:
@@ -203,54 +238,65 @@ def _shared_prompt_step(model):
 # ------------------------------------------------------------------------------------ methods
 
 
-TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this
+TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this (or in the model's block)
 
 
 def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: int = 16, seed: int = 0,
                   method: str = "sample") -> SearchResult:
     """Whole traces, ``batch`` rows at a time, until the budget is spent; best-of-N by the verifier."""
-    t0, res = time.time(), SearchResult(method)
+    res = SearchResult(method)
     start = task.start(puzzle)
     prompt = BLOCK_SEP + start.prompt()
-    k = 0
-    while budget.left > len(prompt):
-        rows = lm.continue_([prompt] * batch, [seed + k + i for i in range(batch)], TRACE_CHARS, "\n\n")
+    k, room = 0, min(TRACE_CHARS, lm.block_size - len(prompt))
+    while budget.left > 0:
+        rows = lm.continue_([prompt] * batch, [seed + k + i for i in range(batch)], room, "\n\n")
         k += batch
         used = budget.take([r[2] for r in rows])
-        for text, _, _ in rows[:used]:
-            key = task.check_text(start.puzzle, start.prompt() + text)
-            if key is not None:
-                res.solutions.setdefault(key, text)
+        for (text, _, _), at in zip(rows[:used], budget.marks, strict=True):
+            res.add(task.check_text(start.puzzle, start.prompt() + text), text, at)
         res.attempts += used
         if used < len(rows):
             break
-    res.positions, res.seconds = budget.spent, time.time() - t0
-    return res
+    return res.finish(budget)
 
 
 LINE_CHARS = 40  # one step line
+
+
+def beam_schedule(width: int, proposals: int):
+    """``(width, proposals)`` of each beam pass: 1 state x 4 proposals first, doubling up to the cap."""
+    i = 0
+    while True:
+        yield min(width, 2 ** i), min(proposals, 4 * 2 ** i)
+        i += 1
 
 
 def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 5, proposals: int = 8,
                 seed: int = 0) -> SearchResult:
     """Breadth-first search over steps (Tree of Thoughts' BFS), restarted with new seeds while the
     budget lasts: each kept state gets ``proposals`` sampled next lines, the valid distinct children
-    are ranked by the model's log-likelihood of their lines so far, the best ``width`` are kept."""
-    t0, res = time.time(), SearchResult("beam")
+    are ranked by the model's log-likelihood of their lines so far, the best ``width`` are kept.
+
+    The passes widen (:func:`beam_schedule`: 1 x 4, 2 x 8, 4 x 8, then ``width`` x ``proposals``), so
+    a small budget buys a narrow finished pass rather than an unfinished wide one, and the method
+    stays anytime (what it does never depends on the budget's size).
+    """
+    res = SearchResult("beam")
     root = task.start(puzzle)
-    k, spent = 0, False
-    while not spent:
+    k = 0
+    for w, n in beam_schedule(width, proposals):
         frontier: list[tuple[float, game24.State]] = [(0.0, root)]
         while frontier and not frontier[0][1].done:
             prompts, owners = [], []
             for i, (_, s) in enumerate(frontier):
-                prompts += [BLOCK_SEP + s.text()] * proposals
-                owners += [i] * proposals
+                prompts += [BLOCK_SEP + s.text()] * n
+                owners += [i] * n
             rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
             k += len(prompts)
-            used = budget.take([r[2] for r in rows])
+            if budget.take([r[2] for r in rows]) < len(rows):  # the budget is spent within this level
+                return res.finish(budget)
             children: dict[tuple, tuple[float, game24.State]] = {}
-            for (text, ll, _), i in zip(rows[:used], owners[:used], strict=True):
+            for (text, ll, _), i in zip(rows, owners, strict=True):
                 score, s = frontier[i]
                 move = task.parse_line(s, text.strip("\n"))
                 if move is None:
@@ -259,17 +305,11 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                 key = (child.numbers, tuple(sorted(map(str, child.exprs))))
                 if key not in children or children[key][0] < score + ll:
                     children[key] = (score + ll, child)
-            if used < len(rows):  # the budget is spent: this level is not finished
-                frontier, spent = [], True
-                break
-            frontier = sorted(children.values(), key=lambda x: -x[0])[:width]
+            frontier = sorted(children.values(), key=lambda x: -x[0])[:w]
         for _, s in frontier:
             res.attempts += 1
-            key = task.solution(s)
-            if key is not None:
-                res.solutions.setdefault(key, s.text())
-    res.positions, res.seconds = budget.spent, time.time() - t0
-    return res
+            res.add(task.solution(s), s.text(), budget.spent)
+    raise AssertionError("unreachable: the schedule never ends")
 
 
 FREE_SIMULATIONS = 200  # simulations in a row that expand nothing: the tree is exhausted, stop
@@ -302,18 +342,23 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
     Expanding a state asks the model for ``proposals`` next lines; the distinct valid moves among them
     are its children, with the share of proposals that named each as the prior (the model's step
     probabilities, estimated by sampling). Often-visited states ask again (progressive widening), so
-    moves the first batch missed can still appear. A simulation descends by PUCT, expanding on its
-    way, to a finished state; the verifier's reward is 1 for a solution not found before, else 0, so
+    moves the first batch missed can still appear. A simulation descends by PUCT, expands at most one
+    state on its way, and from the state it reaches the model writes the rest of the trace in one
+    rollout (the classic simulation step; without it a small budget is spent on expansions before any
+    trace is finished); the verifier's reward is 1 for a solution not found before, else 0, so
     visits drift from solutions already found to unexplored branches. The search stops when the
     budget is spent (or after many simulations in a row that cost nothing: an exhausted tree).
     """
-    t0, res = time.time(), SearchResult("mcts")
+    res = SearchResult("mcts")
     root = _Node(task.start(puzzle))
     k, free = 0, 0
     while budget.left > 0 and free < FREE_SIMULATIONS:
-        path, node, spent, before = [root], root, False, budget.spent
+        path, node, spent, before, expanded = [root], root, False, budget.spent, False
         while not node.state.done:
             if node.wants_proposals():
+                if expanded:
+                    break  # one expansion a simulation: a rollout from here
+                expanded = True
                 rows = lm.continue_([BLOCK_SEP + node.state.text()] * proposals,
                                     [seed + k + j for j in range(proposals)], LINE_CHARS, "\n")
                 k += proposals
@@ -336,19 +381,24 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
             path.append(node)
         if spent:
             break
-        reward = 0.0
         if node.state.done:
             res.attempts += 1
-            key = task.solution(node.state)
-            if key is not None and key not in res.solutions:
-                res.solutions[key] = node.state.text()
-                reward = 1.0
+            reward = float(res.add(task.solution(node.state), node.state.text(), budget.spent))
+        else:  # the rollout: the model writes the rest of the trace, the verifier scores it
+            prompt = BLOCK_SEP + node.state.text()
+            text, _, cost = lm.continue_([prompt], [seed + k], min(TRACE_CHARS, lm.block_size - len(prompt)),
+                                         "\n\n")[0]
+            k += 1
+            if budget.take([cost]) < 1:
+                break
+            res.attempts += 1
+            trace = node.state.text() + text
+            reward = float(res.add(task.check_text(root.state.puzzle, trace), trace.split("\n\n")[0], budget.spent))
         for n in path:
             n.visits += 1
             n.value += reward
         free = free + 1 if budget.spent == before else 0
-    res.positions, res.seconds = budget.spent, time.time() - t0
-    return res
+    return res.finish(budget)
 
 
 class Infiller:
@@ -380,16 +430,20 @@ class Infiller:
         return [(t, out.steps * length) for t in texts]
 
 
+REST_CHARS = 96  # what diffusion writes after the first step: two step lines and the answer line
+
+
 def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget, *, proposals: int = 8,
-           batch: int = 8, length: int = 128, seed: int = 0) -> SearchResult:
+           batch: int = 8, rest: int = REST_CHARS, seed: int = 0) -> SearchResult:
     """The search + diffusion hybrid: the search picks first steps, diffusion writes the rest.
 
     The autoregressive model proposes ``proposals`` first lines (the search's first level); the
     distinct valid ones are the directions, tried in proportion to how often the model proposed each.
-    For each direction the diffusion model infills the rest of the trace; the verifier scores it.
+    For each direction the diffusion model infills the rest of the trace (``rest`` positions after
+    the longest prompt: the two remaining steps and the answer fit); the verifier scores it.
     Proposals are asked again (new seeds) when none was valid.
     """
-    t0, res = time.time(), SearchResult("hybrid")
+    res = SearchResult("hybrid")
     root = task.start(puzzle)
     k, firsts = 0, []
     while not firsts:
@@ -397,25 +451,51 @@ def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget
                             LINE_CHARS, "\n")
         k += proposals
         if budget.take([r[2] for r in rows]) < len(rows):
-            res.positions, res.seconds = budget.spent, time.time() - t0
-            return res
+            return res.finish(budget)
         firsts = [task.apply(root, m) for m in (task.parse_line(root, t.strip("\n")) for t, _, _ in rows) if m]
     i = 0
     while True:
         states = [firsts[(i + j) % len(firsts)] for j in range(batch)]  # proportional to the proposals
-        done = infiller.complete([BLOCK_SEP + s.text() for s in states], [seed + 7919 * (i + j) + 1 for j in
-                                                                        range(batch)], length)
+        prompts = [BLOCK_SEP + s.text() for s in states]
+        length = min(infiller.model.config.block_size, max(map(len, prompts)) + rest)
+        done = infiller.complete(prompts, [seed + 7919 * (i + j) + 1 for j in range(batch)], length)
         i += batch
         used = budget.take([c for _, c in done])
-        for s, (text, _) in zip(states[:used], done[:used], strict=True):
+        for s, (text, _), at in zip(states[:used], done[:used], budget.marks, strict=True):
             res.attempts += 1
-            key = task.check_text(root.puzzle, s.text() + text)
-            if key is not None:
-                res.solutions.setdefault(key, s.text() + text.split("\n\n")[0])
+            res.add(task.check_text(root.puzzle, s.text() + text), s.text() + text.split("\n\n")[0], at)
         if used < len(done):
             break
-    res.positions, res.seconds = budget.spent, time.time() - t0
-    return res
+    return res.finish(budget)
+
+
+class TaskEvaluator:
+    """A task's verifier as an evaluator of :func:`..generation.search.branch_search` (``score(texts,
+    prompt) -> (N,)``, higher is better), so multi-branch denoising searches any :class:`Task`:
+
+    1 for a trace that states a verified solution; otherwise partial credit for its leading valid step
+    lines, ``0.5 * (1 - 2**-valid)`` (below any solution, more for a longer valid start), 0 for none.
+    The prompt is the task's text of the start state (leading newlines are ignored).
+    """
+
+    def __init__(self, task: Task, puzzle):
+        self.task, self.puzzle = task, puzzle
+
+    def score(self, texts: list[str], prompt: str) -> torch.Tensor:
+        out = []
+        for t in texts:
+            trace = (prompt + t).lstrip("\n").split("\n\n")[0]
+            if self.task.check_text(self.puzzle, trace) is not None:
+                out.append(1.0)
+                continue
+            s, valid = self.task.start(self.puzzle), 0
+            for line in trace.splitlines()[1:]:
+                move = None if s.done else self.task.parse_line(s, line)
+                if move is None:
+                    break
+                s, valid = self.task.apply(s, move), valid + 1
+            out.append(0.5 * (1 - 2.0 ** -valid))
+        return torch.tensor(out)
 
 
 def trace_cost(puzzle) -> int:
@@ -431,19 +511,16 @@ def random_steps(task: Task, puzzle, budget: Budget, *, seed: int = 0) -> Search
     """Uniform random valid moves to the end, as many attempts as the budget buys whole traces."""
     import random
 
-    t0, res = time.time(), SearchResult("random")
+    res = SearchResult("random")
     rng = random.Random(seed)
     per = trace_cost(puzzle)
     res.attempts = budget.take([per] * (budget.limit // per))
-    for _ in range(res.attempts):
+    for at in budget.marks:
         s = task.start(puzzle)
         while not s.done:
             s = task.apply(s, rng.choice(task.moves(s)))
-        key = task.solution(s)
-        if key is not None:
-            res.solutions.setdefault(key, s.text())
-    res.positions, res.seconds = budget.spent, time.time() - t0
-    return res
+        res.add(task.solution(s), s.text(), at)
+    return res.finish(budget)
 
 
 def exact(puzzle) -> SearchResult:

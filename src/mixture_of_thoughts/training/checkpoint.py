@@ -165,6 +165,22 @@ def load_checkpoint(path: str | Path, *, which: str = "best", device: str | torc
     return Checkpoint(model, tokenizer, objective, ckpt, {k: v for k, v in cfg.items() if k != "model"})
 
 
+def export_half(run: str | Path, dest: str | Path, *, which: str = "best", force: bool = False) -> Path:
+    """A half-precision copy of a run's checkpoint at ``dest`` (half the size, what the package ships).
+
+    Weights are stored as float16 and load as float32 (:func:`load_checkpoint` builds the model in
+    float32 and copies into it); there is no trainer state, so the copy is for use, not for resuming.
+    """
+    dest = Path(dest)
+    if dest.exists() and not force:
+        raise CheckpointError(f"{dest} exists; pass --force to replace it")
+    ck = load_checkpoint(run, which=which)
+    ck.model.half()
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "objective")}
+    return save_checkpoint(dest, ck.model, ck.tokenizer, objective=ck.objective,
+                           meta={**meta, "exported_from": str(ck.path), "weights": "float16"})
+
+
 def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     f = ckpt / "trainer_state.pt"
     if not f.is_file():
