@@ -189,12 +189,17 @@ def run_diffuse(m: ServedModel, req: DiffuseRequest, job: Job, embedder=None) ->
     with watching(m, job):
         res = branch_search(m.model, m.tokenizer, req.prompt, length=req.length,
                             branches=req.branches, keep=req.keep, seed=req.seed, trajectory=True, **_sampler_kw(req))
-    for step, rows in _frames(m, res.trajectory):
-        job.check()
-        job.emit("frame", {"step": step, "steps": len(res.trajectory) - 1, "rows": rows})
+    _emit_frames(m, job, res.trajectory)
     d = res.to_dict()
     d["diversity"] = diversity([b["text"] for b in d["branches"]], embedder)
     job.emit("result", d)
+
+
+def _emit_frames(m: ServedModel, job: Job, trajectory) -> None:
+    """The denoising, one ``frame`` event a step (stopping if the client has gone)."""
+    for step, rows in _frames(m, trajectory):
+        job.check()
+        job.emit("frame", {"step": step, "steps": len(trajectory) - 1, "rows": rows})
 
 
 def run_renoise(m: ServedModel, req: RenoiseRequest, job: Job, embedder=None) -> None:
@@ -208,9 +213,7 @@ def run_renoise(m: ServedModel, req: RenoiseRequest, job: Job, embedder=None) ->
         res = renoise(m.model, m.tokenizer, req.text, noise=req.noise, variants=req.variants, seed=req.seed,
                       trajectory=True, **_sampler_kw(req))
     if res.trajectory:  # noise 0 returns the text without denoising anything
-        for step, rows in _frames(m, res.trajectory):
-            job.check()
-            job.emit("frame", {"step": step, "steps": len(res.trajectory) - 1, "rows": rows})
+        _emit_frames(m, job, res.trajectory)
     d = res.to_dict()
     d["diversity"] = diversity([v["text"] for v in d["variants"]], embedder)
     job.emit("result", d)
