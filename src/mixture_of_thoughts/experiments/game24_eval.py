@@ -144,7 +144,7 @@ class Models:
                "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
                "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)"}
         expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion"}
-        self.cfg, self.paths, self.ck, self._lines = cfg, {}, {}, {}
+        self.cfg, self.paths, self.shown, self.ck, self._lines = cfg, {}, {}, {}, {}
         names = [s.name for s in cfg.specs]
         for flag, methods in NEEDS.items():  # every missing model is named before anything is loaded
             used = [m for m in dict.fromkeys(names) if m in methods]
@@ -155,6 +155,7 @@ class Models:
             if path is None:
                 raise ConfigError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} {how[flag]}")
             self.paths[flag] = str(path)
+            self.shown[flag] = str(path) if getattr(cfg, flag) else f"{path.relative_to(SHIPPED.parent.parent)} (shipped)"
         for flag, path in self.paths.items():
             ck = load_checkpoint(path, device=resolve_device(cfg.device), expect=expect[flag])
             if flag == "mot_model" and not ck.model.config.has_thoughts:
@@ -301,7 +302,7 @@ def run_eval(cfg: Game24EvalConfig, track: Callable[[list, str], Iterable] | Non
     budgets = sorted(cfg.budgets)
     rows = [r for label, recs in records.items() for r in budget_rows(label, recs, budgets)]
     ceiling = [len(game24.solve(tuple(sorted(p)))) for p in puzzles]
-    res = {"config": {k: v for k, v in asdict(cfg).items() if k != "puzzles"}, "models": models.paths,
+    res = {"config": {k: v for k, v in asdict(cfg).items() if k != "puzzles"}, "models": models.shown,
            "n_puzzles": len(puzzles), "rows": rows,
            "solver": {"success": sum(c > 0 for c in ceiling) / len(puzzles),
                       "distinct_correct": sum(ceiling) / len(puzzles)},

@@ -1,0 +1,50 @@
+"""The Game of 24 models that ship inside the package, and the committed report they produced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mixture_of_thoughts.experiments import game24_eval as E
+from mixture_of_thoughts.tasks import game24 as g
+from mixture_of_thoughts.training.checkpoint import load_checkpoint
+
+REPORT = Path(__file__).parent.parent / "docs" / "report-game24"
+
+
+@pytest.mark.parametrize("kind, objective, thoughts", [("ar", "ar", False), ("mot", "ar", True),
+                                                        ("diffusion", "diffusion", False)])
+def test_shipped_models_load_and_are_small(kind, objective, thoughts):
+    path = E.SHIPPED / kind
+    ck = load_checkpoint(path)
+    assert ck.objective == objective and ck.model.config.has_thoughts == thoughts
+    assert sum(p.numel() for p in ck.model.parameters()) <= 10_000_000  # the issue's limit
+    assert (path / "model.safetensors").stat().st_size < 12 * 2 ** 20
+    recorded = json.loads((path / "RECORDED.json").read_text())
+    assert recorded["val_loss"] == pytest.approx(ck.meta["val_loss"]) and recorded["trained_with"].startswith("mot ")
+
+
+def test_solve_works_with_the_shipped_model(capsys):
+    from mixture_of_thoughts.cli import main
+
+    assert main(["game24", "solve", "4 5 6 10", "--method", "beam", "--budget", "1800"]) == 0
+    out = capsys.readouterr().out
+    answers = [line.strip() for line in out.splitlines()[1:]]
+    assert answers and all(g.verify((4, 5, 6, 10), a.removesuffix(" = 24")) for a in answers)
+
+
+@pytest.mark.parametrize("method", ["sample", "beam"])
+def test_the_committed_report_is_what_the_shipped_models_do(method):
+    """The first test puzzles, rerun: the same solutions found after the same positions as recorded."""
+    saved = json.loads((REPORT / "methods" / f"{method}.json").read_text())
+    key = saved["key"]
+    cfg = E.Game24EvalConfig(methods=(method,), budgets=(key["budget"],), seed=key["seed"],
+                             temperature=key["temperature"], **({"width": key["width"], "proposals": key["proposals"]}
+                                                                if method == "beam" else {}))
+    models = E.load_line_models(cfg)
+    assert E.Models.fingerprint(models, cfg.specs[0]) == key["models"]
+    for rec in saved["puzzles"][:2]:
+        r = E.run_method(cfg.specs[0], tuple(rec["puzzle"]), key["budget"], models=models, cfg=cfg)
+        assert r.found == rec["found"] and r.positions == rec["positions"]
