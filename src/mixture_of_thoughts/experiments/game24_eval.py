@@ -155,7 +155,8 @@ class Models:
             if path is None:
                 raise ConfigError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} {how[flag]}")
             self.paths[flag] = str(path)
-            self.shown[flag] = str(path) if getattr(cfg, flag) else f"{path.relative_to(SHIPPED.parent.parent)} (shipped)"
+            mine = getattr(cfg, flag)
+            self.shown[flag] = str(path) if mine else f"{path.relative_to(SHIPPED.parent.parent)} (shipped)"
         for flag, path in self.paths.items():
             ck = load_checkpoint(path, device=resolve_device(cfg.device), expect=expect[flag])
             if flag == "mot_model" and not ck.model.config.has_thoughts:
