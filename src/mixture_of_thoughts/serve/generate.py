@@ -21,6 +21,7 @@ JSON, with the set's diversity), or ``error``; the worker ends every stream with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
@@ -172,11 +173,6 @@ def _frames(m: ServedModel, trajectory: list[torch.Tensor]) -> list[tuple[int, l
     return [(i, ["".join(chars[t] for t in row) for row in trajectory[i].tolist()]) for i in picks]
 
 
-def _sampler_kw(req) -> dict:
-    return {"sampler": req.sampler, "steps": req.steps, "threshold": req.threshold, "temperature": req.temperature,
-            "creativity": req.creativity}
-
-
 def run_diffuse(m: ServedModel, req: DiffuseRequest, job: Job, embedder=None) -> None:
     """``mot diffuse`` for the page: ``start``, the first round's denoising as ``frame`` events, ``result``
     (branches ranked by the ELBO evaluator, as the command prints them)."""
@@ -185,10 +181,10 @@ def run_diffuse(m: ServedModel, req: DiffuseRequest, job: Job, embedder=None) ->
     ids = prepare_prompt(m.tokenizer, req.prompt, None)
     seeds = [req.seed + i for i in range(req.branches)]
     job.emit("start", {"mode": "diffuse", "model": m.name, "prompt": m.tokenizer.decode(ids), "seeds": seeds,
-                       "creativity": req.creativity, "layers": m.thought_layers, "n_branches": m.n_branches})
+                       "creativity": req.denoising.creativity, "layers": m.thought_layers, "n_branches": m.n_branches})
     with watching(m, job):
-        res = branch_search(m.model, m.tokenizer, req.prompt, length=req.length,
-                            branches=req.branches, keep=req.keep, seed=req.seed, trajectory=True, **_sampler_kw(req))
+        res = branch_search(m.model, m.tokenizer, req.prompt, length=req.length, branches=req.branches,
+                            keep=req.keep, seed=req.seed, trajectory=True, **dataclasses.asdict(req.denoising))
     _emit_frames(m, job, res.trajectory)
     d = res.to_dict()
     d["diversity"] = diversity([b["text"] for b in d["branches"]], embedder)
@@ -208,10 +204,10 @@ def run_renoise(m: ServedModel, req: RenoiseRequest, job: Job, embedder=None) ->
 
     seeds = [req.seed + i for i in range(req.variants)]
     job.emit("start", {"mode": "renoise", "model": m.name, "prompt": req.text, "seeds": seeds,
-                       "creativity": req.creativity, "layers": m.thought_layers, "n_branches": m.n_branches})
+                       "creativity": req.denoising.creativity, "layers": m.thought_layers, "n_branches": m.n_branches})
     with watching(m, job):
         res = renoise(m.model, m.tokenizer, req.text, noise=req.noise, variants=req.variants, seed=req.seed,
-                      trajectory=True, **_sampler_kw(req))
+                      trajectory=True, **dataclasses.asdict(req.denoising))
     if res.trajectory:  # noise 0 returns the text without denoising anything
         _emit_frames(m, job, res.trajectory)
     d = res.to_dict()

@@ -49,18 +49,25 @@ class ThinkRequest:
 
 
 @dataclass(frozen=True)
+class Denoising:
+    """How a diffusion request denoises: the keyword arguments of the diffusion samplers."""
+
+    sampler: str
+    steps: int | None
+    threshold: float
+    temperature: float
+    creativity: float | None
+
+
+@dataclass(frozen=True)
 class DiffuseRequest:
     model: str
     prompt: str
     length: int
     branches: int
     seed: int
-    creativity: float | None
-    temperature: float
-    sampler: str
-    steps: int | None
-    threshold: float
     keep: int | None
+    denoising: Denoising
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,7 @@ class RenoiseRequest:
     noise: float
     variants: int
     seed: int
-    creativity: float | None
-    temperature: float
-    sampler: str
-    steps: int | None
-    threshold: float
+    denoising: Denoising
 
 
 # ----------------------------------------------------------------------------- field readers
@@ -165,13 +168,13 @@ def _single_creativity(d: dict):
     return c
 
 
-def _sampler(d: dict, limits: Limits) -> tuple[str, int | None, float]:
+def _denoising(d: dict, limits: Limits) -> Denoising:
     sampler = d.get("sampler", "confidence")
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     steps = _int(d, "steps", None, 1, limits.max_steps)
     threshold = _float(d, "threshold", 0.9, 1e-6, 1.0)
-    return sampler, steps, threshold
+    return Denoising(sampler, steps, threshold, _float(d, "temperature", 1.0, 0.0, 100.0), _single_creativity(d))
 
 
 # ----------------------------------------------------------------------------- requests
@@ -202,25 +205,22 @@ def think_request(body, limits: Limits) -> ThinkRequest:
 def diffuse_request(body, limits: Limits) -> DiffuseRequest:
     """A checked :class:`DiffuseRequest` (``length`` counts the prompt's characters too, as ``mot diffuse``)."""
     d = _obj(body)
-    sampler, steps, threshold = _sampler(d, limits)
+    denoising = _denoising(d, limits)
     branches = _int(d, "branches", 4, 1, limits.max_branches, " (this server's maximum)")
     keep = _int(d, "keep", None, 1, limits.max_branches)
     return DiffuseRequest(model=_model(d), prompt=_text(d, "prompt", limits),
                           length=_int(d, "length", 128, 1, limits.max_tokens, " (this server's maximum)"),
                           branches=branches, seed=_int(d, "seed", 0, 0, MAX_SEED - 4 * limits.max_branches),
-                          creativity=_single_creativity(d), temperature=_float(d, "temperature", 1.0, 0.0, 100.0),
-                          sampler=sampler, steps=steps, threshold=threshold, keep=keep)
+                          keep=keep, denoising=denoising)
 
 
 def renoise_request(body, limits: Limits) -> RenoiseRequest:
     """A checked :class:`RenoiseRequest` (``noise``: the fraction of characters masked again, in [0, 1])."""
     d = _obj(body)
-    sampler, steps, threshold = _sampler(d, limits)
+    denoising = _denoising(d, limits)
     text = _text(d, "text", limits)
     if len(text) > limits.max_tokens:
         raise ConfigError(f"the text has {len(text)} characters, more than this server's limit of {limits.max_tokens}")
     return RenoiseRequest(model=_model(d), text=text, noise=_float(d, "noise", 0.3, 0.0, 1.0),
                           variants=_int(d, "variants", 4, 1, limits.max_branches, " (this server's maximum)"),
-                          seed=_int(d, "seed", 0, 0, MAX_SEED - limits.max_branches),
-                          creativity=_single_creativity(d), temperature=_float(d, "temperature", 1.0, 0.0, 100.0),
-                          sampler=sampler, steps=steps, threshold=threshold)
+                          seed=_int(d, "seed", 0, 0, MAX_SEED - limits.max_branches), denoising=denoising)
