@@ -51,7 +51,7 @@ import torch
 from ..data.jsonl import parse_jsonl
 from ..errors import ConfigError, DataError
 from . import stats
-from .report import finite_json, format_ci
+from .report import finite_json, format_ci, write_json_atomic
 
 log = logging.getLogger(__name__)
 PROMPTS_FILE = Path(__file__).parent.parent / "assets" / "prompts" / "open_ended.jsonl"
@@ -748,14 +748,9 @@ def _load_setting(path: Path) -> dict | None:
 
 def _save_setting(path: Path, c: Contender, r: dict) -> None:
     """Written to a temporary file and renamed: an interrupted run leaves no half-written setting."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    body = {"label": c.label, "setting": dataclasses.asdict(c),
-            "per_prompt": {k: [float(x) if math.isfinite(x) else None for x in v]
-                           for k, v in r["per_prompt"].items()},
-            "texts": r["example"], "seconds": r.get("seconds")}
-    tmp.write_text(json.dumps(body, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, {"label": c.label, "setting": dataclasses.asdict(c),
+                             "per_prompt": {k: [float(x) for x in v] for k, v in r["per_prompt"].items()},
+                             "texts": r["example"], "seconds": r.get("seconds")})
 
 
 def run_compare_lm(cfg: LMCompareConfig, track: Callable[[list, str], Iterable] | None = None) -> dict:

@@ -36,7 +36,8 @@ import numpy as np
 from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
-from .report import finite_json
+from .report import finite_json, write_json_atomic
+from .stats import bootstrap_indices, interpolate_frontier, interval
 
 MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "hybrid")
 METHODS = (*MODEL_METHODS, "random")
@@ -246,13 +247,6 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
     return key
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(finite_json(obj)), encoding="utf-8")
-    tmp.replace(path)
-
-
 def method_records(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles, out: Path,
                    track=None) -> list[dict]:
     """Per puzzle, what ``spec`` found at the largest budget (read back from ``out`` when saved)."""
@@ -270,7 +264,7 @@ def method_records(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzz
         r = run_method(spec, p, max(cfg.budgets), models=models, cfg=cfg)
         recs.append({"puzzle": list(p), "found": r.found, "solutions": r.solutions, "attempts": r.attempts,
                      "positions": r.positions, "seconds": r.seconds, "clock": r.clock})
-    _write_json(path, {"key": key, "puzzles": recs})
+    write_json_atomic(path, {"key": key, "puzzles": recs})
     return recs
 
 
@@ -317,15 +311,6 @@ def run_eval(cfg: Game24EvalConfig, track: Callable[[list, str], Iterable] | Non
 # ------------------------------------------------------------------------------------ the goals
 
 
-def _matched_distinct(points: list[tuple[float, float]], success: float) -> float | None:
-    """The line through ``(success, distinct)`` points read at ``success`` (None outside its range)."""
-    pts = sorted(points)
-    xs = [p[0] for p in pts]
-    if not pts or success < xs[0] or success > xs[-1]:
-        return None
-    return float(np.interp(success, xs, [p[1] for p in pts]))
-
-
 def goals(records: dict[str, list[dict]], budgets: list[int], rows: list[dict], *, resamples: int = 1000,
           seed: int = 0) -> dict:
     """The three goals, computed (see the module docstring)."""
@@ -365,29 +350,25 @@ def goals(records: dict[str, list[dict]], budgets: list[int], rows: list[dict], 
 
 def _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed) -> list[dict]:
     """Per thought setting and budget: its distinct correct solutions per puzzle minus the temperature
-    line's at the same success rate, with a 95% paired bootstrap interval over puzzles."""
-    n = len(next(iter(records.values())))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))
+    line's at the same success rate (:func:`.stats.interpolate_frontier`; no comparison outside the
+    line's range), with a 95% paired bootstrap interval over puzzles."""
+    idx = bootstrap_indices(len(next(iter(records.values()))), resamples, seed)
     res = []
     for b in budgets:
-        solved = {lab: np.array([at_budget(r, b)[0] for r in records[lab]], float) for lab in temps + thoughts}
-        distinct = {lab: np.array([at_budget(r, b)[1] for r in records[lab]], float) for lab in temps + thoughts}
+        per = {lab: np.array([at_budget(r, b)[:2] for r in records[lab]], float) for lab in temps + thoughts}
+        line = np.array([per[t].mean(axis=0) for t in temps])  # (temps, [success, distinct])
+        boot = {lab: per[lab][idx].mean(axis=1) for lab in per}  # (resamples, 2)
         for th in thoughts:
-            line = [(solved[t].mean(), distinct[t].mean()) for t in temps]
-            ref = _matched_distinct(line, solved[th].mean())
-            entry = {"setting": th, "budget": b, "success": float(solved[th].mean()),
-                     "distinct": float(distinct[th].mean()), "temperature_line": ref}
-            if ref is not None:
-                boots = []
-                for i in idx:
-                    lb = [(solved[t][i].mean(), distinct[t][i].mean()) for t in temps]
-                    rb = _matched_distinct(lb, solved[th][i].mean())
-                    if rb is not None:
-                        boots.append(distinct[th][i].mean() - rb)
-                entry["delta"] = float(distinct[th].mean() - ref)
-                entry["ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))] if \
-                    len(boots) >= 0.9 * resamples else None
+            success, distinct = per[th].mean(axis=0)
+            ref = interpolate_frontier(line[:, 0], line[:, 1], success)
+            entry = {"setting": th, "budget": b, "success": float(success), "distinct": float(distinct),
+                     "temperature_line": None if np.isnan(ref) else ref}
+            if not np.isnan(ref):
+                deltas = np.array([boot[th][i, 1] - interpolate_frontier(np.array([boot[t][i, 0] for t in temps]),
+                                                                         np.array([boot[t][i, 1] for t in temps]),
+                                                                         boot[th][i, 0]) for i in range(resamples)])
+                entry["delta"] = float(distinct - ref)
+                entry["ci"] = list(interval(deltas)) if np.isfinite(deltas).mean() >= 0.9 else None
             res.append(entry)
     return res
 

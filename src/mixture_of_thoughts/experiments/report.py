@@ -117,6 +117,14 @@ def finite_json(obj):
     return obj
 
 
+def write_json_atomic(path: Path, obj) -> None:
+    """``obj`` as JSON (NaN as null) under a temporary name, then renamed: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(finite_json(obj), ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_report(res: dict, out: Path) -> None:
     out = Path(out)
     plot_frontier(res, out / "frontier.png")
