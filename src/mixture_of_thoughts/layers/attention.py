@@ -25,10 +25,62 @@ def rope_angles(positions: torch.Tensor, head_size: int, base: float) -> tuple[t
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, nh, T, hs) by the angles (T, hs)."""
+    """Rotate ``x`` (..., hs) by the angles ``cos``, ``sin`` (broadcast against ``x``, e.g. (T, hs) for
+    ``x`` (B, nh, T, hs))."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
+
+
+def split_heads(qkv: torch.Tensor, n_head: int, cos: torch.Tensor, sin: torch.Tensor):
+    """``(q, k, v)``, each ``(B, nh, T, hs)``, from the fused projection ``(B, T, 3C)``; RoPE on q and k.
+
+    q and k are rotated together, as one ``(B, T, 2, nh, hs)`` view of the projection: half the
+    calls (and autograd nodes) of rotating them one by one, the same numbers.
+    """
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    hs = C // n_head
+    cos, sin = cos[:, None, None], sin[:, None, None]
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        qk, v = _QKVRope.apply(qkv, cos, sin, n_head)
+    else:
+        qk, v = apply_rope(qkv[..., :2 * C].view(B, T, 2, n_head, hs), cos, sin), qkv[..., 2 * C:]
+    q, k = (t.transpose(1, 2) for t in qk.unbind(2))
+    return q, k, v.view(B, T, n_head, hs).transpose(1, 2)
+
+
+class _QKVRope(torch.autograd.Function):
+    """``(rope(q, k), v)`` from the fused projection, with one gradient buffer in the backward.
+
+    Autograd through slicing and rotating records a slice, chunk, negation, concatenation, two
+    products and a sum per tensor, and gathers the three gradients with zero-filled buffers; here the
+    backward writes the inverse rotation ``g cos + rot^T(g sin)`` (``rot^T(u) = [u2, -u1]``) and v's
+    gradient straight into one ``(B, T, 3C)`` buffer. The forward is :func:`apply_rope` itself.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int):
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        ctx.save_for_backward(cos, sin)
+        ctx.n_head = n_head
+        return apply_rope(qkv[..., :2 * C].view(B, T, 2, n_head, C // n_head), cos, sin), qkv[..., 2 * C:].clone()
+
+    @staticmethod
+    def backward(ctx, g_qk: torch.Tensor, g_v: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        B, T, two, nh, hs = g_qk.shape
+        C = nh * hs
+        grad = g_qk.new_empty(B, T, 3 * C)
+        gqk = grad[..., :2 * C].view(B, T, 2, nh, hs)
+        torch.mul(g_qk, cos, out=gqk)
+        u1, u2 = (g_qk * sin).chunk(2, dim=-1)
+        h = hs // 2
+        gqk[..., :h] += u2
+        gqk[..., h:] -= u1
+        grad[..., 2 * C:] = g_v
+        return grad, None, None, None
 
 
 class KVCache:
@@ -129,10 +181,8 @@ class SelfAttention(nn.Module):
                 layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``rope``: precomputed ``rope_angles(positions, ...)``, shared by all layers of a model."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         cos, sin = rope if rope is not None else rope_angles(positions, self.head_size, self.rope_base)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = split_heads(self.qkv(x), self.n_head, cos, sin)
         p = self.dropout if self.training else 0.0
         if cache is not None:
             if not self.causal:

@@ -201,8 +201,11 @@ class _SlicedMM(torch.autograd.Function):
 
 
 class _AddScaledNoise(torch.autograd.Function):
-    """``x + a[:, None] * n`` for a per-row scale ``a`` (M,) and constant noise ``n`` (M, W).
+    """``x += a[:, None] * n``, in place, for a per-row scale ``a`` (M,) and constant noise ``n`` (M, W).
 
+    In place because ``x`` is always a fresh buffer no backward needs (a gather or a matmul output):
+    a new tensor of this size (tens of MB in training) costs more in first-touch page faults than the
+    addition itself (17 against 3 ms for 16384 x 768 on the machines of ``BENCHMARKS.md``).
     ``addcmul``'s own backward reduces ``grad * n`` (a full-size product) to the scale's shape; here
     the per-row dot products ``grad_a[r] = <grad[r], n[r]>`` are one batched matmul, and ``grad_x`` is
     ``grad`` itself.
@@ -211,7 +214,8 @@ class _AddScaledNoise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, a: Tensor, n: Tensor) -> Tensor:
         ctx.save_for_backward(n)
-        return torch.addcmul(x, a.unsqueeze(1), n)
+        ctx.mark_dirty(x)
+        return x.addcmul_(a.unsqueeze(1), n)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -295,10 +299,11 @@ def _padded_bmm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
 
 
 def add_scaled_noise(x: Tensor, a: Tensor, n: Tensor) -> Tensor:
-    """``x + a[:, None] * n`` (:class:`_AddScaledNoise` when a gradient is needed)."""
+    """``x += a[:, None] * n`` in place, for a fresh ``x`` that nothing else holds (a gather or matmul
+    output): see :class:`_AddScaledNoise`, used when a gradient is needed."""
     if _needs_graph(x, a):
         return _AddScaledNoise.apply(x, a, n)
-    return torch.addcmul(x, a.unsqueeze(1), n)
+    return x.addcmul_(a.unsqueeze(1), n)
 
 
 def scale_rows(x: Tensor, a: Tensor) -> Tensor:

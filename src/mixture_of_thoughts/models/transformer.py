@@ -23,6 +23,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..layers.attention import KVCache, SelfAttention, rope_angles
 from ..layers.ffn import DenseFFN
+from ..layers.norm import RMSNorm
 from ..layers.thoughts import ThoughtsFFN
 
 NORM_EPS = 1e-6
@@ -58,10 +59,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.norm1 = nn.RMSNorm(cfg.n_embd, eps=NORM_EPS)
+        self.norm1 = RMSNorm(cfg.n_embd, eps=NORM_EPS)
         self.attn = SelfAttention(cfg.n_embd, cfg.n_head, causal=cfg.causal, rope_base=cfg.rope_base,
                                   bias=cfg.bias, dropout=cfg.dropout)
-        self.norm2 = nn.RMSNorm(cfg.n_embd, eps=NORM_EPS)
+        self.norm2 = RMSNorm(cfg.n_embd, eps=NORM_EPS)
         self.is_thought = layer_idx in cfg.thought_layer_indices()
         if self.is_thought:
             self.ffn = ThoughtsFFN(cfg.n_embd, cfg.thoughts, bias=cfg.bias, dropout=cfg.dropout, layer_idx=layer_idx)
@@ -69,12 +70,12 @@ class Block(nn.Module):
             self.ffn = DenseFFN(cfg.n_embd, cfg.dense_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
     def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False, rope=None,
-                route=None):
+                route=None, aux=True):
         x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope)
         h = self.norm2(x)
         if self.is_thought:
             out = self.ffn(h, noise=noise, positions=positions, creativity=creativity, route=route,
-                           costly_stats=costly_stats)
+                           costly_stats=costly_stats, aux=aux)
             return x + out.y, out.aux_loss, out.stats
         return x + self.ffn(h), None, None
 
@@ -96,7 +97,7 @@ class Transformer(nn.Module):
             self.time_embed = TimeEmbedding(config.n_embd) if config.time_conditioning else None
             self.drop = nn.Dropout(config.dropout)
             self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-            self.norm_f = nn.RMSNorm(config.n_embd, eps=NORM_EPS)
+            self.norm_f = RMSNorm(config.n_embd, eps=NORM_EPS)
             self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017), as nanoGPT
 
@@ -126,7 +127,7 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 noise=None, creativity=None, route: str | None = None, time: torch.Tensor | None = None,
-                last_only: bool = False, costly_stats: bool = False) -> ModelOutput:
+                last_only: bool = False, costly_stats: bool = False, aux: bool = True) -> ModelOutput:
         """Run the model.
 
         Args:
@@ -140,6 +141,8 @@ class Transformer(nn.Module):
             time: (B,) noise levels in [0, 1] for a time-conditioned denoiser.
             last_only: compute logits for the last position only (generation).
             costly_stats: ask thought layers for their costly statistics (branch diversity).
+            aux: compute the thought layers' aux losses and statistics; ``False`` (generation) keeps
+                only their routing load (``load``, ``row_load``, ``active_k``) and a zero aux loss.
         Returns:
             :class:`ModelOutput`.
         """
@@ -151,13 +154,13 @@ class Transformer(nn.Module):
                 raise ValueError("this model is time-conditioned: pass time=(B,) noise levels")
             x = x + self.time_embed(time)[:, None, :]
         x = self.drop(x)
-        aux = x.new_zeros(())
+        aux_loss = x.new_zeros(())
         stats: dict[int, dict[str, torch.Tensor]] = {}
         rope = rope_angles(positions, self.config.head_size, self.config.rope_base)  # once for all layers
         for block in self.blocks:
-            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope, route)
+            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope, route, aux)
             if a is not None:
-                aux = aux + a
+                aux_loss = aux_loss + a
                 stats[block.layer_idx] = s
         if cache is not None:
             cache.advance(positions)
@@ -168,7 +171,7 @@ class Transformer(nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return ModelOutput(logits, loss, aux, stats)
+        return ModelOutput(logits, loss, aux_loss, stats)
 
     def new_cache(self, batch_size: int, device=None, dtype=None, start: int = 0) -> KVCache:
         """An empty KV cache whose first token sits at absolute position ``start``."""
