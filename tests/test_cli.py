@@ -199,6 +199,16 @@ def test_sample_json_and_cache_parity(capsys, tiny_run):
     assert a == b and len(a["samples"][0]["text"]) == 15
 
 
+def test_sample_and_think_compiled(capsys, tiny_run):
+    """``--compile`` decodes through the compiled step: the same samples; a wrong use says why."""
+    a = json.loads(_sample(capsys, tiny_run, "--prompt", "a", "--json", "--max-new-tokens", "15", "--num-samples", "2"))
+    b = json.loads(_sample(capsys, tiny_run, "--prompt", "a", "--json", "--max-new-tokens", "15", "--num-samples", "2",
+                           "--compile"))
+    assert a == b
+    _fails(capsys, ["sample", tiny_run, "--compile", "--no-cache"], "KV cache")
+    _fails(capsys, ["think", "--model", "smollm2", "--compile"], "--compile", "run directory")
+
+
 def test_sample_stop_string(capsys, tiny_run):
     out = json.loads(_sample(capsys, tiny_run, "--prompt", "the", "--json", "--max-new-tokens", "200", "--stop", "."))
     text = out["samples"][0]["text"]

@@ -125,7 +125,7 @@ def cmd_sample(args) -> int:
     res = think(ck.model, ck.tokenizer, args.prompt, branches=args.num_samples, seed=args.seed,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                 top_p=args.top_p, min_p=args.min_p, stop=args.stop, unknown_chars=args.unknown_chars,
-                use_cache=not args.no_cache, creativity=args.creativity)
+                use_cache=not args.no_cache, compile=args.compile, creativity=args.creativity)
     if args.json:
         print(json.dumps({"prompt": res.prompt, "samples": [{"seed": b.seed, "text": b.text} for b in res.branches]}))
         return 0
@@ -156,7 +156,8 @@ def cmd_think(args) -> int:
         res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
                     creativity=parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                    stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache)
+                    stop=args.stop, unknown_chars=args.unknown_chars, use_cache=not args.no_cache,
+                    compile=args.compile)
         path, kind = ck.path, ("MoT" if ck.model.config.has_thoughts else "dense")
     if args.json:
         print(json.dumps(res.to_dict()))
@@ -190,6 +191,8 @@ def think_pretrained(args, branch_seeds, creativity):
     name = args.model or (args.run if args.run and is_grafted_dir(args.run) else None)
     if name is None:
         return None
+    if args.compile:
+        raise ConfigError("--compile decodes the project's own models (a run directory); drop it for --model")
     model, tok, src = load_pretrained(name, args.device)
     kind = f"{src.kind} {model.config.model_type}"
     if not hasattr(model, "mot_graft"):

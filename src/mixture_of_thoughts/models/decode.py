@@ -1,0 +1,237 @@
+"""A compiled decode step: the one-new-token forward of a causal :class:`Transformer`, fused by
+``torch.compile`` (TorchInductor's C++ backend on CPUs).
+
+Why: eager decoding of this project's models is not bound by arithmetic. At batch 1 the
+``shakespeare-char`` step reads 42 MB of weights through MKL's matrix-vector product, which streams
+them at ~11 GB/s on the 2-core machines of ``BENCHMARKS.md`` where a plain reduction over the same
+bytes runs at 40-80 GB/s; the rest of the step is ~300 small tensor ops (norms, RoPE, residuals,
+GELU) at a few microseconds each. Here every projection of a step with few rows is written as the
+reduction ``(x[..., None, :] * W).sum(-1)``, which Inductor turns into one loop over the weight on
+all threads, fused with the norm, RoPE, residual and activation around it.
+
+What stays eager: the KV-cache write and attention over the cache (``KVCache.attend``: the same
+code as the eager path, so the cache is shared with it), the prompt's prefill (many rows, where
+MKL's matrix products are the fast path), and Mixture-of-Thoughts layers (their routing, dispatch
+and counter-based noise have data-dependent shapes; they run as they do eagerly).
+
+The functions are compiled once per shape and take the weights as arguments, so one graph serves
+every layer of a model. Sums in another order round differently (relative differences ~1e-6 in
+the logits), so a token can only change where two candidates tie within rounding error: the tests
+and ``BENCHMARKS.md`` check that the texts are the same as eager decoding's.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+
+import torch
+import torch.nn.functional as F
+
+from .. import rng
+from ..errors import ConfigError
+from ..layers.attention import KVCache, rope_angles, split_heads
+from ..layers.ffn import activation
+from ..layers.norm import rms_norm
+from ..layers.thoughts import TAU_MIN, ThoughtsFFN
+from .transformer import ModelOutput, Transformer
+
+FEW_ROWS = 8  # rows (batch x new tokens) up to which a projection is a fused reduction, not a BLAS call
+
+
+def project(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ w.T + b`` for ``x`` ``(B, T, K)`` and ``w`` ``(N, K)``; a reduction when there are few rows."""
+    if x.shape[0] * x.shape[1] <= FEW_ROWS:
+        y = (x.unsqueeze(-2) * w).sum(-1)
+        return y if b is None else y + b
+    return F.linear(x, w, b)
+
+
+def _ffn_residual(x, act, w_out, b_out):
+    """``x + fc_out(act)``: a dense FFN's output projection and residual (``act`` ``None``: ``x``)."""
+    return x if act is None else x + project(act, w_out, b_out)
+
+
+def _attention_in(x, act, w_out, b_out, norm_w, eps: float, qkv_w, qkv_b, positions, n_head: int,
+                  rope_base: float):
+    """The previous dense FFN's output (when ``act`` is given), pre-norm, the fused q/k/v projection and
+    RoPE: ``(x, q, k, v)``, q/k/v each ``(B, nh, 1, hs)``."""
+    x = _ffn_residual(x, act, w_out, b_out)
+    C = x.shape[-1]
+    cos, sin = rope_angles(positions, C // n_head, rope_base)
+    return x, *split_heads(project(rms_norm(x, norm_w, eps), qkv_w, qkv_b), n_head, cos, sin)
+
+
+def _attention_out(x, y, proj_w, proj_b, norm_w, eps: float, w_in, b_in):
+    """The residual after attention, the FFN's pre-norm and, for a dense FFN (``w_in`` given), its
+    hidden activation: ``(x, norm2(x) or act(fc_in(norm2(x))))``.
+
+    A dense FFN is split across two compiled graphs on purpose: in one graph Inductor inlines the
+    activation into the output projection's reduction and evaluates ``erf`` once per weight instead
+    of once per hidden unit."""
+    B, nh, T, hs = y.shape
+    x = x + project(y.transpose(1, 2).reshape(B, T, nh * hs), proj_w, proj_b)
+    h = rms_norm(x, norm_w, eps)
+    return x, h if w_in is None else activation(project(h, w_in, b_in))
+
+
+def _head(x, act, w_out, b_out, norm_w, eps: float, w):
+    """The last dense FFN's output, the final norm and the (tied) LM head: ``(B, 1, V)`` logits."""
+    x = _ffn_residual(x, act, w_out, b_out)
+    return project(rms_norm(x, norm_w, eps), w)
+
+
+def _per_slot(p, idx):
+    """Rows of a per-branch parameter ``(E, ...)`` for the selected branches ``idx`` ``(B, 1, k)``."""
+    return p[idx] if p.shape[0] > 1 else p[0]
+
+
+def _thought_ffn(x, h, router_w, rho, tau_min: float, k: int, k_min: int | None, w_in, b_in, w_out, b_out,
+                 s_in, s_hid, relative: bool, c, gumbel, u_k, n_in, n_hid):
+    """One decoding step of a :class:`~mixture_of_thoughts.layers.thoughts.ThoughtsFFN` (weighted
+    combiner, token noise) and its residual: ``(x + y, row_load)``.
+
+    The eager layer sorts the (token, slot) pairs by branch and runs the branches on contiguous
+    slices, shapes that depend on the routing. Here every slot of every token is one row that reads
+    its branch's weights where it needs them, so the shapes are static and the whole layer is one
+    graph. The noise is drawn outside (``gumbel`` ``(B, 1|T, E)``, ``u_k`` for a k range, ``n_in``
+    ``(B, 1, k, d)`` and ``n_hid`` ``(B, 1, k, h)`` in the canonical layout; ``None`` without draws),
+    and ``c`` is ``(B, 1, 1)``. The same maths as the eager layer, term by term.
+    """
+    logits = project(h, router_w)  # (B, 1, E)
+    tau = F.softplus(rho) + tau_min
+    finite = torch.isfinite(logits)
+    z = (torch.where(finite, logits, 0.0) / tau).masked_fill(~finite, float("-inf"))
+    scores = z if gumbel is None else z + c * gumbel
+    idx = scores.topk(k, dim=-1).indices  # (B, 1, k)
+    active = torch.isfinite(z.gather(-1, idx))
+    if u_k is not None:
+        k_tok = (k_min + (u_k * (k - k_min + 1)).floor()).clamp(max=k)
+        active = active & (torch.arange(k, device=h.device) < torch.where(c > 0, k_tok, float(k)))
+    if k == 1:
+        w = torch.softmax(z, dim=-1).gather(-1, idx) * active
+    else:
+        w = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1).exp()
+    xin = h.unsqueeze(2).expand(*idx.shape, h.shape[-1])  # (B, 1, k, d): each slot's input
+    if n_in is not None:
+        a1 = (c * _per_slot(s_in, idx)).unsqueeze(-1)  # (B, 1, k, 1)
+        if relative:
+            a1 = a1 * xin.pow(2).mean(-1, keepdim=True).sqrt()
+        xin = torch.addcmul(xin, a1, n_in)
+    hid = (xin.unsqueeze(-1) * _per_slot(w_in, idx)).sum(-2)  # (B, 1, k, h)
+    if b_in is not None:
+        hid = hid + _per_slot(b_in, idx)
+    if n_hid is not None:
+        a2 = (c * _per_slot(s_hid, idx)).unsqueeze(-1)
+        if relative:
+            a2 = a2 * hid.pow(2).mean(-1, keepdim=True).sqrt()
+        hid = torch.addcmul(hid, a2, n_hid)
+    act = activation(hid)
+    out = (act.unsqueeze(-1) * _per_slot(w_out, idx)).sum(-2)  # (B, 1, k, d)
+    if b_out is not None:
+        out = out + _per_slot(b_out, idx)
+    y = (out * w.unsqueeze(-1)).sum(2)  # (B, 1, d)
+    E = router_w.shape[0]
+    counts = torch.zeros(idx.shape[0], E, device=h.device, dtype=h.dtype).scatter_add_(
+        1, idx.flatten(1), active.flatten(1).to(h.dtype))
+    # xin and act are returned (and ignored) only so that Inductor writes them to buffers: otherwise it
+    # inlines them into the reductions that read them and recomputes the noise and erf once per
+    # output block (3x slower)
+    return x + y, counts / counts.sum(1, keepdim=True).clamp(min=1), xin, act
+
+
+def compiler_available() -> bool:
+    """Whether a C++ compiler for TorchInductor's CPU backend is on the PATH."""
+    return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@functools.cache
+def _compiled():
+    """The compiled functions, made once per process: Dynamo keeps its graphs per compiled function,
+    so every decoder (and every model of the same shapes) shares them."""
+    opts = dict(dynamic=False, fullgraph=True)
+    return tuple(torch.compile(f, **opts) for f in (_attention_in, _attention_out, _head, _thought_ffn))
+
+
+class CompiledDecoder:
+    """The decode step of a causal :class:`Transformer`, compiled (see the module docstring).
+
+    Call it like the model on one new token per row with a :class:`KVCache`; it returns the same
+    :class:`ModelOutput` (logits of the new position, routing statistics of its thought layers).
+    The first calls compile (seconds to tens of seconds; Inductor caches the result on disk, so a
+    later process starts faster).
+
+    Args:
+        model: a causal model in eval mode; its weights are read at every call, so the decoder
+            follows later changes to them.
+    Raises:
+        ConfigError: a non-causal model, or no C++ compiler for TorchInductor.
+    """
+
+    def __init__(self, model: Transformer):
+        if not model.config.causal:
+            raise ConfigError("a compiled decode step needs a causal model")
+        if model.wte.weight.device.type == "cpu" and not compiler_available():
+            raise ConfigError("compiled decoding needs a C++ compiler for TorchInductor (g++ or clang++ on the "
+                              "PATH); install one, or decode without --compile")
+        self.model = model
+        self._attention_in, self._attention_out, self._head, self._thought_ffn = _compiled()
+
+    @torch.no_grad()
+    def __call__(self, idx: torch.Tensor, cache: KVCache, *, noise=None, creativity=None,
+                 route: str | None = None) -> ModelOutput:
+        """Logits ``(B, 1, V)`` for one new token per row ``idx`` ``(B, 1)``, appending it to ``cache``."""
+        m = self.model
+        if idx.shape[1] != 1 or cache.length == 0:
+            raise ValueError("the compiled step decodes one token per row after a prefill; "
+                             "run the prompt through the model itself")
+        positions = cache.positions(1)
+        x = m.wte(idx)
+        stats: dict[int, dict[str, torch.Tensor]] = {}
+        act = w_out = b_out = None  # the pending output projection of the previous dense FFN
+        for block in m.blocks:
+            a, f = block.attn, block.ffn
+            x, q, k, v = self._attention_in(x, act, w_out, b_out, block.norm1.weight, block.norm1.eps,
+                                            a.qkv.weight, a.qkv.bias, positions, a.n_head, a.rope_base)
+            y = cache.attend(block.layer_idx, q, k, v, positions)
+            dense = not block.is_thought
+            x, h = self._attention_out(x, y, a.proj.weight, a.proj.bias, block.norm2.weight, block.norm2.eps,
+                                       f.fc_in.weight if dense else None, f.fc_in.bias if dense else None)
+            if dense:
+                act, w_out, b_out = h, f.fc_out.weight, f.fc_out.bias
+            else:
+                x, stats[block.layer_idx] = self._thoughts(f, x, h, noise, positions, creativity, route)
+                act = w_out = b_out = None
+        cache.advance(positions)
+        logits = self._head(x, act, w_out, b_out, m.norm_f.weight, m.norm_f.eps, m.lm_head.weight)
+        return ModelOutput(logits, None, x.new_zeros(()), stats)
+
+    def _thoughts(self, f: ThoughtsFFN, x, h, noise, positions, creativity, route):
+        """A thought layer's step and residual: compiled (:func:`_thought_ffn`) where its configuration
+        allows (weighted combiner, per-token counter-based noise, no hooks on the layer or its router),
+        else the layer itself, eagerly. Returns ``(x, stats)``."""
+        cfg = f.cfg
+        if (type(f) is not ThoughtsFFN or cfg.combine != "weighted" or cfg.noise_mode != "token" or f.training
+                or (noise is not None and not noise.per_row) or _hooked(f) or _hooked(f.router)):
+            out = f(h, noise=noise, positions=positions, creativity=creativity, route=route, aux=False)
+            return x + out.y, out.stats
+        c, draws = f._creativity(creativity, noise, h.shape[0], h)
+        c = torch.as_tensor(c, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, 1)
+        gumbel = u_k = n_in = n_hid = None
+        if draws:
+            L, E, k = f.layer_idx, cfg.n_branches, cfg.k
+            route_pos = None if (route or cfg.route) == "sequence" else positions
+            gumbel = noise.gumbel(rng.stream_id(rng.ROUTER, L), route_pos, (E,)).to(h.device, h.dtype)
+            if cfg.k_min is not None and cfg.k_min < k:
+                u_k = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(h.device)
+            n_in = noise.normal(rng.stream_id(rng.INPUT_NOISE, L), positions, (k, f.n_embd)).to(h.device, h.dtype)
+            n_hid = noise.normal(rng.stream_id(rng.HIDDEN_NOISE, L), positions, (k, f.hidden)).to(h.device, h.dtype)
+        x, row_load, _, _ = self._thought_ffn(x, h, f.router.weight, f.rho, TAU_MIN, cfg.k, cfg.k_min, f.w_in, f.b_in,
+                                        f.w_out, f.b_out, f.s_in, f.s_hid, cfg.noise_scale == "relative", c,
+                                        gumbel, u_k, n_in, n_hid)
+        return x, {"row_load": row_load}
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether forward hooks (steering, routing traces) must see this module's call."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)

@@ -1,0 +1,92 @@
+"""The compiled decode step (``models/decode.py``): the same texts as eager decoding, dense and MoT.
+
+Compiling costs seconds per graph shape, so each test reuses a few shapes (rows x width).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_model_config
+from mixture_of_thoughts.errors import ConfigError
+from mixture_of_thoughts.generation.autoregressive import generate, think
+from mixture_of_thoughts.models.decode import CompiledDecoder, compiler_available
+from mixture_of_thoughts.models.transformer import Transformer
+from mixture_of_thoughts.rng import RowNoise
+
+pytestmark = pytest.mark.skipif(not compiler_available(), reason="TorchInductor needs a C++ compiler")
+
+
+def model_of(tokenizer, **changes) -> Transformer:
+    cfg = tiny_model_config(vocab_size=tokenizer.vocab_size, **changes)
+    return Transformer(cfg).init_weights(torch.Generator().manual_seed(3)).eval()
+
+
+def test_compiled_dense_decoding_is_eager_decoding_past_the_block(tokenizer):
+    model = model_of(tokenizer)
+    prompt = torch.tensor([tokenizer.encode("the cat")] * 3)
+    noise = RowNoise([1, 2, 3])
+    # 7 + 30 tokens: past the block of 16, so the ring buffer wraps and the window slides
+    a = generate(model, prompt, 30, noise, temperature=torch.tensor([0.7, 1.0, 0.0]))
+    b = generate(model, prompt, 30, noise, temperature=torch.tensor([0.7, 1.0, 0.0]), compile=True)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert not torch.equal(a.tokens[0], a.tokens[1])  # the rows are different samples
+
+
+@pytest.mark.parametrize("thoughts", [
+    {"route": "token", "k_min": 1, "noise_scale": "relative"},  # a drawn k per token, noise scaled to the row
+    {"route": "sequence"},
+])
+def test_compiled_thought_layers_are_the_eager_layers(tokenizer, thoughts):
+    model = model_of(tokenizer, bias=True, thought_layers="all",
+                     thoughts={"n_branches": 4, "k": 2, "noise_init": 0.5, **thoughts})
+    kw = dict(branches=4, seed=10, creativity=(0.0, 2.0), max_new_tokens=24)
+    eager = think(model, tokenizer, "the", **kw)
+    fast = think(model, tokenizer, "the", compile=True, **kw)
+    assert [b.text for b in fast.branches] == [b.text for b in eager.branches]
+    assert len({b.text for b in fast.branches}) > 1
+    for e, f in zip(eager.branches, fast.branches, strict=True):
+        assert f.routing.keys() == e.routing.keys()
+        for layer in e.routing:
+            assert f.routing[layer] == pytest.approx(e.routing[layer], abs=1e-4)
+        assert f.mean_loglik == pytest.approx(e.mean_loglik, abs=1e-5)
+
+
+def test_compiled_decoding_runs_hooked_layers_eagerly(tokenizer):
+    """A hook on a router (steering, routing traces) must see every step: that layer runs eagerly."""
+    model = model_of(tokenizer, thought_layers="all", thoughts={"n_branches": 4, "k": 2})
+    calls = []
+    handle = model.blocks[0].ffn.router.register_forward_hook(lambda m, i, o: calls.append(o.shape))
+    try:
+        res = think(model, tokenizer, "the", branches=2, seed=0, max_new_tokens=6, compile=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 6  # the prompt's prefill and 5 one-token steps (the 6th token needs no step)
+    assert all(len(b.text) == 6 for b in res.branches)
+
+
+def test_compiled_decoding_needs_the_cache_and_a_causal_model(tokenizer):
+    model = model_of(tokenizer)
+    with pytest.raises(ConfigError, match="KV cache"):
+        generate(model, torch.tensor([[1]]), 4, RowNoise([0]), use_cache=False, compile=True)
+    with pytest.raises(ConfigError, match="causal"):
+        CompiledDecoder(model_of(tokenizer, causal=False))
+    with pytest.raises(ValueError, match="prefill"):
+        CompiledDecoder(model)(torch.tensor([[1]]), model.new_cache(1))
+
+
+def test_compiled_decoding_of_the_shipped_model_gives_its_texts():
+    """The trained MoT model that ships: 8 branches at creativity 0.5 .. 1.5, compiled and eager."""
+    from mixture_of_thoughts.cli.core import DEFAULT_MODEL
+    from mixture_of_thoughts.training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(DEFAULT_MODEL)
+    kw = dict(branches=8, seed=1, creativity=(0.5, 1.5), max_new_tokens=120)
+    eager = think(ck.model, ck.tokenizer, "ROMEO:", **kw)
+    fast = think(ck.model, ck.tokenizer, "ROMEO:", compile=True, **kw)
+    assert [b.text for b in fast.branches] == [b.text for b in eager.branches]
+    alone = think(ck.model, ck.tokenizer, "ROMEO:", branch_seeds=[fast.branches[5].seed],
+                  creativity=[fast.branches[5].creativity], max_new_tokens=120, compile=True)
+    assert alone.branches[0].text == fast.branches[5].text
