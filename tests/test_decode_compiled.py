@@ -90,3 +90,11 @@ def test_compiled_decoding_of_the_shipped_model_gives_its_texts():
     alone = think(ck.model, ck.tokenizer, "ROMEO:", branch_seeds=[fast.branches[5].seed],
                   creativity=[fast.branches[5].creativity], max_new_tokens=120, compile=True)
     assert alone.branches[0].text == fast.branches[5].text
+
+
+def test_compiled_decoding_without_a_compiler_says_so(tokenizer, monkeypatch):
+    import mixture_of_thoughts.models.decode as decode
+
+    monkeypatch.setattr(decode, "compiler_available", lambda: False)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
+        think(model_of(tokenizer), tokenizer, "the", max_new_tokens=3, compile=True)

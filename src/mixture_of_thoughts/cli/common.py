@@ -77,7 +77,7 @@ def sampling_flags(p: argparse.ArgumentParser, temperature=1.0) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--no-cache", action="store_true", help="recompute the context at every step (slow; reference)")
     p.add_argument("--compile", action="store_true",
-                   help="decode through a torch.compile-d step: 1.7-2x faster after a one-off compile of ~10 s "
+                   help="decode through a torch.compile-d step: ~2x faster after a one-off compile of ~9 s "
                         "(needs a C++ compiler; the same texts)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
