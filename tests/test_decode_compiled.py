@@ -65,6 +65,33 @@ def test_compiled_decoding_runs_hooked_layers_eagerly(tokenizer):
         handle.remove()
     assert len(calls) == 6  # the prompt's prefill and 5 one-token steps (the 6th token needs no step)
     assert all(len(b.text) == 6 for b in res.branches)
+    # a hook on the whole model (the playground's) sees every step's output, stats as the eager layer's
+    outs = []
+    handle = model.register_forward_hook(lambda m, i, o: outs.append(o))
+    try:
+        think(model, tokenizer, "the", branches=2, seed=0, max_new_tokens=6, compile=True)
+    finally:
+        handle.remove()
+    assert len(outs) == 6
+    assert set(outs[-1].stats[1]) == {"load", "row_load", "active_k"}
+
+
+def test_compiled_thought_layer_reports_the_eager_routing_stats(tokenizer):
+    model = model_of(tokenizer, thought_layers="all", thoughts={"n_branches": 4, "k": 2, "k_min": 1})
+    noise = RowNoise([4, 5, 6])
+    cache = model.new_cache(3)
+    prompt = torch.tensor([tokenizer.encode("the cat")] * 3)
+    model(prompt, cache=cache, noise=noise, creativity=1.0)
+    fast_cache = model.new_cache(3)
+    model(prompt, cache=fast_cache, noise=noise, creativity=1.0)
+    nxt = torch.tensor([[1], [2], [3]])
+    eager = model(nxt, cache=cache, noise=noise, creativity=1.0, last_only=True, aux=False)
+    fast = CompiledDecoder(model)(nxt, fast_cache, noise=noise, creativity=1.0)
+    assert torch.allclose(fast.logits, eager.logits, atol=1e-5)
+    for layer, stats in eager.stats.items():
+        assert set(fast.stats[layer]) == set(stats)
+        for key, value in stats.items():
+            assert torch.allclose(fast.stats[layer][key], value), key
 
 
 def test_compiled_decoding_needs_the_cache_and_a_causal_model(tokenizer):

@@ -89,7 +89,7 @@ def _per_slot(p, idx):
 def _thought_ffn(x, h, router_w, rho, tau_min: float, k: int, k_min: int | None, w_in, b_in, w_out, b_out,
                  s_in, s_hid, relative: bool, c, gumbel, u_k, n_in, n_hid):
     """One decoding step of a :class:`~mixture_of_thoughts.layers.thoughts.ThoughtsFFN` (weighted
-    combiner, token noise) and its residual: ``(x + y, row_load)``.
+    combiner, token noise) and its residual: ``(x + y, (load, row_load, active_k), xin, act)``.
 
     The eager layer sorts the (token, slot) pairs by branch and runs the branches on contiguous
     slices, shapes that depend on the routing. Here every slot of every token is one row that reads
@@ -137,7 +137,9 @@ def _thought_ffn(x, h, router_w, rho, tau_min: float, k: int, k_min: int | None,
     # xin and act are returned (and ignored) only so that Inductor writes them to buffers: otherwise it
     # inlines them into the reductions that read them and recomputes the noise and erf once per
     # output block (3x slower)
-    return x + y, counts / counts.sum(1, keepdim=True).clamp(min=1), xin, act
+    stats = (counts.sum(0) / counts.sum().clamp(min=1), counts / counts.sum(1, keepdim=True).clamp(min=1),
+             active.to(h.dtype).sum(-1).mean())
+    return x + y, stats, xin, act
 
 
 def compiler_available() -> bool:
@@ -185,6 +187,8 @@ class CompiledDecoder:
         if idx.shape[1] != 1 or cache.length == 0:
             raise ValueError("the compiled step decodes one token per row after a prefill; "
                              "run the prompt through the model itself")
+        if _hooked(m):  # a hook on the model (e.g. the playground's) must see every step's output
+            return m(idx, cache=cache, noise=noise, creativity=creativity, route=route, last_only=True, aux=False)
         positions = cache.positions(1)
         x = m.wte(idx)
         stats: dict[int, dict[str, torch.Tensor]] = {}
@@ -226,10 +230,10 @@ class CompiledDecoder:
                 u_k = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(h.device)
             n_in = noise.normal(rng.stream_id(rng.INPUT_NOISE, L), positions, (k, f.n_embd)).to(h.device, h.dtype)
             n_hid = noise.normal(rng.stream_id(rng.HIDDEN_NOISE, L), positions, (k, f.hidden)).to(h.device, h.dtype)
-        x, row_load, _, _ = self._thought_ffn(x, h, f.router.weight, f.rho, TAU_MIN, cfg.k, cfg.k_min, f.w_in, f.b_in,
-                                        f.w_out, f.b_out, f.s_in, f.s_hid, cfg.noise_scale == "relative", c,
-                                        gumbel, u_k, n_in, n_hid)
-        return x, {"row_load": row_load}
+        x, (load, row_load, active_k), _, _ = self._thought_ffn(
+            x, h, f.router.weight, f.rho, TAU_MIN, cfg.k, cfg.k_min, f.w_in, f.b_in, f.w_out, f.b_out, f.s_in,
+            f.s_hid, cfg.noise_scale == "relative", c, gumbel, u_k, n_in, n_hid)
+        return x, {"load": load, "row_load": row_load, "active_k": active_k}  # as the eager layer's
 
 
 def _hooked(module: torch.nn.Module) -> bool:
