@@ -102,6 +102,10 @@ def test_compiled_decoding_needs_the_cache_and_a_causal_model(tokenizer):
         CompiledDecoder(model_of(tokenizer, causal=False))
     with pytest.raises(ValueError, match="prefill"):
         CompiledDecoder(model)(torch.tensor([[1]]), model.new_cache(1))
+    cache = model.new_cache(1)
+    model(torch.tensor([[1]]), cache=cache)
+    with pytest.raises(ValueError, match="eval mode"):
+        CompiledDecoder(model.train())(torch.tensor([[1]]), cache)
 
 
 def test_compiled_decoding_of_the_shipped_model_gives_its_texts():

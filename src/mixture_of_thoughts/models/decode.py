@@ -9,10 +9,16 @@ GELU) at a few microseconds each. Here every projection of a step with few rows 
 reduction ``(x[..., None, :] * W).sum(-1)``, which Inductor turns into one loop over the weight on
 all threads, fused with the norm, RoPE, residual and activation around it.
 
+A Mixture-of-Thoughts layer is one graph too (:func:`_thought_ffn`): the eager layer sorts tokens
+by branch into shapes that depend on the routing, where here every slot of every token reads its
+own branch's weights, so the shapes are static. Its counter-based noise is drawn outside the graph,
+from the same streams.
+
 What stays eager: the KV-cache write and attention over the cache (``KVCache.attend``: the same
 code as the eager path, so the cache is shared with it), the prompt's prefill (many rows, where
-MKL's matrix products are the fast path), and Mixture-of-Thoughts layers (their routing, dispatch
-and counter-based noise have data-dependent shapes; they run as they do eagerly).
+MKL's matrix products are the fast path), token sampling, thought layers in configurations the
+graph does not cover (attention combiner, persistent or orthogonal noise) and anything with forward
+hooks on it (steering, routing traces), which must see the module's own call.
 
 The functions are compiled once per shape and take the weights as arguments, so one graph serves
 every layer of a model. Sums in another order round differently (relative differences ~1e-6 in
@@ -150,7 +156,9 @@ def compiler_available() -> bool:
 @functools.cache
 def _compiled():
     """The compiled functions, made once per process: Dynamo keeps its graphs per compiled function,
-    so every decoder (and every model of the same shapes) shares them."""
+    so every decoder (and every model of the same shapes) shares them. It keeps up to
+    ``torch._dynamo.config.recompile_limit`` (8) shapes per function; a process that decodes more
+    shapes than that runs the others eagerly (the same numbers, without the speed-up)."""
     opts = dict(dynamic=False, fullgraph=True)
     return tuple(torch.compile(f, **opts) for f in (_attention_in, _attention_out, _head, _thought_ffn))
 
@@ -187,6 +195,8 @@ class CompiledDecoder:
         if idx.shape[1] != 1 or cache.length == 0:
             raise ValueError("the compiled step decodes one token per row after a prefill; "
                              "run the prompt through the model itself")
+        if m.training:
+            raise ValueError("the compiled step has no dropout: put the model in eval mode (model.eval())")
         if _hooked(m):  # a hook on the model (e.g. the playground's) must see every step's output
             return m(idx, cache=cache, noise=noise, creativity=creativity, route=route, last_only=True, aux=False)
         positions = cache.positions(1)
