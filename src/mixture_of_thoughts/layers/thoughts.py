@@ -246,6 +246,47 @@ class _ScaleRows(torch.autograd.Function):
         return gx, ga
 
 
+def scaled_logits(logits: Tensor, tau: Tensor) -> Tensor:
+    """``z = logits / tau``, keeping ``-inf`` (banned branches) without dividing it: d(-inf / tau)/d tau
+    would be NaN."""
+    finite = torch.isfinite(logits)
+    return (torch.where(finite, logits, 0.0) / tau).masked_fill(~finite, float("-inf"))
+
+
+def gumbel_top_k(z: Tensor, k: int, k_min: int | None, c: float | Tensor, gumbel: Tensor | None,
+                 u_k: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The selected branches ``idx`` ``(B, T, k)`` (slots in decreasing score) and ``active`` slots.
+
+    ``scores = z + c * gumbel`` (``z`` alone without a draw); a banned branch (``-inf``) is never
+    active; with a k range (``u_k`` drawn, ``(B, T|1, 1)``) a token keeps its first
+    ``k_min + floor(u (k - k_min + 1))`` slots, rows at creativity 0 all k.
+    """
+    with torch.no_grad():
+        scores = z if gumbel is None else z + c * gumbel
+        idx = scores.topk(k, dim=-1).indices
+        active = torch.isfinite(z.gather(-1, idx))
+        if u_k is not None:
+            k_tok = (k_min + (u_k * (k - k_min + 1)).floor()).clamp(max=k)
+            if torch.is_tensor(c):
+                k_tok = torch.where(c > 0, k_tok, float(k))  # rows with c = 0 draw nothing
+            active = active & (torch.arange(k, device=z.device) < k_tok)
+    return idx, active
+
+
+def slot_weights(z: Tensor, idx: Tensor, active: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(w, logw)``: each slot's combination weight and the log of its renormalised router weight.
+
+    ``w`` is the renormalised weight, except for k = 1, where it is the router probability (a
+    renormalised weight is always 1, and the router would learn nothing). ``probs``:
+    ``softmax(z)`` when the caller has it.
+    """
+    logw = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1)
+    if idx.shape[-1] != 1:
+        return logw.exp(), logw
+    probs = torch.softmax(z, dim=-1) if probs is None else probs
+    return probs.gather(-1, idx) * active, logw
+
+
 def orthogonal_rows(n: Tensor) -> Tensor:
     """Make the rows of ``n`` ``(B, E, W)`` mutually orthogonal for each of the E columns, keeping norm.
 
@@ -389,9 +430,7 @@ class ThoughtsFFN(nn.Module):
             positions = torch.arange(T, device=x.device)
         r = self.route(x, noise=noise, positions=positions, creativity=creativity, route=route)
         probs = torch.softmax(r.z, dim=-1)  # (B, T, E)
-        logw = torch.log_softmax(r.z.gather(-1, r.idx).masked_fill(~r.active, float("-inf")), dim=-1)  # (B, T, k)
-        # k = 1: a renormalised weight is always 1; use the router probability so the router learns
-        w = probs.gather(-1, r.idx) * r.active if cfg.k == 1 else logw.exp()
+        w, logw = slot_weights(r.z, r.idx, r.active, probs)  # (B, T, k) each
         dispatch = self._dispatch(r.idx, r.active)
         c, draws = self._creativity(creativity, noise, B, x)
         out_sorted = self._run_branches(x, dispatch, noise if draws else None, c, positions)
@@ -511,33 +550,36 @@ class ThoughtsFFN(nn.Module):
         Returns:
             :class:`Routing` with ``idx`` ``(B, T, k)`` (slots in decreasing score) and ``active``.
         """
-        cfg, L = self.cfg, self.layer_idx
+        cfg = self.cfg
         B, T, _ = x.shape
-        E, k = cfg.n_branches, cfg.k
         if positions is None:
             positions = torch.arange(T, device=x.device)
         c, draws = self._creativity(creativity, noise, B, x)
-        per_sequence = (route or cfg.route) == "sequence"
-        route_pos = None if per_sequence else positions  # sequence: one draw, every position
         logits = self.router(x)  # (B, T, E)
         tau = self.tau
-        finite = torch.isfinite(logits)
-        # divide only finite logits: d(-inf / tau)/d tau would be NaN
-        z = (torch.where(finite, logits, 0.0) / tau).masked_fill(~finite, float("-inf"))  # (B, T, E)
-        with torch.no_grad():
-            scores = z
-            if draws:
-                g = noise.gumbel(rng.stream_id(rng.ROUTER, L), route_pos, (E,)).to(x.device, x.dtype)
-                scores = z + c * g  # g: (B, T or 1, E)
-            idx = scores.topk(k, dim=-1).indices  # (B, T, k)
-            active = torch.isfinite(z.gather(-1, idx))  # a banned branch is never computed
-            if cfg.k_min is not None and cfg.k_min < k and draws:
-                u = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(x.device)  # (B, T|1, 1)
-                k_tok = (cfg.k_min + (u * (k - cfg.k_min + 1)).floor()).clamp(max=k)
-                if torch.is_tensor(c):
-                    k_tok = torch.where(c > 0, k_tok, float(k))  # rows with c = 0 draw nothing
-                active = active & (torch.arange(k, device=x.device) < k_tok)
+        z = scaled_logits(logits, tau)  # (B, T, E)
+        gumbel, u_k = self.router_draws(noise, positions, route, x) if draws else (None, None)
+        idx, active = gumbel_top_k(z, cfg.k, cfg.k_min, c, gumbel, u_k)
         return Routing(logits, z, tau, idx, active)
+
+    def router_draws(self, noise: rng.Noise, positions: Tensor, route: str | None,
+                     x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The router's random numbers: Gumbel noise ``(B, T|1, E)`` and, with a k range, the uniform
+        that draws each token's k, ``(B, T|1, 1)`` (else ``None``). Sequence routing draws once for
+        every position."""
+        cfg, L = self.cfg, self.layer_idx
+        route_pos = None if (route or cfg.route) == "sequence" else positions
+        g = noise.gumbel(rng.stream_id(rng.ROUTER, L), route_pos, (cfg.n_branches,)).to(x.device, x.dtype)
+        u = None
+        if cfg.k_min is not None and cfg.k_min < cfg.k:
+            u = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(x.device)
+        return g, u
+
+    def slot_normals(self, noise: rng.Noise, kind: int, positions: Tensor, width: int, x: Tensor) -> Tensor:
+        """Counter-based standard normals for every (token, slot), ``(B, T, k, width)``: the branch
+        noise of draw ``kind`` (``rng.INPUT_NOISE`` or ``rng.HIDDEN_NOISE``) in its canonical layout."""
+        n = noise.normal(rng.stream_id(kind, self.layer_idx), positions, (self.cfg.k, width))
+        return n.to(x.device, x.dtype)
 
     def _pair_normal(self, noise: rng.Noise, kind: int, positions: Tensor, width: int, dp: Dispatch,
                      x: Tensor) -> Tensor:
@@ -563,8 +605,8 @@ class ThoughtsFFN(nn.Module):
             return n.reshape(B * self.cfg.n_branches, width).index_select(0, rows * self.cfg.n_branches + dp.branches)
         if not noise.per_row:
             return noise.iid_normal((dp.pairs.shape[0], width)).to(x.device, x.dtype)
-        n = noise.normal(stream, positions, (self.cfg.k, width))
-        return n.to(x.device, x.dtype).reshape(B * T * self.cfg.k, width).index_select(0, dp.pairs)
+        n = self.slot_normals(noise, kind, positions, width, x)
+        return n.reshape(B * T * self.cfg.k, width).index_select(0, dp.pairs)
 
     def _activate(self, hid: Tensor, xin: Tensor, counts: Tensor) -> Tensor:
         """The branch non-linearity on the hidden pre-activation ``hid`` ``(M, h)``.

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..layers.attention import KVCache, rope_angles, split_heads
 from ..layers.ffn import activation
 from ..layers.norm import rms_norm
-from ..layers.thoughts import TAU_MIN, ThoughtsFFN
+from ..layers.thoughts import TAU_MIN, ThoughtsFFN, gumbel_top_k, scaled_logits, slot_weights
 from .transformer import ModelOutput, Transformer
 
 FEW_ROWS = 8  # rows (batch x new tokens) up to which a projection is a fused reduction, not a BLAS call
@@ -104,20 +104,9 @@ def _thought_ffn(x, h, router_w, rho, tau_min: float, k: int, k_min: int | None,
     ``(B, 1, k, d)`` and ``n_hid`` ``(B, 1, k, h)`` in the canonical layout; ``None`` without draws),
     and ``c`` is ``(B, 1, 1)``. The same maths as the eager layer, term by term.
     """
-    logits = project(h, router_w)  # (B, 1, E)
-    tau = F.softplus(rho) + tau_min
-    finite = torch.isfinite(logits)
-    z = (torch.where(finite, logits, 0.0) / tau).masked_fill(~finite, float("-inf"))
-    scores = z if gumbel is None else z + c * gumbel
-    idx = scores.topk(k, dim=-1).indices  # (B, 1, k)
-    active = torch.isfinite(z.gather(-1, idx))
-    if u_k is not None:
-        k_tok = (k_min + (u_k * (k - k_min + 1)).floor()).clamp(max=k)
-        active = active & (torch.arange(k, device=h.device) < torch.where(c > 0, k_tok, float(k)))
-    if k == 1:
-        w = torch.softmax(z, dim=-1).gather(-1, idx) * active
-    else:
-        w = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1).exp()
+    z = scaled_logits(project(h, router_w), F.softplus(rho) + tau_min)  # (B, 1, E)
+    idx, active = gumbel_top_k(z, k, k_min, c, gumbel, u_k)  # (B, 1, k)
+    w, _ = slot_weights(z, idx, active)
     xin = h.unsqueeze(2).expand(*idx.shape, h.shape[-1])  # (B, 1, k, d): each slot's input
     if n_in is not None:
         a1 = (c * _per_slot(s_in, idx)).unsqueeze(-1)  # (B, 1, k, 1)
@@ -232,14 +221,10 @@ class CompiledDecoder:
         c, draws = f._creativity(creativity, noise, h.shape[0], h)
         c = torch.as_tensor(c, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, 1)
         gumbel = u_k = n_in = n_hid = None
-        if draws:
-            L, E, k = f.layer_idx, cfg.n_branches, cfg.k
-            route_pos = None if (route or cfg.route) == "sequence" else positions
-            gumbel = noise.gumbel(rng.stream_id(rng.ROUTER, L), route_pos, (E,)).to(h.device, h.dtype)
-            if cfg.k_min is not None and cfg.k_min < k:
-                u_k = noise.uniform(rng.stream_id(rng.K_DRAW, L), route_pos, (1,)).to(h.device)
-            n_in = noise.normal(rng.stream_id(rng.INPUT_NOISE, L), positions, (k, f.n_embd)).to(h.device, h.dtype)
-            n_hid = noise.normal(rng.stream_id(rng.HIDDEN_NOISE, L), positions, (k, f.hidden)).to(h.device, h.dtype)
+        if draws:  # the eager layer's own draws, in their canonical layout
+            gumbel, u_k = f.router_draws(noise, positions, route, h)
+            n_in = f.slot_normals(noise, rng.INPUT_NOISE, positions, f.n_embd, h)
+            n_hid = f.slot_normals(noise, rng.HIDDEN_NOISE, positions, f.hidden, h)
         x, (load, row_load, active_k), _, _ = self._thought_ffn(
             x, h, f.router.weight, f.rho, TAU_MIN, cfg.k, cfg.k_min, f.w_in, f.b_in, f.w_out, f.b_out, f.s_in,
             f.s_hid, cfg.noise_scale == "relative", c, gumbel, u_k, n_in, n_hid)
