@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mixture_of_thoughts.layers.attention import KVCache, SelfAttention, apply_rope, rope_angles
+from mixture_of_thoughts.layers.attention import (
+    KVCache,
+    SelfAttention,
+    apply_rope,
+    project_qkv_rope,
+    rope_angles,
+    split_heads,
+)
 
 D, H, HS = 32, 2, 16
 ATOL = 1e-5
@@ -41,6 +48,55 @@ def test_rope_scores_depend_on_relative_position_only():
     assert score(7, 3) == pytest.approx(score(107, 103), abs=1e-4)
     assert score(7, 3) == pytest.approx(score(4, 0), abs=1e-4)
     assert abs(score(7, 3) - score(7, 5)) > 1e-3  # a different distance gives a different score
+
+
+def _rotate_half_reference(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def test_apply_rope_gives_the_rotate_half_numbers_exactly():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, H, 40, HS, generator=g) * 5
+    cos, sin = rope_angles(torch.arange(1000, 1040), HS, 10000.0)
+    assert torch.equal(apply_rope(x, cos, sin), _rotate_half_reference(x, cos, sin))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_training_projection_matches_split_heads_in_value_and_gradient(bias):
+    """The training path (weight rows interleaved, complex rotation) is the same function as
+    ``split_heads(linear(x))``: q and k carry their head dimensions permuted alike, so every score
+    ``q . k`` and every v is the same, and so are the gradients."""
+    g = torch.Generator().manual_seed(0)
+    B, T, nh, hs = 2, 9, 3, 8
+    C = nh * hs
+    x = torch.randn(B, T, C, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3 * C, C, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3 * C, generator=g, dtype=torch.float64, requires_grad=True) if bias else None
+    cos, sin = rope_angles(torch.arange(5, 5 + T), hs, 10000.0)
+
+    def scores(q, k, v):
+        return torch.cat([(q @ k.transpose(-1, -2)).flatten(), v.flatten()])
+
+    ref = scores(*split_heads(torch.nn.functional.linear(x, w, b), nh, cos.double(), sin.double()))
+    out = scores(*project_qkv_rope(x, w, b, nh, cos.double(), sin.double()))
+    assert torch.allclose(out, ref, atol=1e-12)
+    up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    inputs = [t for t in (x, w, b) if t is not None]
+    g_ref = torch.autograd.grad((ref * up).sum(), inputs)
+    g_out = torch.autograd.grad((out * up).sum(), inputs)
+    for a, r in zip(g_out, g_ref, strict=True):
+        assert torch.allclose(a, r, atol=1e-10)
+
+
+def test_attention_in_training_matches_inference():
+    """Training (with gradient) and inference (no gradient) take different RoPE code: same outputs."""
+    attn, x = _attn(), _x()
+    with torch.no_grad():
+        ref = attn(x, torch.arange(12))
+    out = attn(x.requires_grad_(), torch.arange(12))
+    assert out.requires_grad
+    assert torch.allclose(out, ref, atol=1e-6)
 
 
 def test_attention_output_is_invariant_to_shifting_all_positions():

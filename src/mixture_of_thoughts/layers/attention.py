@@ -11,6 +11,8 @@ most ``capacity`` keys, the relative distances the model was trained on.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,61 +28,107 @@ def rope_angles(positions: torch.Tensor, head_size: int, base: float) -> tuple[t
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (..., hs) by the angles ``cos``, ``sin`` (broadcast against ``x``, e.g. (T, hs) for
-    ``x`` (B, nh, T, hs))."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    ``x`` (B, nh, T, hs)): ``x cos + rotate_half(x) sin`` with ``rotate_half([x1, x2]) = [-x2, x1]``."""
+    return _rotate(x, cos, signed_sin(sin))
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``[-sin1, sin2]`` (halves of the last dimension): with it, ``rotate_half(x) sin`` is
+    ``roll(x, hs/2) signed_sin``, the same products."""
+    h = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :h], sin[..., h:]], dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_s: torch.Tensor) -> torch.Tensor:
+    """``x cos + roll(x, hs/2) sin_s``: :func:`apply_rope` for ``sin_s = signed_sin(sin)``.
+
+    The same numbers as ``x cos + cat([-x2, x1]) sin`` (each product is the same up to an exact sign)
+    with one pass fewer: on a strided view of the fused projection, the chunk, negation and
+    concatenation made RoPE ~5x slower.
+    """
+    return (x * cos + torch.roll(x, x.shape[-1] // 2, -1) * sin_s).to(x.dtype)
 
 
 def split_heads(qkv: torch.Tensor, n_head: int, cos: torch.Tensor, sin: torch.Tensor):
     """``(q, k, v)``, each ``(B, nh, T, hs)``, from the fused projection ``(B, T, 3C)``; RoPE on q and k.
 
     q and k are rotated together, as one ``(B, T, 2, nh, hs)`` view of the projection: half the
-    calls (and autograd nodes) of rotating them one by one, the same numbers.
+    calls of rotating them one by one, the same numbers. (Training takes :func:`project_qkv_rope`.)
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    cos, sin = cos[:, None, None], sin[:, None, None]
-    if torch.is_grad_enabled() and qkv.requires_grad:
-        qk, v = _QKVRope.apply(qkv, cos, sin, n_head)
-    else:
-        qk, v = apply_rope(qkv[..., :2 * C].view(B, T, 2, n_head, hs), cos, sin), qkv[..., 2 * C:]
+    # tables over all of (2, nh, hs), broadcast only over B: against (T, 1, 1, hs) the products run in
+    # hs-long pieces, ~2x slower
+    cos, sin_s = (t[:, None, None].expand(T, 2, n_head, hs).contiguous() for t in (cos, signed_sin(sin)))
+    qk = _rotate(qkv[..., :2 * C].view(B, T, 2, n_head, hs), cos, sin_s)
     q, k = (t.transpose(1, 2) for t in qk.unbind(2))
-    return q, k, v.view(B, T, n_head, hs).transpose(1, 2)
+    return q, k, qkv[..., 2 * C:].view(B, T, n_head, hs).transpose(1, 2)
 
 
-class _QKVRope(torch.autograd.Function):
-    """``(rope(q, k), v)`` from the fused projection, with one gradient buffer in the backward.
+@functools.lru_cache(maxsize=16)
+def _interleave_rows(C: int, n_head: int, device: torch.device) -> torch.Tensor:
+    """Rows of the fused q/k/v weight in the order that puts each head's rotate-half pairs
+    ``(j, j + hs/2)`` of q and k side by side, ``(2j, 2j + 1)``; v's rows unchanged."""
+    hs = C // n_head
+    j = torch.arange(hs // 2, device=device)
+    within = torch.stack([j, j + hs // 2], dim=-1).reshape(hs)  # interleaved -> rotate-half index
+    qk = (torch.arange(2 * n_head, device=device)[:, None] * hs + within).reshape(-1)
+    return torch.cat([qk, torch.arange(2 * C, 3 * C, device=device)])
 
-    Autograd through slicing and rotating records a slice, chunk, negation, concatenation, two
-    products and a sum per tensor, and gathers the three gradients with zero-filled buffers; here the
-    backward writes the inverse rotation ``g cos + rot^T(g sin)`` (``rot^T(u) = [u2, -u1]``) and v's
-    gradient straight into one ``(B, T, 3C)`` buffer. The forward is :func:`apply_rope` itself.
+
+def project_qkv_rope(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, n_head: int,
+                     cos: torch.Tensor, sin: torch.Tensor):
+    """``split_heads(linear(x, weight, bias), ...)`` for training: the same function, computed faster.
+
+    RoPE rotates the pairs ``(j, j + hs/2)`` of a head. Projecting with q's and k's weight rows
+    reordered so that each pair is adjacent makes the rotation one complex product per pair, forward
+    and backward, instead of a product, a roll, a product and a sum (a quarter of a ``cpu-small``
+    training step went to RoPE on the machines of ``BENCHMARKS.md``). q and k come out with their
+    head dimensions permuted alike, which leaves every ``q . k`` unchanged: attention gives the same
+    result, up to the order of the sums over ``hs``. v is not permuted.
+    """
+    B, T, C = x.shape
+    hs = C // n_head
+    rows = _interleave_rows(C, n_head, weight.device)
+    qkv = F.linear(x, weight.index_select(0, rows), None if bias is None else bias.index_select(0, rows))
+    if qkv.dtype not in (torch.float32, torch.float64):  # no complex bfloat16: rotate back, then as usual
+        return split_heads(qkv.index_select(-1, torch.argsort(rows)), n_head, cos, sin)
+    h = hs // 2
+    cos, sin = cos[:, :h].to(qkv.dtype), sin[:, :h].to(qkv.dtype)
+    turn = torch.complex(cos, sin)[:, None, None].expand(T, 2, n_head, h).contiguous()
+    q, k, v = _ComplexRope.apply(qkv, turn, n_head)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+class _ComplexRope(torch.autograd.Function):
+    """``(q, k, v)``, each ``(B, T, nh, hs)``, from a projection whose q and k have their rotation pairs
+    adjacent: ``q`` and ``k`` times ``turn`` as complex numbers, v a view.
+
+    The backward multiplies by the conjugate turn, in place, in the one ``(B, T, 3C)`` gradient buffer
+    that also takes v's gradient.
     """
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int):
+    def forward(ctx, qkv: torch.Tensor, turn: torch.Tensor, n_head: int):
         B, T, C3 = qkv.shape
         C = C3 // 3
-        ctx.save_for_backward(cos, sin)
-        ctx.n_head = n_head
-        return apply_rope(qkv[..., :2 * C].view(B, T, 2, n_head, C // n_head), cos, sin), qkv[..., 2 * C:].clone()
+        hs = C // n_head
+        pairs = torch.view_as_complex(qkv[..., :2 * C].view(B, T, 2, n_head, hs // 2, 2))
+        qk = torch.view_as_real(pairs * turn).view(B, T, 2, n_head, hs)
+        ctx.save_for_backward(turn)
+        return qk[:, :, 0], qk[:, :, 1], qkv[..., 2 * C:].view(B, T, n_head, hs)
 
     @staticmethod
-    def backward(ctx, g_qk: torch.Tensor, g_v: torch.Tensor):
-        cos, sin = ctx.saved_tensors
-        B, T, two, nh, hs = g_qk.shape
-        C = nh * hs
-        grad = g_qk.new_empty(B, T, 3 * C)
-        gqk = grad[..., :2 * C].view(B, T, 2, nh, hs)
-        torch.mul(g_qk, cos, out=gqk)
-        u1, u2 = (g_qk * sin).chunk(2, dim=-1)
-        h = hs // 2
-        gqk[..., :h] += u2
-        gqk[..., h:] -= u1
-        grad[..., 2 * C:] = g_v
-        return grad, None, None, None
+    def backward(ctx, g_q: torch.Tensor, g_k: torch.Tensor, g_v: torch.Tensor):
+        (turn,) = ctx.saved_tensors
+        B, T, nh, hs = g_q.shape
+        grad = g_q.new_empty(B, T, 3, nh, hs)
+        g_qk = grad[:, :, :2]
+        torch.stack([g_q, g_k], dim=2, out=g_qk)
+        torch.view_as_complex(g_qk.view(B, T, 2, nh, hs // 2, 2)).mul_(turn.conj())
+        grad[:, :, 2] = g_v
+        return grad.view(B, T, 3 * nh * hs), None, None
 
 
 class KVCache:
@@ -182,7 +230,10 @@ class SelfAttention(nn.Module):
         """``rope``: precomputed ``rope_angles(positions, ...)``, shared by all layers of a model."""
         B, T, C = x.shape
         cos, sin = rope if rope is not None else rope_angles(positions, self.head_size, self.rope_base)
-        q, k, v = split_heads(self.qkv(x), self.n_head, cos, sin)
+        if cache is None and torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad):
+            q, k, v = project_qkv_rope(x, self.qkv.weight, self.qkv.bias, self.n_head, cos, sin)
+        else:
+            q, k, v = split_heads(self.qkv(x), self.n_head, cos, sin)
         p = self.dropout if self.training else 0.0
         if cache is not None:
             if not self.causal:

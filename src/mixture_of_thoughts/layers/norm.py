@@ -1,9 +1,10 @@
 """RMSNorm (Zhang & Sennrich, 2019): ``x / rms(x) * weight``, with its backward written out.
 
-PyTorch's ``nn.RMSNorm`` computes the same forward numbers (the same ops in the same order, so the
-outputs are bit-identical), but on CPUs it goes through a composite with dtype round trips, and
-autograd through it records every op: nine norms a step made it ~3.5 ms of a ~40 ms ``cpu-small``
-training step on the machines of ``BENCHMARKS.md``.
+Without a gradient, :func:`rms_norm` computes the same numbers as PyTorch's ``nn.RMSNorm`` (the
+same ops in the same order, bit-identical). With one, it takes :class:`_RMSNorm`: ``nn.RMSNorm``
+goes through a composite with dtype round trips on CPUs, and autograd through it records every op:
+nine norms a step made it ~3.5 ms of a ~40 ms ``cpu-small`` training step on the machines of
+``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -21,26 +22,39 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class _RMSNorm(torch.autograd.Function):
-    """RMSNorm with its backward written out: with ``xh = x r``, ``r = rsqrt(mean(x^2) + eps)``,
-    ``dx = r (g w - xh mean(g w xh))`` and ``dw = sum(g xh)``: seven tensor ops, where autograd
-    through the forward's ops records eleven (and keeps ``x``, ``x^2`` and ``x r`` alive)."""
+    """RMSNorm with its backward written out, in as few passes over ``x`` as eager PyTorch allows.
+
+    With ``r = rsqrt(mean(x^2) + eps)``, ``y = x r w``: ``dw = sum_rows(g x r)`` and
+    ``dx = r (g w) - x r^3 mean(g w x)``. The forward keeps ``x`` and ``r`` (not ``x r``); ``r``
+    comes from one norm reduction, ``dw`` from a matrix-vector product of ``(g x)^T`` with ``r``, and
+    ``dx`` is built in place in the buffer of ``g w``: three passes over the batch forward and six
+    backward, where autograd through the forward's ops records eleven and keeps ``x``, ``x^2`` and
+    ``x r`` alive. Every pass counts on a CPU: each costs ~30-80 us for a ``cpu-small`` batch. The
+    forward gives the numbers of :func:`rms_norm` without a gradient up to rounding in ``r``.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        xh = x * r
-        ctx.save_for_backward(xh, r, weight)
-        return xh * weight
+        C = x.shape[-1]
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().mul_(1.0 / C).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, r, weight)
+        ctx.x_dtype = x.dtype
+        y = torch.mul(x, r)
+        return y.mul_(weight) if torch.promote_types(y.dtype, weight.dtype) == y.dtype else y * weight
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        xh, r, weight = ctx.saved_tensors
+        x, r, weight = ctx.saved_tensors
+        C = x.shape[-1]
+        dt = torch.promote_types(grad.dtype, weight.dtype)  # mixed precision: work in the wider type
+        x, r = x.to(dt), r.to(dt)
         gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gxh = grad * weight
-            gx = torch.addcmul(gxh, xh, (gxh * xh).mean(-1, keepdim=True), value=-1.0).mul_(r)
         if ctx.needs_input_grad[1]:
-            gw = (grad * xh).reshape(-1, xh.shape[-1]).sum(0)
+            gw = torch.mv((grad * x).reshape(-1, C).t(), r.reshape(-1)).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            gxw = grad * weight
+            coef = torch.linalg.vecdot(gxw, x).unsqueeze(-1).mul_(r.pow(3)).mul_(1.0 / C)
+            gx = gxw.mul_(r).addcmul_(x, coef, value=-1.0).to(ctx.x_dtype)
         return gx, gw, None
 
 
