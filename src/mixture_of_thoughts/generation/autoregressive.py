@@ -95,7 +95,7 @@ def generate(model: Transformer, prompt_ids: torch.Tensor, max_new_tokens: int, 
         creativity: thought-layer creativity: None (config default), float, or (B,) tensor.
         route: thought-layer routing for this call (``"token"`` / ``"sequence"``; None = configured).
         use_cache: use the KV cache; ``False`` recomputes the last block at every step (reference).
-        compile: decode one token at a time through a ``torch.compile``-d step
+        compile: decode one token at a time through a TorchInductor-compiled step
             (:class:`~mixture_of_thoughts.models.decode.CompiledDecoder`): several times faster for
             long generations, after a one-off compile; the same texts.
         stop_ids: a stop string's ids; a row stops once its generated text ends with it.

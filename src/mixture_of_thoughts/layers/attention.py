@@ -154,6 +154,7 @@ class KVCache:
         self.slot_pos = torch.full((capacity,), -1, dtype=torch.long, device=device)  # -1: empty slot
         self.capacity = capacity
         self.length = start
+        self._step: tuple | None = None  # (positions, slot, mask) of the current one-token step
 
     def positions(self, T: int) -> torch.Tensor:
         """Absolute positions of the next ``T`` tokens."""
@@ -174,12 +175,9 @@ class KVCache:
             # Decoding one token (the hot path): its key only overwrites the slot of position p - cap,
             # which its query may not see anyway, so write first and attend over the buffer in place
             # (no copy of the whole cache per step).
-            slot = positions % cap
-            self.k[layer][:, :, slot] = k.to(self.k.dtype)
-            self.v[layer][:, :, slot] = v.to(self.v.dtype)
-            key_pos = self.slot_pos.clone()
-            key_pos[slot] = positions
-            mask = None if self.length >= cap else (key_pos >= 0)[None, :]  # a full window sees every slot
+            slot, mask = self._one_token_step(positions)
+            self.k[layer, :, :, slot] = k[:, :, 0].to(self.k.dtype)
+            self.v[layer, :, :, slot] = v[:, :, 0].to(self.v.dtype)
             return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask,
                                                   dropout_p=dropout_p)
         else:
@@ -195,7 +193,21 @@ class KVCache:
         self.v[layer][:, :, slots] = v[:, :, -keep:].to(self.v.dtype)
         return out
 
+    def _one_token_step(self, positions: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+        """The slot of a one-token step's position and the mask of the slots its query sees, computed
+        once for all layers of the step (every layer gets the same ``positions`` tensor)."""
+        if self._step is None or self._step[0] is not positions:
+            slot = int(positions[0]) % self.capacity
+            mask = None  # a full window sees every slot
+            if self.length < self.capacity:
+                seen = self.slot_pos >= 0
+                seen[slot] = True
+                mask = seen[None, :]
+            self._step = (positions, slot, mask)
+        return self._step[1], self._step[2]
+
     def advance(self, positions: torch.Tensor) -> None:
+        self._step = None
         keep = min(len(positions), self.capacity)
         self.slot_pos[positions[-keep:] % self.capacity] = positions[-keep:]
         self.length = int(positions[-1].item()) + 1

@@ -1,5 +1,5 @@
 """A compiled decode step: the one-new-token forward of a causal :class:`Transformer`, fused by
-``torch.compile`` (TorchInductor's C++ backend on CPUs).
+TorchInductor (its C++ backend on CPUs).
 
 Why: eager decoding of this project's models is not bound by arithmetic. At batch 1 the
 ``shakespeare-char`` step reads 42 MB of weights through MKL's matrix-vector product, which streams
@@ -20,10 +20,13 @@ MKL's matrix products are the fast path), token sampling, thought layers in conf
 graph does not cover (attention combiner, persistent or orthogonal noise) and anything with forward
 hooks on it (steering, routing traces), which must see the module's own call.
 
-The functions are compiled once per shape and take the weights as arguments, so one graph serves
-every layer of a model. Sums in another order round differently (relative differences ~1e-6 in
-the logits), so a token can only change where two candidates tie within rounding error: the tests
-and ``BENCHMARKS.md`` check that the texts are the same as eager decoding's.
+The functions are compiled once per shape (:class:`_Static`: traced to ATen and compiled by
+Inductor, then called without ``torch.compile``'s per-call guard checks) and take the weights as
+arguments, so one graph serves every layer of a model.
+
+Sums in another order round differently (relative differences ~1e-6 in the logits), so a token can
+only change where two candidates tie within rounding error: the tests and ``BENCHMARKS.md`` check
+that the texts are the same as eager decoding's.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ import functools
 import shutil
 
 import torch
+import torch._inductor
 import torch.nn.functional as F
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from .. import rng
 from ..errors import ConfigError
@@ -142,14 +148,58 @@ def compiler_available() -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
+class _Static:
+    """``fn`` compiled by TorchInductor once per call signature, called without Dynamo.
+
+    ``torch.compile`` checks its guards (every tensor's shape, stride and dtype, every constant) and
+    patches its configuration at each call: ~50-100 us a call on the 2-core machines of
+    ``BENCHMARKS.md``, where a decode step makes 2 calls a layer and its graphs run for ~100 us each.
+    Here the signature (shapes, strides, dtypes and the non-tensor arguments) is the key of a dict
+    of compiled graphs, each traced by ``make_fx`` and compiled by ``torch._inductor.compile``: a
+    call costs a dictionary lookup. The traced graph is the same ATen graph Dynamo would hand
+    Inductor, so the kernels and numbers are the same.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, *args):
+        Tensor = torch.Tensor
+        key = tuple([(a.shape, a.stride(), a.dtype, a.device) if isinstance(a, Tensor) else a for a in args])
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._compile(args)
+        compiled, rebuild = entry
+        return rebuild(compiled(*[a for a in args if isinstance(a, Tensor)]))
+
+    def _compile(self, args) -> tuple:
+        where = [i for i, a in enumerate(args) if torch.is_tensor(a)]
+        spec = []
+
+        def flat(*tensors):
+            full = list(args)
+            for i, t in zip(where, tensors, strict=True):
+                full[i] = t
+            leaves, out_spec = tree_flatten(self.fn(*full))
+            spec.append(out_spec)
+            return leaves
+
+        tensors = [args[i] for i in where]
+        with torch.no_grad():
+            graph = make_fx(flat)(*tensors)
+            compiled = torch._inductor.compile(graph, tensors)
+        out_spec = spec[-1]
+        if out_spec.type is tuple and all(c.is_leaf() for c in out_spec.children()):
+            return compiled, tuple  # a flat tuple of tensors: no pytree walk per call
+        return compiled, lambda out: tree_unflatten(list(out), out_spec)
+
+
 @functools.cache
 def _compiled():
-    """The compiled functions, made once per process: Dynamo keeps its graphs per compiled function,
-    so every decoder (and every model of the same shapes) shares them. It keeps up to
-    ``torch._dynamo.config.recompile_limit`` (8) shapes per function; a process that decodes more
-    shapes than that runs the others eagerly (the same numbers, without the speed-up)."""
-    opts = dict(dynamic=False, fullgraph=True)
-    return tuple(torch.compile(f, **opts) for f in (_attention_in, _attention_out, _head, _thought_ffn))
+    """The compiled functions, made once per process and shared by every decoder (a graph per shape;
+    models of the same shapes share them)."""
+    return tuple(_Static(f) for f in (_attention_in, _attention_out, _head, _thought_ffn))
 
 
 class CompiledDecoder:
