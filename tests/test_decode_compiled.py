@@ -129,3 +129,32 @@ def test_compiled_decoding_without_a_compiler_says_so(tokenizer, monkeypatch):
     monkeypatch.setattr(decode, "compiler_available", lambda: False)
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         think(model_of(tokenizer), tokenizer, "the", max_new_tokens=3, compile=True)
+
+
+def test_static_graphs_compile_once_per_signature_and_fall_back_past_their_limit(caplog):
+    """``_Static``: a graph per call signature (shapes, strides, dtypes, constants), reused; past
+    ``MAX_GRAPHS`` the function runs eagerly, with one warning."""
+    from mixture_of_thoughts.models.decode import _Static
+
+    calls = []
+
+    def fn(x, w, scale: float, extra):
+        calls.append(1)  # runs at tracing time and on eager calls only
+        y = (x.unsqueeze(-2) * w).sum(-1) * scale
+        return y, (y.sum(), extra is None)
+
+    f = _Static(fn)
+    f.MAX_GRAPHS = 1
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 5, generator=g), torch.randn(3, 5, generator=g)
+    y, (total, no_extra) = f(x, w, 2.0, None)
+    assert torch.allclose(y, (x @ w.T) * 2.0, atol=1e-6) and torch.allclose(total, y.sum())
+    assert no_extra is True  # a constant output keeps its Python value
+    traced = len(calls)
+    y2, _ = f(x + 1, w, 2.0, None)  # the same signature: the compiled graph, not fn
+    assert len(calls) == traced and torch.allclose(y2, ((x + 1) @ w.T) * 2.0, atol=1e-6)
+    with caplog.at_level("WARNING"):
+        y3, _ = f(x, w, 3.0, None)  # a new constant is a new signature: past the limit, eager
+        f(x[:1], w, 2.0, None)
+    assert len(calls) == traced + 2 and torch.allclose(y3, (x @ w.T) * 3.0, atol=1e-6)
+    assert sum("further shapes run eagerly" in r.message for r in caplog.records) == 1

@@ -32,6 +32,7 @@ that the texts are the same as eager decoding's.
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 
 import torch
@@ -47,6 +48,8 @@ from ..layers.ffn import activation
 from ..layers.norm import rms_norm
 from ..layers.thoughts import TAU_MIN, ThoughtsFFN, gumbel_top_k, scaled_logits, slot_weights
 from .transformer import ModelOutput, Transformer
+
+log = logging.getLogger(__name__)
 
 FEW_ROWS = 8  # rows (batch x new tokens) up to which a projection is a fused reduction, not a BLAS call
 
@@ -158,7 +161,13 @@ class _Static:
     of compiled graphs, each traced by ``make_fx`` and compiled by ``torch._inductor.compile``: a
     call costs a dictionary lookup. The traced graph is the same ATen graph Dynamo would hand
     Inductor, so the kernels and numbers are the same.
+
+    At most ``MAX_GRAPHS`` signatures are compiled (each takes seconds); calls with further ones run
+    ``fn`` eagerly, the same maths without the speed-up (as ``torch.compile`` does past its
+    recompile limit), with a warning the first time.
     """
+
+    MAX_GRAPHS = 16
 
     def __init__(self, fn):
         self.fn = fn
@@ -169,6 +178,12 @@ class _Static:
         key = tuple([(a.shape, a.stride(), a.dtype, a.device) if isinstance(a, Tensor) else a for a in args])
         entry = self.graphs.get(key)
         if entry is None:
+            if len(self.graphs) >= self.MAX_GRAPHS:
+                if len(self.graphs) == self.MAX_GRAPHS:
+                    log.warning("compiled decoding: %s has %d shapes compiled; further shapes run eagerly",
+                                self.fn.__name__, self.MAX_GRAPHS)
+                    self.graphs[None] = (None, None)  # warned once
+                return self.fn(*args)
             entry = self.graphs[key] = self._compile(args)
         compiled, rebuild = entry
         return rebuild(compiled(*[a for a in args if isinstance(a, Tensor)]))
