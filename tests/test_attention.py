@@ -89,6 +89,21 @@ def test_training_projection_matches_split_heads_in_value_and_gradient(bias):
         assert torch.allclose(a, r, atol=1e-10)
 
 
+def test_training_projection_in_bfloat16_takes_the_real_rotation():
+    """No complex bfloat16: the training path rotates back and gives split_heads' q, k, v."""
+    g = torch.Generator().manual_seed(1)
+    B, T, nh, hs = 2, 5, 2, 8
+    x = torch.randn(B, T, nh * hs, generator=g).bfloat16().requires_grad_()
+    w = torch.randn(3 * nh * hs, nh * hs, generator=g).bfloat16().requires_grad_()
+    cos, sin = rope_angles(torch.arange(T), hs, 10000.0)
+    out = project_qkv_rope(x, w, None, nh, cos, sin)
+    ref = split_heads(torch.nn.functional.linear(x, w), nh, cos, sin)
+    for a, r in zip(out, ref, strict=True):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, r)
+    sum(t.float().sum() for t in out).backward()
+    assert x.grad is not None and w.grad is not None
+
+
 def test_attention_in_training_matches_inference():
     """Training (with gradient) and inference (no gradient) take different RoPE code: same outputs."""
     attn, x = _attn(), _x()

@@ -172,6 +172,7 @@ class _Static:
     def __init__(self, fn):
         self.fn = fn
         self.graphs: dict[tuple, tuple] = {}
+        self.full_warned = False
 
     def __call__(self, *args):
         Tensor = torch.Tensor
@@ -179,17 +180,17 @@ class _Static:
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.MAX_GRAPHS:
-                if len(self.graphs) == self.MAX_GRAPHS:
+                if not self.full_warned:
                     log.warning("compiled decoding: %s has %d shapes compiled; further shapes run eagerly",
                                 self.fn.__name__, self.MAX_GRAPHS)
-                    self.graphs[None] = (None, None)  # warned once
+                    self.full_warned = True
                 return self.fn(*args)
             entry = self.graphs[key] = self._compile(args)
         compiled, rebuild = entry
         return rebuild(compiled(*[a for a in args if isinstance(a, Tensor)]))
 
     def _compile(self, args) -> tuple:
-        where = [i for i, a in enumerate(args) if torch.is_tensor(a)]
+        where = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
         spec = []
 
         def flat(*tensors):
