@@ -199,3 +199,13 @@ def test_dense_branches_report_no_creativity_or_routing(tiny_model, tokenizer):
     res = think(tiny_model, tokenizer, PROMPT, branches=2, creativity=(0.5, 1.5), max_new_tokens=8)
     assert all(b.creativity is None and b.routing == {} for b in res.branches)
     assert set(res.diversity) == {"distinct_2", "distinct_3", "self_bleu"}
+
+
+def test_think_diversity_is_the_sets_and_is_in_its_dict(tiny_model, tokenizer):
+    from mixture_of_thoughts.generation.decoder import set_diversity
+
+    res = think(tiny_model, tokenizer, PROMPT, branches=3, max_new_tokens=12, seed=4)
+    assert "diversity" not in vars(res)  # computed on first use only
+    assert res.diversity == set_diversity([b.text for b in res.branches])
+    d = res.to_dict()
+    assert d["diversity"] == res.diversity and [b["text"] for b in d["branches"]] == [b.text for b in res.branches]

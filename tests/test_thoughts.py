@@ -346,6 +346,34 @@ def test_custom_autograd_pieces_pass_gradcheck():
     assert torch.autograd.gradcheck(_ScaleRows.apply, (a, s))
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 11])
+def test_row_dots_in_chunks_equals_the_row_sums_of_the_product(monkeypatch, rows):
+    from mixture_of_thoughts.layers import thoughts
+
+    monkeypatch.setattr(thoughts, "ROW_DOTS_CHUNK", 4)  # 11 rows: two full chunks and a remainder
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(rows, 6, dtype=torch.float64, generator=g) for _ in range(2))
+    got = thoughts.row_dots(a, b)
+    assert got.shape == (rows,) and got.dtype == torch.float64
+    torch.testing.assert_close(got, (a * b).sum(-1), rtol=0, atol=1e-12)
+    # a strided gradient (a transposed view) and a float32 pair
+    at = torch.randn(6, rows, dtype=torch.float64, generator=g).t()
+    torch.testing.assert_close(thoughts.row_dots(at, b), (at * b).sum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(thoughts.row_dots(a.float(), b.float()), (a * b).sum(-1).float())
+
+
+def test_noise_and_scale_gradients_pass_gradcheck_across_row_dot_chunks(monkeypatch):
+    from mixture_of_thoughts.layers import thoughts
+
+    monkeypatch.setattr(thoughts, "ROW_DOTS_CHUNK", 3)  # 7 rows: chunks of 3, 3 and 1
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    s = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    n = torch.randn(7, 5, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradcheck(lambda a, s: thoughts._AddScaledNoise.apply(a.clone(), s, n), (a, s))
+    assert torch.autograd.gradcheck(thoughts._ScaleRows.apply, (a, s))
+
+
 def test_aux_off_keeps_the_output_and_the_routing_statistics():
     layer = make_layer()
     x = torch.randn(2, 5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))

@@ -20,6 +20,7 @@ This is nanochat's single ``sample_next_token`` idea: the two model families can
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
@@ -188,10 +189,16 @@ class Branch:
 class ThinkResult:
     prompt: str
     branches: list[Branch]
-    diversity: dict[str, float]
+
+    @functools.cached_property
+    def diversity(self) -> dict[str, float]:
+        """The set's lexical diversity (:func:`set_diversity`), computed on first use: self-BLEU over 8
+        branches of 200 characters costs ~20 ms, a few percent of generating them, which callers that
+        only want the texts (search, benchmarks) need not pay."""
+        return set_diversity([br.text for br in self.branches])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "diversity": self.diversity}
 
 
 def creativity_spread(spec, n: int) -> list[float] | None:
@@ -242,7 +249,7 @@ def collect_branches(gen: Generation, prompt_len: int, decode_text: Callable[[li
         route = {layer: [round(float(v), 4) for v in load[b]] for layer, load in routing.items()}
         crea = None if creativity is None else creativity[b]
         out.append(Branch(decode_text(rows[b][:L]), seeds[b], crea, ll, route))
-    return ThinkResult(prompt, out, set_diversity([br.text for br in out]))
+    return ThinkResult(prompt, out)
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
