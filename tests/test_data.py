@@ -227,6 +227,21 @@ def test_tokenizer_round_trip_and_sorted_vocab(corpus_text):
     assert tok.encode("\n .a") == [0, 1, 2, 3]
 
 
+def test_encode_tensor_is_encode_as_a_tensor():
+    """The vectorised lookup the datasets use gives encode's ids for any vocabulary order, characters
+    beyond the BMP included, and its error for characters outside the vocabulary."""
+    tok = CharTokenizer(["z", "a", "\u00e9", "\U0001f600", "\n"])  # not in code-point order
+    text = "a\u00e9\U0001f600z\nza"
+    ids = tok.encode_tensor(text)
+    assert ids.dtype == torch.long and ids.tolist() == tok.encode(text) == [1, 2, 3, 0, 4, 0, 1]
+    assert tok.encode_tensor("").tolist() == []
+    with pytest.raises(DataError, match="'b' at 1.*'c' at 2"):
+        tok.encode_tensor("abc")
+    big = CharTokenizer(list("ab "))
+    with pytest.raises(DataError, match="'~' at 2"):
+        big.encode_tensor("b ~")  # past the largest code point of the vocabulary
+
+
 def test_unknown_characters_error_names_chars_and_positions():
     tok = CharTokenizer(list("ab "))
     with pytest.raises(DataError) as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -75,6 +76,70 @@ def test_make_optimizer_decays_matrices_only():
     assert [id(p) for p in no_decay["params"]] == [id(net[1].bias), id(net[2].weight), id(net[2].bias)]
     assert decay["weight_decay"] == 0.25 and no_decay["weight_decay"] == 0.0
     assert all(g["lr"] == 2e-3 and g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+
+
+def _adamw_run(opt, params, steps=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 1e-2 / (i + 1)  # the trainer sets the rate every step
+        opt.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+
+
+def _params(seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(4, 3, generator=g).requires_grad_(), torch.randn(3, generator=g).requires_grad_()]
+
+
+def test_fused_adamw_is_torch_adamw_bit_for_bit_and_shares_its_state_dict():
+    from mixture_of_thoughts.training.optim import FusedAdamW
+
+    def groups(ps):
+        return [{"params": [ps[0]], "weight_decay": 0.1}, {"params": [ps[1]], "weight_decay": 0.0}]
+
+    ours_p, ref_p = _params(), _params()
+    ours = FusedAdamW(groups(ours_p), lr=1e-2, betas=(0.9, 0.95))
+    ref = torch.optim.AdamW(groups(ref_p), lr=1e-2, betas=(0.9, 0.95), fused=True)
+    _adamw_run(ours, ours_p)
+    _adamw_run(ref, ref_p)
+    for a, b in zip(ours_p, ref_p, strict=True):
+        assert torch.equal(a, b)
+    # a state saved by either continues in the other exactly
+    for src, src_p, dst_cls in ((ours, ours_p, "torch"), (ref, ref_p, "ours")):
+        cont_p = [p.detach().clone().requires_grad_() for p in src_p]
+        if dst_cls == "torch":
+            cont = torch.optim.AdamW(groups(cont_p), lr=1.0, betas=(0.5, 0.5), fused=True)
+        else:
+            cont = FusedAdamW(groups(cont_p), lr=1.0, betas=(0.5, 0.5))
+        cont.load_state_dict(copy.deepcopy(src.state_dict()))  # as through a checkpoint file
+        assert cont.param_groups[0]["betas"] == (0.9, 0.95) and cont.param_groups[1]["weight_decay"] == 0.0
+        _adamw_run(cont, cont_p, seed=7)
+        _adamw_run(src, src_p, seed=7)
+        for a, b in zip(cont_p, src_p, strict=True):
+            assert torch.equal(a, b)
+    ours.zero_grad(set_to_none=False)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in ours_p)
+    with pytest.raises(ValueError, match="different parameter groups"):
+        FusedAdamW([{"params": ours_p, "weight_decay": 0.0}], lr=1e-2, betas=(0.9, 0.95)).load_state_dict(
+            ours.state_dict())
+
+
+def test_training_does_not_import_torch_dynamo(corpus_file, tmp_path):
+    """Constructing torch.optim's optimisers imports torch._dynamo, ~1 s of every process; training
+    here needs none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from conftest import tiny_model_config, tiny_train_config; "
+            "from mixture_of_thoughts.training.trainer import train; "
+            f"train({str(corpus_file)!r}, {str(tmp_path / 'run')!r}, tiny_model_config(), "
+            "tiny_train_config(max_steps=2, eval_interval=1)); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(__import__("pathlib").Path(__file__).parent))
+    assert out.stdout.strip() == "False"
 
 
 def test_make_optimizer_groups_every_transformer_parameter_once():

@@ -21,7 +21,7 @@ class CharDataset:
 
     def __init__(self, text: str, block_size: int, tokenizer: CharTokenizer | None = None):
         self.tokenizer = tokenizer or CharTokenizer.from_text(text)
-        ids = torch.tensor(self.tokenizer.encode(text, unknown="error"), dtype=torch.long)
+        ids = self.tokenizer.encode_tensor(text)
         n = int(TRAIN_FRACTION * len(ids))
         self.train, self.val = ids[:n], ids[n:]
         self.block_size = block_size

@@ -141,7 +141,7 @@ class _Run:
     ddp_model: torch.nn.Module
     objective: Any
     ds: CharDataset
-    optimizer: torch.optim.Optimizer
+    optimizer: Any  # FusedAdamW, or torch.optim.AdamW off CPUs and CUDA
     batch_gen: torch.Generator
     noise_gen: torch.Generator
     evaluate: _Evaluator
