@@ -26,10 +26,11 @@ class _RMSNorm(torch.autograd.Function):
 
     With ``r = rsqrt(mean(x^2) + eps)``, ``y = x r w``: ``dw = sum_rows(g x r)`` and
     ``dx = r (g w) - x r^3 mean(g w x)``. The forward keeps ``x`` and ``r`` (not ``x r``); ``r``
-    comes from one norm reduction, ``dw`` from a matrix-vector product of ``(g x)^T`` with ``r``, and
-    ``dx`` is built in place in the buffer of ``g w``: three passes over the batch forward and six
-    backward, where autograd through the forward's ops records eleven and keeps ``x``, ``x^2`` and
-    ``x r`` alive. Every pass counts on a CPU: each costs ~30-80 us for a ``cpu-small`` batch. The
+    comes from one norm reduction. Backward, both sums come from the one product ``g x``, by two
+    matrix-vector products (with ``r`` for ``dw``, with ``w`` for ``mean(g w x)``), and ``dx`` is
+    built in place in the buffer of ``g w``: three passes over the batch forward and six backward,
+    where autograd through the forward's ops records eleven and keeps ``x``, ``x^2`` and ``x r``
+    alive. Every pass counts on a CPU: each costs ~30-80 us for a ``cpu-small`` batch. The
     forward gives the numbers of :func:`rms_norm` without a gradient up to rounding in ``r``.
     """
 
@@ -47,14 +48,19 @@ class _RMSNorm(torch.autograd.Function):
         x, r, weight = ctx.saved_tensors
         C = x.shape[-1]
         dt = torch.promote_types(grad.dtype, weight.dtype)  # mixed precision: work in the wider type
-        x, r = x.to(dt), r.to(dt)
-        gx = gw = None
-        if ctx.needs_input_grad[1]:
-            gw = torch.mv((grad * x).reshape(-1, C).t(), r.reshape(-1)).to(weight.dtype)
+        if x.dtype != dt:
+            x, r = x.to(dt), r.to(dt)
+        w = weight if weight.dtype == dt else weight.to(dt)
+        gx_rows = (grad * x).reshape(-1, C)  # g x: one pass serves both gradients, as two products
+        rows = r.reshape(-1)
+        gw = torch.mv(gx_rows.t(), rows) if ctx.needs_input_grad[1] else None
+        gx = None
         if ctx.needs_input_grad[0]:
-            gxw = grad * weight
-            coef = torch.linalg.vecdot(gxw, x).unsqueeze(-1).mul_(r.pow(3)).mul_(1.0 / C)
-            gx = gxw.mul_(r).addcmul_(x, coef, value=-1.0).to(ctx.x_dtype)
+            coef = torch.mv(gx_rows, w).mul_(rows.pow(3)).mul_(1.0 / C).view(r.shape)  # r^3 mean(g w x)
+            gx = (grad * w).mul_(r).addcmul_(x, coef, value=-1.0)
+            gx = gx if gx.dtype == ctx.x_dtype else gx.to(ctx.x_dtype)
+        if gw is not None and gw.dtype != weight.dtype:
+            gw = gw.to(weight.dtype)
         return gx, gw, None
 
 
