@@ -142,6 +142,26 @@ def test_training_does_not_import_torch_dynamo(corpus_file, tmp_path):
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("chunk_tokens", [1, 2 * 4 * 16])  # one batch a pass; two batches a pass (3 = 2 + 1)
+def test_evaluation_in_chunks_is_the_mean_over_its_batches(corpus_text, monkeypatch, chunk_tokens):
+    """Scoring the fixed batches in chunks gives the mean loss of the batches scored one by one."""
+    from mixture_of_thoughts.data.batches import CharDataset, get_batch
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    monkeypatch.setattr(trainer, "EVAL_CHUNK_TOKENS", chunk_tokens)
+    cfg = tiny_train_config(eval_batches=3)
+    model = Transformer(tiny_model_config(block_size=16)).init_weights(torch.Generator().manual_seed(0))
+    ds = CharDataset(corpus_text, 16)
+    ev = trainer._Evaluator(ds, cfg, 16, torch.device("cpu"))
+    assert [x.shape[0] for x, _ in ev.batches["val"]] == ([4, 4, 4] if chunk_tokens == 1 else [8, 4])
+    out = ev(model, AutoregressiveObjective(), cfg, torch.device("cpu"), torch.float32)
+    g = torch.Generator().manual_seed(cfg.seed + 7)
+    with torch.no_grad():
+        for split in ("train", "val"):
+            ref = [float(model(*get_batch(ds.split(split), 16, 4, g)).loss) for _ in range(3)]
+            assert out[f"{split}_loss"] == pytest.approx(sum(ref) / 3, rel=1e-6)
+
+
 def test_make_optimizer_groups_every_transformer_parameter_once():
     from mixture_of_thoughts.models.transformer import Transformer
 

@@ -116,20 +116,19 @@ class _Evaluator:
         out, stats_acc = {}, {}
         for split, batches in self.batches.items():
             g = torch.Generator(device=device).manual_seed(self.seed)
-            total = rows = 0.0
-            n_all = sum(x.shape[0] for x, _ in batches)
+            total, n_all = 0.0, sum(x.shape[0] for x, _ in batches)
             for x, y in batches:
                 with autocast(device, dtype):
                     ev = objective.eval_loss(model, x, y, g, cfg)
-                total, rows = total + float(ev.loss) * x.shape[0], rows + x.shape[0]
+                share = x.shape[0] / n_all  # each chunk weighs by its rows
+                total += float(ev.loss) * share
                 if split == "val":
-                    share = x.shape[0] / n_all
                     for layer, s in ev.stats.items():
                         acc = stats_acc.setdefault(layer, dict.fromkeys(LAYER_SCALARS, 0.0) | {"load": 0})
                         for key in LAYER_SCALARS:
                             acc[key] += float(s[key]) * share
                         acc["load"] = acc["load"] + s["load"].float().cpu() * share
-            out[f"{split}_loss"] = total / rows
+            out[f"{split}_loss"] = total
             out[f"{split}_bpc"] = to_bits(out[f"{split}_loss"])
         if stats_acc:
             for key in LAYER_SCALARS:
