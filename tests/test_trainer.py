@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,12 +112,10 @@ def test_fused_adamw_is_torch_adamw_bit_for_bit_and_shares_its_state_dict():
     for a, b in zip(ours_p, ref_p, strict=True):
         assert torch.equal(a, b)
     # a state saved by either continues in the other exactly
-    for src, src_p, dst_cls in ((ours, ours_p, "torch"), (ref, ref_p, "ours")):
+    into_torch = functools.partial(torch.optim.AdamW, fused=True)
+    for src, src_p, other in ((ours, ours_p, into_torch), (ref, ref_p, FusedAdamW)):
         cont_p = [p.detach().clone().requires_grad_() for p in src_p]
-        if dst_cls == "torch":
-            cont = torch.optim.AdamW(groups(cont_p), lr=1.0, betas=(0.5, 0.5), fused=True)
-        else:
-            cont = FusedAdamW(groups(cont_p), lr=1.0, betas=(0.5, 0.5))
+        cont = other(groups(cont_p), lr=1.0, betas=(0.5, 0.5))
         cont.load_state_dict(copy.deepcopy(src.state_dict()))  # as through a checkpoint file
         assert cont.param_groups[0]["betas"] == (0.9, 0.95) and cont.param_groups[1]["weight_decay"] == 0.0
         _adamw_run(cont, cont_p, seed=7)
@@ -130,15 +132,12 @@ def test_fused_adamw_is_torch_adamw_bit_for_bit_and_shares_its_state_dict():
 def test_training_does_not_import_torch_dynamo(corpus_file, tmp_path):
     """Constructing torch.optim's optimisers imports torch._dynamo, ~1 s of every process; training
     here needs none of it."""
-    import subprocess
-    import sys
-
     code = ("import sys; from conftest import tiny_model_config, tiny_train_config; "
             "from mixture_of_thoughts.training.trainer import train; "
             f"train({str(corpus_file)!r}, {str(tmp_path / 'run')!r}, tiny_model_config(), "
             "tiny_train_config(max_steps=2, eval_interval=1)); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(__import__("pathlib").Path(__file__).parent))
+                         cwd=Path(__file__).parent)
     assert out.stdout.strip() == "False"
 
 

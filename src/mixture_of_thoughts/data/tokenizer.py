@@ -73,10 +73,9 @@ class CharTokenizer:
         if not text:
             return torch.zeros(0, dtype=torch.long)
         codes = torch.frombuffer(bytearray(text.encode("utf-32-le")), dtype=torch.int32).long()
-        vocab = torch.tensor([ord(c) for c in self.chars])
-        order = torch.argsort(vocab)
-        at = torch.searchsorted(vocab[order], codes).clamp_(max=len(self.chars) - 1)
-        if not torch.equal(vocab[order][at], codes):
+        vocab, order = torch.sort(torch.tensor([ord(c) for c in self.chars]))
+        at = torch.searchsorted(vocab, codes).clamp_(max=len(self.chars) - 1)
+        if not torch.equal(vocab[at], codes):
             self.encode(text, unknown="error")  # raises, naming the characters and their positions
         return order[at]
 

@@ -28,6 +28,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
 
 
+# what torch.optim.AdamW's groups also hold, so that it loads this class's state_dict unchanged
+_TORCH_GROUP_FLAGS = {"amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
+                      "differentiable": False, "fused": True, "decoupled_weight_decay": True}
+
+
 class FusedAdamW:
     """AdamW (Loshchilov & Hutter, 2019) in PyTorch's fused kernel, one call per parameter group.
 
@@ -109,11 +114,6 @@ class FusedAdamW:
             self.state[p] = {"step": st["step"].to(device=p.device, dtype=torch.float32, copy=True).reshape(()),
                              "exp_avg": st["exp_avg"].to(device=p.device, dtype=p.dtype, copy=True),
                              "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=p.dtype, copy=True)}
-
-
-# what torch.optim.AdamW's groups also hold, so that it loads this class's state_dict unchanged
-_TORCH_GROUP_FLAGS = {"amsgrad": False, "foreach": None, "maximize": False, "capturable": False,
-                      "differentiable": False, "fused": True, "decoupled_weight_decay": True}
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
