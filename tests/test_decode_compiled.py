@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_model_config
 from mixture_of_thoughts.errors import ConfigError
 from mixture_of_thoughts.generation.autoregressive import generate, think
-from mixture_of_thoughts.models.decode import CompiledDecoder, compiler_available
+from mixture_of_thoughts.models.decode import CompiledDecoder, _branch_order, compiler_available
 from mixture_of_thoughts.models.transformer import Transformer
 from mixture_of_thoughts.rng import RowNoise
 
@@ -74,6 +74,16 @@ def test_compiled_decoding_runs_hooked_layers_eagerly(tokenizer):
         handle.remove()
     assert len(outs) == 6
     assert set(outs[-1].stats[1]) == {"load", "row_load", "active_k"}
+
+
+def test_branch_order_is_a_stable_sort_of_the_slots_by_branch():
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1, 2), (8, 1, 2), (5, 3, 3)]:
+        idx = torch.randint(0, 4, shape, generator=g)
+        e, perm, rank = _branch_order(idx)
+        flat = idx.reshape(-1)
+        assert torch.equal(perm, torch.sort(flat, stable=True).indices)  # ties keep the slot order
+        assert torch.equal(e, flat[perm]) and torch.equal(perm[rank], torch.arange(flat.numel()))
 
 
 def test_compiled_thought_layer_reports_the_eager_routing_stats(tokenizer):

@@ -142,3 +142,38 @@ def test_int32_hash_gives_the_same_bits_as_the_reference():
                                                                       for _ in range(5000)]
     got = (_hash32_int32(torch.tensor(xs, dtype=torch.int64).to(torch.int32)).to(torch.int64) & MASK).tolist()
     assert got == [lowbias32(x) for x in xs]
+
+
+def test_in_place_int32_hash_equals_the_copying_one_and_leaves_no_sign_errors():
+    from mixture_of_thoughts.rng import _hash32_int32, _hash32_int32_, _to_int32
+
+    xs = torch.tensor([0, 1, MASK, 2**31, 2**31 - 1] + [random.Random(2).getrandbits(32) for _ in range(3000)])
+    x32 = _to_int32(xs)
+    assert x32.dtype == torch.int32 and (x32.to(torch.int64) & MASK).tolist() == xs.tolist()
+    copy = _hash32_int32(x32)
+    assert (x32.to(torch.int64) & MASK).tolist() == xs.tolist()  # the copying form leaves its input alone
+    assert _hash32_int32_(x32) is x32 and torch.equal(x32, copy)
+    assert (copy.to(torch.int64) & MASK).tolist() == [lowbias32(int(x)) for x in xs]
+
+
+def test_normals_from_int32_and_int64_bits_equal_the_float32_inverse_cdf_formula_for_every_pattern():
+    # the reference: u = (top24 + 0.5) * 2**-24 in float32, clamped below 1, then sqrt(2) erfinv(2u - 1);
+    # bits_to_normal computes 2u - 1 another way and must give the same floats for all 2**24 patterns
+    top = torch.arange(2**24, dtype=torch.int64)
+    bits = (top << 8) | torch.randint(0, 256, (2**24,), generator=torch.Generator().manual_seed(0))
+    u = ((top.to(torch.float32) + 0.5) * 2.0**-24).clamp_(max=1.0 - 2.0**-24)
+    ref = torch.erfinv(u * 2.0 - 1.0).mul_(2.0**0.5)
+    assert torch.equal(bits_to_normal(bits), ref)
+    assert torch.equal(bits_to_normal((bits - ((bits >> 31) << 32)).to(torch.int32)), ref)
+
+
+def test_row_noise_bits_are_the_chained_hash_of_key_stream_position_and_index():
+    # the whole counter chain against the pure-Python hash: the int32 fast path keeps the bits
+    noise, stream, pos, n = RowNoise([11, 2**40 + 3]), stream_id(4, 2), [0, 5, 2**31 + 7], 6
+    got = noise._bits(stream, torch.tensor(pos), (n,)).to(torch.int64) & MASK
+    for b, key in enumerate(noise.keys.tolist()):
+        sk = lowbias32(key ^ lowbias32(stream))
+        for t, p in enumerate(pos):
+            hp = lowbias32(sk ^ ((p + 0x632BE5AB) & MASK))
+            want = [lowbias32(hp ^ lowbias32(i + 0x85EBCA77)) for i in range(n)]
+            assert got[b, t].tolist() == want
