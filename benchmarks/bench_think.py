@@ -3,12 +3,15 @@
     python benchmarks/bench_think.py            # 8 branches x 200 new tokens, cpu-small-mot
     python benchmarks/bench_think.py --quick
 
-Also checks that each branch of the batch equals its one-branch regeneration (same seed).
+Also checks that each branch of the batch equals its one-branch regeneration (same seed). The
+batched and one-at-a-time runs alternate (5 pairs): times are medians, the speed-up is the median of
+the pairs' ratios, and "pairs" gives their range.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from mixture_of_thoughts.generation.autoregressive import think  # noqa: E402
 from mixture_of_thoughts.models import Transformer  # noqa: E402
 
 
-def run(branches: int, new_tokens: int, preset_name: str = "cpu-small-mot") -> list[dict]:
+def run(branches: int, new_tokens: int, preset_name: str = "cpu-small-mot", repeat: int = 5) -> list[dict]:
     tok = CharTokenizer([chr(c) for c in range(32, 97)])  # 65 printable characters, as Tiny Shakespeare
     cfg = ModelConfig.from_dict({**preset(preset_name)["model"], "vocab_size": tok.vocab_size})
     model = Transformer(cfg).init_weights(torch.Generator().manual_seed(0)).eval()
@@ -44,12 +47,17 @@ def run(branches: int, new_tokens: int, preset_name: str = "cpu-small-mot") -> l
         t = time.perf_counter()
         res, alone = batched(), one_by_one()  # the first calls compile (both shapes)
         first = time.perf_counter() - t
-        tb, ts = timeit(batched, repeat=3, warmup=0), timeit(one_by_one, repeat=3, warmup=0)
+        # pairs (batched, one at a time) back to back: each ratio compares runs seconds apart, so a drift
+        # of the machine's speed over minutes moves both sides of it
+        pairs = [(timeit(batched, repeat=1, warmup=0), timeit(one_by_one, repeat=1, warmup=0))
+                 for _ in range(repeat)]
+        ratios = sorted(ts / tb for tb, ts in pairs)
+        tb, ts = (statistics.median(p[i] for p in pairs) for i in (0, 1))
         same = sum(a.branches[0].text == b.text for a, b in zip(alone, res.branches, strict=True))
         rows.append({"model": preset_name, "decode step": "compiled" if compile else "eager",
                      "batched s": tb, "batched tokens/s": branches * new_tokens / tb, "one at a time s": ts,
-                     "speed-up": ts / tb, "branches identical alone": f"{same}/{branches}",
-                     "first calls s": first})
+                     "speed-up": statistics.median(ratios), "pairs": f"{ratios[0]:.2f}-{ratios[-1]:.2f}",
+                     "branches identical alone": f"{same}/{branches}", "first calls s": first})
         rows[-1]["texts"] = [b.text for b in res.branches]
     same_texts = rows[0].pop("texts") == rows[1].pop("texts")
     rows[1]["decode step"] += f" (same texts as eager: {same_texts})"
@@ -61,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     print("machine:", machine())
-    rows = run(8, 40 if args.quick else 200)
+    rows = run(8, 40 if args.quick else 200, repeat=2 if args.quick else 5)
     print(table(rows, "\nthink: 8 branches in one batched pass vs one at a time (KV cache, creativity 0.5..1.5)"))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -199,3 +201,19 @@ def test_cache_start_gives_a_window_its_absolute_positions():
     cache = KVCache(1, 2, 2, 4, capacity=8, start=13)
     assert cache.length == 13
     assert cache.positions(3).tolist() == [13, 14, 15]
+
+
+def test_one_token_step_bias_masks_the_slots_not_yet_written_and_none_once_the_window_is_full():
+    cap = 4
+    cache = KVCache(1, 1, 1, 2, capacity=cap)
+    k = v = torch.ones(1, 1, 1, 2)
+    for p in range(7):
+        pos = cache.positions(1)
+        keys, _, mask = cache.write_step(0, k * (p + 1), v, pos)
+        bias = cache.step_bias(pos)
+        assert bias is cache.step_bias(pos)  # computed once per step, for every layer
+        seen = [i <= p for i in range(cap)]
+        assert bias.tolist() == [0.0 if s else -math.inf for s in seen]
+        assert (mask is None) == (p >= cap) and (mask is None or mask[0].tolist() == seen)
+        assert float(keys[0, 0, p % cap, 0]) == p + 1  # the new key is in its ring slot
+        cache.advance(pos)

@@ -168,3 +168,16 @@ def test_static_graphs_compile_once_per_signature_and_fall_back_past_their_limit
         f(x[:1], w, 2.0, None)
     assert len(calls) == traced + 2 and torch.allclose(y3, (x @ w.T) * 3.0, atol=1e-6)
     assert sum("further shapes run eagerly" in r.message for r in caplog.records) == 1
+
+
+def test_compiled_decoder_converts_a_creativity_tensor_once_and_follows_changes_to_it(tokenizer):
+    model = model_of(tokenizer, thought_layers="all", thoughts={"n_branches": 4, "k": 2})
+    dec, f = CompiledDecoder(model), model.blocks[0].ffn
+    h, noise, c = torch.zeros(2, 1, 32), RowNoise([1, 2]), torch.tensor([0.5, 0.0])
+    first, draws = dec._layer_creativity(f, c, noise, h)
+    assert draws and first.shape == (2, 1, 1) and first.flatten().tolist() == [0.5, 0.0]
+    assert dec._layer_creativity(f, c, noise, h)[0] is first  # kept across steps
+    c.zero_()  # changed in place: converted again, and a batch all at creativity 0 draws no noise
+    again, draws = dec._layer_creativity(f, c, noise, h)
+    assert not draws and again.flatten().tolist() == [0.0, 0.0]
+    assert not dec._layer_creativity(f, torch.tensor([1.0, 1.0]), None, h)[1]  # no noise source: no draws

@@ -125,7 +125,13 @@ def bits_to_normal(bits: torch.Tensor) -> torch.Tensor:
     and the subtraction of 1 are exact, so this equals ``2 u - 1`` of the float32 ``u`` bit for bit
     (tested over all 2**24 patterns) in three in-place passes over one float tensor.
     """
-    odd = ((bits >> 7) | 1).bitwise_and_(0x1FFFFFF)  # 2 * top24 + 1: the int32 shift sign-extends, the mask drops it
+    return _bits_to_normal_(bits >> 7)
+
+
+def _bits_to_normal_(shifted: torch.Tensor) -> torch.Tensor:
+    """:func:`bits_to_normal` of ``bits``, given ``bits >> 7`` (overwritten)."""
+    # 2 * top24 + 1: an int32 shift sign-extends, the mask drops it
+    odd = shifted.bitwise_or_(1).bitwise_and_(0x1FFFFFF)
     v = odd.to(torch.float32).mul_(2.0**-24).sub_(1.0).clamp_(max=_BELOW_ONE_2U)
     return v.erfinv_().mul_(_SQRT2)
 
@@ -282,7 +288,7 @@ class RowNoise:
         return (-torch.log(-torch.log(u))).to(dtype)
 
     def _normal(self, stream, positions, tail, dtype) -> torch.Tensor:
-        return bits_to_normal(self._bits(stream, positions, tail)).to(dtype)
+        return _bits_to_normal_(self._bits(stream, positions, tail).bitwise_right_shift_(7)).to(dtype)
 
 
 _PARALLEL_NORMALS = 1 << 18  # draws at least this large are split over two threads (see iid_normal)

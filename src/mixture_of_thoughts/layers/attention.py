@@ -155,6 +155,8 @@ class KVCache:
         self.capacity = capacity
         self.length = start
         self._step: tuple | None = None  # (positions, slot, mask) of the current one-token step
+        self._bias: tuple | None = None  # (positions, bias) of the current one-token step
+        self._full_bias: torch.Tensor | None = None
 
     def positions(self, T: int) -> torch.Tensor:
         """Absolute positions of the next ``T`` tokens."""
@@ -172,14 +174,8 @@ class KVCache:
         if self.length == 0 and T <= cap:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         elif T == 1:
-            # Decoding one token (the hot path): its key only overwrites the slot of position p - cap,
-            # which its query may not see anyway, so write first and attend over the buffer in place
-            # (no copy of the whole cache per step).
-            slot, mask = self._one_token_step(positions)
-            self.k[layer, :, :, slot] = k[:, :, 0].to(self.k.dtype)
-            self.v[layer, :, :, slot] = v[:, :, 0].to(self.v.dtype)
-            return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask,
-                                                  dropout_p=dropout_p)
+            keys, vals, mask = self.write_step(layer, k, v, positions)
+            return F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, dropout_p=dropout_p)
         else:
             keys = torch.cat([self.k[layer], k], dim=2)  # (B, nh, cap + T, hs)
             vals = torch.cat([self.v[layer], v], dim=2)
@@ -192,6 +188,36 @@ class KVCache:
         self.k[layer][:, :, slots] = k[:, :, -keep:].to(self.k.dtype)
         self.v[layer][:, :, slots] = v[:, :, -keep:].to(self.v.dtype)
         return out
+
+    def write_step(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+                   positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store the key and value of a one-token step (``(B, nh, 1, hs)``) and return what its query
+        attends over: ``(keys, values, mask)``, the layer's whole buffers ``(B, nh, capacity, hs)``
+        and the boolean mask ``(1, capacity)`` of the slots it sees (``None`` once the window is full).
+
+        Decoding one token is the hot path: its key only overwrites the slot of position
+        ``p - capacity``, which its query may not see anyway, so it is written first and the query
+        attends over the buffers in place (no copy of the whole cache per step).
+        """
+        slot, mask = self._one_token_step(positions)
+        self.k[layer, :, :, slot] = k[:, :, 0].to(self.k.dtype)
+        self.v[layer, :, :, slot] = v[:, :, 0].to(self.v.dtype)
+        return self.k[layer], self.v[layer], mask
+
+    def step_bias(self, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`write_step`'s mask as an additive float bias ``(capacity,)``: 0 for the slots the
+        query of ``positions`` sees, ``-inf`` for the others (all 0 once the window is full)."""
+        if self._bias is None or self._bias[0] is not positions:
+            _, mask = self._one_token_step(positions)
+            if mask is None:  # the same bias for every later step
+                if self._full_bias is None:
+                    self._full_bias = torch.zeros(self.capacity, dtype=self.k.dtype, device=self.k.device)
+                bias = self._full_bias
+            else:
+                bias = torch.zeros(self.capacity, dtype=self.k.dtype, device=self.k.device)
+                bias.masked_fill_(~mask[0], -torch.inf)
+            self._bias = (positions, bias)
+        return self._bias[1]
 
     def _one_token_step(self, positions: torch.Tensor) -> tuple[int, torch.Tensor | None]:
         """The slot of a one-token step's position and the mask of the slots its query sees, computed
@@ -207,7 +233,7 @@ class KVCache:
         return self._step[1], self._step[2]
 
     def advance(self, positions: torch.Tensor) -> None:
-        self._step = None
+        self._step = self._bias = None
         keep = min(len(positions), self.capacity)
         self.slot_pos[positions[-keep:] % self.capacity] = positions[-keep:]
         self.length = int(positions[-1].item()) + 1

@@ -14,9 +14,9 @@ by branch into shapes that depend on the routing, where here every slot of every
 own branch's weights, so the shapes are static. Its counter-based noise is drawn outside the graph,
 from the same streams.
 
-What stays eager: the KV-cache write and attention over the cache (``KVCache.attend``: the same
-code as the eager path, so the cache is shared with it), the prompt's prefill (many rows, where
-MKL's matrix products are the fast path), token sampling, thought layers in configurations the
+What stays eager: the KV-cache write (``KVCache.write_step``: the same code as the eager path, so
+the cache is shared with it; attention over its buffers is in the graph), the prompt's prefill
+(many rows, where MKL's matrix products are the fast path), token sampling, thought layers in configurations the
 graph does not cover (attention combiner, persistent or orthogonal noise) and anything with forward
 hooks on it (steering, routing traces), which must see the module's own call.
 
@@ -70,30 +70,46 @@ def _ffn_residual(x, act, w_out, b_out):
 def _attention_in(x, act, w_out, b_out, norm_w, eps: float, qkv_w, qkv_b, positions, n_head: int,
                   rope_base: float):
     """The previous dense FFN's output (when ``act`` is given), pre-norm, the fused q/k/v projection and
-    RoPE: ``(x, q, k, v)``, q/k/v each ``(B, nh, 1, hs)``."""
+    RoPE: ``(x, q, k, v, h)``, q/k/v each ``(B, nh, 1, hs)``.
+
+    ``h`` (the normalised ``x``) is returned, and ignored, so that Inductor writes it to a buffer:
+    otherwise it inlines the norm into the projection's reduction and computes it, a square root and
+    a division included, once per output (at 8 rows this graph took 3x as long). The same holds for
+    the norms returned by the graphs below."""
     x = _ffn_residual(x, act, w_out, b_out)
     C = x.shape[-1]
     cos, sin = rope_angles(positions, C // n_head, rope_base)
-    return x, *split_heads(project(rms_norm(x, norm_w, eps), qkv_w, qkv_b), n_head, cos, sin)
+    h = rms_norm(x, norm_w, eps)
+    return x, *split_heads(project(h, qkv_w, qkv_b), n_head, cos, sin), h
 
 
-def _attention_out(x, y, proj_w, proj_b, norm_w, eps: float, w_in, b_in):
-    """The residual after attention, the FFN's pre-norm and, for a dense FFN (``w_in`` given), its
-    hidden activation: ``(x, norm2(x) or act(fc_in(norm2(x))))``.
+def _attention_out(x, q, keys, vals, bias, proj_w, proj_b, norm_w, eps: float, w_in, b_in):
+    """Attention of the new queries ``q`` ``(B, nh, 1, hs)`` over the cache's buffers ``(B, nh, cap,
+    hs)`` (``bias`` ``(cap,)``: 0 where a slot is seen, ``-inf`` where not), the output projection
+    and residual, the FFN's pre-norm and, for a dense FFN (``w_in`` given), its hidden activation:
+    ``(x, norm2(x) or act(fc_in(norm2(x))), norm2(x))``.
+
+    One query per row is a few thousand multiply-adds per head: as reductions fused with the rest of
+    the step it costs a few microseconds, where the library's attention kernel costs ~20 us at one
+    row and ~40 us at eight on the machines of ``BENCHMARKS.md`` (its set-up, not its arithmetic).
 
     A dense FFN is split across two compiled graphs on purpose: in one graph Inductor inlines the
     activation into the output projection's reduction and evaluates ``erf`` once per weight instead
     of once per hidden unit."""
-    B, nh, T, hs = y.shape
+    B, nh, T, hs = q.shape
+    scores = (q * keys).sum(-1, keepdim=True) * hs**-0.5 + bias[:, None]  # (B, nh, cap, 1)
+    y = (torch.softmax(scores, dim=-2) * vals).sum(-2, keepdim=True)  # (B, nh, 1, hs)
     x = x + project(y.transpose(1, 2).reshape(B, T, nh * hs), proj_w, proj_b)
     h = rms_norm(x, norm_w, eps)
-    return x, h if w_in is None else activation(project(h, w_in, b_in))
+    return x, h if w_in is None else activation(project(h, w_in, b_in)), h
 
 
 def _head(x, act, w_out, b_out, norm_w, eps: float, w):
-    """The last dense FFN's output, the final norm and the (tied) LM head: ``(B, 1, V)`` logits."""
+    """The last dense FFN's output, the final norm and the (tied) LM head: ``(B, 1, V)`` logits (and the
+    normalised ``x``)."""
     x = _ffn_residual(x, act, w_out, b_out)
-    return project(rms_norm(x, norm_w, eps), w)
+    h = rms_norm(x, norm_w, eps)
+    return project(h, w), h
 
 
 def _per_slot(p, idx):
@@ -161,8 +177,9 @@ def _thought_ffn(x, h, router_w, rho, tau_min: float, k: int, k_min: int | None,
         out = out + _per_slot(b_out, e)
     y = (out[rank].view(B, T, K, -1) * w.unsqueeze(-1)).sum(2)  # (B, T, d), slots back in token order
     E = router_w.shape[0]
-    counts = torch.zeros(idx.shape[0], E, device=h.device, dtype=h.dtype).scatter_add_(
-        1, idx.flatten(1), active.flatten(1).to(h.dtype))
+    branches = torch.arange(E, device=h.device)
+    # active slots per row and branch: a one-hot sum Inductor fuses (a scatter_add would be a library call)
+    counts = ((idx.flatten(1)[..., None] == branches) & active.flatten(1)[..., None]).sum(1).to(h.dtype)  # (B, E)
     # xin and act are returned (and ignored) only so that Inductor writes them to buffers: otherwise it
     # inlines them into the reductions that read them and recomputes the noise and erf once per
     # output block (3x slower)
@@ -266,6 +283,7 @@ class CompiledDecoder:
                               "PATH); install one, or decode without --compile")
         self.model = model
         self._attention_in, self._attention_out, self._head, self._thought_ffn = _compiled()
+        self._creativity: dict[int, tuple] = {}  # layer -> (creativity tensor, key, c, draws)
 
     @torch.no_grad()
     def __call__(self, idx: torch.Tensor, cache: KVCache, *, noise=None, creativity=None,
@@ -285,19 +303,20 @@ class CompiledDecoder:
         act = w_out = b_out = None  # the pending output projection of the previous dense FFN
         for block in m.blocks:
             a, f = block.attn, block.ffn
-            x, q, k, v = self._attention_in(x, act, w_out, b_out, block.norm1.weight, block.norm1.eps,
+            x, q, k, v, _ = self._attention_in(x, act, w_out, b_out, block.norm1.weight, block.norm1.eps,
                                             a.qkv.weight, a.qkv.bias, positions, a.n_head, a.rope_base)
-            y = cache.attend(block.layer_idx, q, k, v, positions)
+            keys, vals, _ = cache.write_step(block.layer_idx, k, v, positions)
             dense = not block.is_thought
-            x, h = self._attention_out(x, y, a.proj.weight, a.proj.bias, block.norm2.weight, block.norm2.eps,
-                                       f.fc_in.weight if dense else None, f.fc_in.bias if dense else None)
+            x, h, _ = self._attention_out(x, q, keys, vals, cache.step_bias(positions), a.proj.weight, a.proj.bias,
+                                       block.norm2.weight, block.norm2.eps, f.fc_in.weight if dense else None,
+                                       f.fc_in.bias if dense else None)
             if dense:
                 act, w_out, b_out = h, f.fc_out.weight, f.fc_out.bias
             else:
                 x, stats[block.layer_idx] = self._thoughts(f, x, h, noise, positions, creativity, route)
                 act = w_out = b_out = None
         cache.advance(positions)
-        logits = self._head(x, act, w_out, b_out, m.norm_f.weight, m.norm_f.eps, m.lm_head.weight)
+        logits, _ = self._head(x, act, w_out, b_out, m.norm_f.weight, m.norm_f.eps, m.lm_head.weight)
         return ModelOutput(logits, None, x.new_zeros(()), stats)
 
     def _thoughts(self, f: ThoughtsFFN, x, h, noise, positions, creativity, route):
@@ -309,8 +328,7 @@ class CompiledDecoder:
                 or (noise is not None and not noise.per_row) or _hooked(f) or _hooked(f.router)):
             out = f(h, noise=noise, positions=positions, creativity=creativity, route=route, aux=False)
             return x + out.y, out.stats
-        c, draws = f._creativity(creativity, noise, h.shape[0], h)
-        c = torch.as_tensor(c, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, 1)
+        c, draws = self._layer_creativity(f, creativity, noise, h)
         gumbel = u_k = n_in = n_hid = None
         if draws:  # the eager layer's own draws, in their canonical layout
             gumbel, u_k = f.router_draws(noise, positions, route, h)
@@ -320,6 +338,20 @@ class CompiledDecoder:
             x, h, f.router.weight, f.rho, TAU_MIN, cfg.k, cfg.k_min, f.w_in, f.b_in, f.w_out, f.b_out, f.s_in,
             f.s_hid, cfg.noise_scale == "relative", c, gumbel, u_k, n_in, n_hid)
         return x, {"load": load, "row_load": row_load, "active_k": active_k}  # as the eager layer's
+
+    def _layer_creativity(self, f: ThoughtsFFN, creativity, noise, h) -> tuple[torch.Tensor, bool]:
+        """The layer's creativity as a ``(B, 1, 1)`` tensor and whether to draw noise. A per-row tensor
+        is the same object at every step of a generation: its conversion and the check that some row
+        draws noise (a read of its values) are done once, not at every step of every layer."""
+        if not torch.is_tensor(creativity):
+            c, draws = f._creativity(creativity, noise, h.shape[0], h)
+            return torch.as_tensor(c, dtype=h.dtype, device=h.device).expand(h.shape[0], 1, 1), draws
+        key = (creativity._version, noise is None, h.shape[0], h.dtype, h.device)
+        kept = self._creativity.get(f.layer_idx)
+        if kept is None or kept[0] is not creativity or kept[1] != key:
+            c, draws = f._creativity(creativity, noise, h.shape[0], h)
+            kept = self._creativity[f.layer_idx] = (creativity, key, c, draws)
+        return kept[2], kept[3]
 
 
 def _hooked(module: torch.nn.Module) -> bool:
