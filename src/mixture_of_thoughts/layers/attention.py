@@ -154,8 +154,7 @@ class KVCache:
         self.slot_pos = torch.full((capacity,), -1, dtype=torch.long, device=device)  # -1: empty slot
         self.capacity = capacity
         self.length = start
-        self._step: tuple | None = None  # (positions, slot, mask) of the current one-token step
-        self._bias: tuple | None = None  # (positions, bias) of the current one-token step
+        self._step: list | None = None  # [positions, slot, mask, bias] of the current one-token step
         self._full_bias: torch.Tensor | None = None
 
     def positions(self, T: int) -> torch.Tensor:
@@ -207,17 +206,17 @@ class KVCache:
     def step_bias(self, positions: torch.Tensor) -> torch.Tensor:
         """:meth:`write_step`'s mask as an additive float bias ``(capacity,)``: 0 for the slots the
         query of ``positions`` sees, ``-inf`` for the others (all 0 once the window is full)."""
-        if self._bias is None or self._bias[0] is not positions:
-            _, mask = self._one_token_step(positions)
-            if mask is None:  # the same bias for every later step
+        _, mask = self._one_token_step(positions)
+        step = self._step
+        if step[3] is None:
+            if mask is None:  # a full window: the same zeros at every later step
                 if self._full_bias is None:
                     self._full_bias = torch.zeros(self.capacity, dtype=self.k.dtype, device=self.k.device)
-                bias = self._full_bias
+                step[3] = self._full_bias
             else:
-                bias = torch.zeros(self.capacity, dtype=self.k.dtype, device=self.k.device)
-                bias.masked_fill_(~mask[0], -torch.inf)
-            self._bias = (positions, bias)
-        return self._bias[1]
+                step[3] = torch.zeros(self.capacity, dtype=self.k.dtype, device=self.k.device)
+                step[3].masked_fill_(~mask[0], -torch.inf)
+        return step[3]
 
     def _one_token_step(self, positions: torch.Tensor) -> tuple[int, torch.Tensor | None]:
         """The slot of a one-token step's position and the mask of the slots its query sees, computed
@@ -229,11 +228,11 @@ class KVCache:
                 seen = self.slot_pos >= 0
                 seen[slot] = True
                 mask = seen[None, :]
-            self._step = (positions, slot, mask)
+            self._step = [positions, slot, mask, None]  # the bias: made by step_bias when asked for
         return self._step[1], self._step[2]
 
     def advance(self, positions: torch.Tensor) -> None:
-        self._step = self._bias = None
+        self._step = None
         keep = min(len(positions), self.capacity)
         self.slot_pos[positions[-keep:] % self.capacity] = positions[-keep:]
         self.length = int(positions[-1].item()) + 1

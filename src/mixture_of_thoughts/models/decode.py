@@ -16,9 +16,9 @@ from the same streams.
 
 What stays eager: the KV-cache write (``KVCache.write_step``: the same code as the eager path, so
 the cache is shared with it; attention over its buffers is in the graph), the prompt's prefill
-(many rows, where MKL's matrix products are the fast path), token sampling, thought layers in configurations the
-graph does not cover (attention combiner, persistent or orthogonal noise) and anything with forward
-hooks on it (steering, routing traces), which must see the module's own call.
+(many rows, where MKL's matrix products are the fast path), token sampling, thought layers in
+configurations the graph does not cover (attention combiner, persistent or orthogonal noise) and
+anything with forward hooks on it (steering, routing traces), which must see the module's own call.
 
 The functions are compiled once per shape (:class:`_Static`: traced to ATen and compiled by
 Inductor, then called without ``torch.compile``'s per-call guard checks) and take the weights as
@@ -304,12 +304,12 @@ class CompiledDecoder:
         for block in m.blocks:
             a, f = block.attn, block.ffn
             x, q, k, v, _ = self._attention_in(x, act, w_out, b_out, block.norm1.weight, block.norm1.eps,
-                                            a.qkv.weight, a.qkv.bias, positions, a.n_head, a.rope_base)
+                                               a.qkv.weight, a.qkv.bias, positions, a.n_head, a.rope_base)
             keys, vals, _ = cache.write_step(block.layer_idx, k, v, positions)
             dense = not block.is_thought
-            x, h, _ = self._attention_out(x, q, keys, vals, cache.step_bias(positions), a.proj.weight, a.proj.bias,
-                                       block.norm2.weight, block.norm2.eps, f.fc_in.weight if dense else None,
-                                       f.fc_in.bias if dense else None)
+            x, h, _ = self._attention_out(x, q, keys, vals, cache.step_bias(positions), a.proj.weight,
+                                          a.proj.bias, block.norm2.weight, block.norm2.eps,
+                                          f.fc_in.weight if dense else None, f.fc_in.bias if dense else None)
             if dense:
                 act, w_out, b_out = h, f.fc_out.weight, f.fc_out.bias
             else:
