@@ -147,3 +147,55 @@ def test_interpolate_frontier():
     xs, ys = np.array([3.0, 1.0, 2.0]), np.array([30.0, 10.0, 20.0])
     assert stats.interpolate_frontier(xs, ys, 1.5) == pytest.approx(15.0)
     assert math.isnan(stats.interpolate_frontier(xs, ys, 3.5))
+
+
+# --- the pooled hull (experiments.stats) ---------------------------------------------------------
+
+
+def _hull_brute(xs, ys, x, upper=True):
+    """The hull at x by brute force: the best interpolation over every bracketing pair of points."""
+    best = None
+    for i in range(len(xs)):
+        for j in range(len(xs)):
+            if xs[i] <= x <= xs[j]:
+                v = ys[i] if xs[j] == xs[i] else ys[i] + (x - xs[i]) / (xs[j] - xs[i]) * (ys[j] - ys[i])
+                best = v if best is None else (max(best, v) if upper else min(best, v))
+    return float("nan") if best is None else best
+
+
+def test_hull_at_is_the_concave_majorant():
+    from mixture_of_thoughts.experiments.stats import hull_at, hull_vertices
+
+    rng = np.random.default_rng(3)
+    xs, ys = rng.uniform(0, 3, (6, 9)), rng.uniform(0, 1, (6, 9))
+    q = rng.uniform(-0.2, 3.2, 6)
+    got = hull_at(xs, ys, q)
+    want = [_hull_brute(xs[r], ys[r], q[r]) for r in range(6)]
+    np.testing.assert_allclose(got, want, equal_nan=True)
+    low = hull_at(xs, ys, q, upper=False)
+    np.testing.assert_allclose(low, [_hull_brute(xs[r], ys[r], q[r], upper=False) for r in range(6)], equal_nan=True)
+    # on a grid: above every point, concave, and NaN outside the points' range
+    grid = np.linspace(xs[0].min(), xs[0].max(), 101)
+    h = hull_at(np.broadcast_to(xs[0], (101, 9)), np.broadcast_to(ys[0], (101, 9)), grid)
+    assert np.all(np.diff(h, 2) <= 1e-9)
+    for x, y in zip(xs[0], ys[0], strict=True):
+        assert hull_at(xs[0], ys[0], x)[0] >= y - 1e-12
+    assert np.isnan(hull_at(xs[0], ys[0], xs[0].max() + 0.1)[0])
+    # non-finite points are left out; the vertices are the pair that makes the hull
+    xs2 = np.array([0.0, 1.0, 2.0, np.nan])
+    ys2 = np.array([0.0, 1.0, 1.2, 9.0])
+    assert hull_at(xs2, ys2, 1.5)[0] == pytest.approx(1.1)
+    assert hull_vertices(xs2, ys2, 1.5) == (1, 2) and hull_vertices(xs2, ys2, 3.0) is None
+
+
+def test_hull_saturation_gaps():
+    from mixture_of_thoughts.experiments.stats import hull_saturation
+
+    xs = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    ys = np.sqrt(xs)  # concave: every point is on the hull, so dropping any point lowers it somewhere
+    sat = hull_saturation(xs, ys, np.array([0.25, 0.75, 1.25, 1.75]), reps=50, seed=0)
+    assert [e["points"] for e in sat] == [2, 3, 4, 5]
+    assert all(e["mean_gap"] >= 0 for e in sat) and sat[-1]["mean_gap"] == 0 and sat[-1]["coverage"] == 1
+    assert sat[0]["mean_gap"] > sat[2]["mean_gap"] > 0 and sat[0]["coverage"] < 1
+    assert hull_saturation(xs, ys, np.array([1.0]), reps=50, seed=0) == hull_saturation(
+        xs, ys, np.array([1.0]), reps=50, seed=0)

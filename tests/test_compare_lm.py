@@ -51,7 +51,11 @@ def test_quick_writes_report(quick_run):
     res = json.loads((quick_run / "metrics.json").read_text())
     assert res["n_prompts"] == 2
     families = {r["family"] for r in res["rows"]}
-    assert {"temperature", "top-p", "min-p", "two-phase", "thoughts"} <= families
+    assert {"temperature", "top-p", "min-p", "two-phase", "thoughts", "diverse-beam", "repel", "vary"} <= families
+    judged = {r["family"] for r in res["rows"] if r.get("vs_hull")}
+    assert judged == {"thoughts", "repel", "vary"}  # diverse beam search is a baseline: part of the hull
+    assert res["hull"]["points"] == sum(r["family"] in ("temperature", "top-p", "min-p", "two-phase", "diverse-beam")
+                                        for r in res["rows"])
     assert not res["skipped"]
     report = (quick_run / "report.md").read_text()
     assert "## Verdict" in report and "## Every setting" in report and "semantic distance" in report
@@ -214,8 +218,9 @@ def _synthetic(points: dict, P: int = 24, seed: int = 0) -> dict:
     return out
 
 
-def test_matched_quality_reads_the_best_baseline_line():
-    """A thought setting is compared with the highest baseline line at its own NLL; top-p's line ends at greedy."""
+def test_matched_quality_is_against_the_pooled_hull():
+    """A contender is compared with the hull of every baseline point pooled, which lies above each family's
+    own line where two families' points bracket it; the old per-family lines stay as a secondary number."""
     from mixture_of_thoughts.experiments.compare_lm import (
         PRIMARY,
         Contender,
@@ -226,35 +231,61 @@ def test_matched_quality_reads_the_best_baseline_line():
 
     T = [Contender("temperature", "temperature", temperature=t) for t in (0.0, 0.5, 1.0)]
     topp = Contender("top-p", "top_p", top_p=0.9)
+    minp = Contender("min-p", "min_p", min_p=0.1, temperature=1.5)
     weak = dataclasses.replace(PRIMARY, creativity=1.0)
     sharp = dataclasses.replace(PRIMARY, creativity=0.1)
     pts = {T[0]: dict(ref_nll=1.0, semantic_distance=0.0, distinct_k=1.0, degenerate_frac=0.0),
            T[1]: dict(ref_nll=1.5, semantic_distance=0.4, distinct_k=3.0, degenerate_frac=0.0),
            T[2]: dict(ref_nll=2.0, semantic_distance=0.6, distinct_k=5.0, degenerate_frac=0.1),
-           topp: dict(ref_nll=1.8, semantic_distance=0.5, distinct_k=4.0, degenerate_frac=0.0),
-           PRIMARY: dict(ref_nll=1.5, semantic_distance=0.7, distinct_k=6.0, degenerate_frac=0.0),
-           weak: dict(ref_nll=1.5, semantic_distance=0.35, distinct_k=6.0, degenerate_frac=0.0),
+           topp: dict(ref_nll=1.8, semantic_distance=0.58, distinct_k=4.0, degenerate_frac=0.0),
+           # min-p's own line runs from greedy (1.0, 0) to here: at NLL 1.5 it gives only 0.2
+           minp: dict(ref_nll=1.4, semantic_distance=0.5, distinct_k=3.5, degenerate_frac=0.0),
+           PRIMARY: dict(ref_nll=1.6, semantic_distance=0.8, distinct_k=6.0, degenerate_frac=0.0),
+           weak: dict(ref_nll=1.6, semantic_distance=0.52, distinct_k=6.0, degenerate_frac=0.0),
            sharp: dict(ref_nll=0.5, semantic_distance=0.2, distinct_k=2.0, degenerate_frac=0.0)}
     assert set(baseline_lines(pts)["top-p (T=1)"]) == {topp, T[0]}  # p -> 0 is greedy decoding
     cfg = LMCompareConfig(contenders=tuple(pts), bootstrap=200)
     prompts = [{"prompt": f"p{i}"} for i in range(24)]
     res = summarise(cfg, prompts, _synthetic(pts), [], "synthetic", 0.0)
     rows = {r["label"]: r for r in res["rows"]}
-    m = rows[PRIMARY.label]["vs_best_baseline"]
-    # at NLL 1.5 temperature gives 0.4 and top-p's line (greedy -> 1.8) only 0.31: temperature is the best line
-    assert m["best_line"] == "temperature"
-    assert m["semantic_distance"]["delta"] == pytest.approx(0.3, abs=0.02)
-    assert m["semantic_distance"]["disjoint_above"] and m["distinct_k"]["delta"] == pytest.approx(3.0, abs=0.1)
-    assert not rows[weak.label]["vs_best_baseline"]["semantic_distance"]["disjoint_above"]
-    assert rows[sharp.label]["vs_best_baseline"]["semantic_distance"] is None  # below greedy's NLL: no match
+    m = rows[PRIMARY.label]["vs_hull"]
+    # at NLL 1.6 the hull mixes min-p (1.4, 0.5) and top-p (1.8, 0.58): 0.54; no single family's line
+    # reaches that (temperature's line: 0.44, top-p's from greedy: 0.435, min-p's stops at 1.4)
+    assert m["hull_edge"] == [minp.label, topp.label]
+    assert m["semantic_distance"]["baseline"] == pytest.approx(0.54, abs=0.01)
+    assert m["semantic_distance"]["delta"] == pytest.approx(0.26, abs=0.02)
+    line = rows[PRIMARY.label]["vs_best_line"]
+    assert line["best_line"] == "temperature" and line["delta"] == pytest.approx(0.8 - 0.44, abs=0.02)
+    # "weak" beats every family line at its NLL but not the hull: the verdict is on the hull
+    assert rows[weak.label]["vs_best_line"]["ci"][0] > 0
+    assert rows[weak.label]["vs_hull"]["semantic_distance"]["delta"] == pytest.approx(-0.02, abs=0.01)
+    assert rows[sharp.label]["vs_hull"]["semantic_distance"] is None  # below greedy's NLL: no match
+    assert T[1].label not in {r["label"] for r in res["rows"] if r.get("vs_hull")}  # baselines are not judged
     v = {x["which"]: x for x in res["verdicts"]}
     assert v["primary"]["meets_goal"] and v["best"]["label"] == weak.label  # the best of the others
     assert not v["best"]["meets_goal"]
-    # more degenerate branches than the baseline at that quality: the goal is missed even with more spread
+    # more degenerate branches than the baselines at that quality: the goal is missed even with more spread
     pts[PRIMARY] = dict(pts[PRIMARY], degenerate_frac=0.5)
     res = summarise(cfg, prompts, _synthetic(pts), [], "synthetic", 0.0)
     (p,) = [x for x in res["verdicts"] if x["which"] == "primary"]
     assert not p["meets_goal"] and "does not meet the goal" in p["text"]
+    # a margin under the goal's (+0.05 semantic distance) misses even with an interval above 0
+    pts[PRIMARY] = dict(pts[PRIMARY], degenerate_frac=0.0, semantic_distance=0.57)
+    res = summarise(cfg, prompts, _synthetic(pts), [], "synthetic", 0.0)
+    (p,) = [x for x in res["verdicts"] if x["which"] == "primary"]
+    assert not p["meets_goal"]
+    assert res["hull"]["points"] == 5 and res["hull"]["saturation"][-1]["mean_gap"] == pytest.approx(0.0)
+
+
+def test_old_settings_keep_their_cache_key():
+    """Fields added to Contender after the first report leave the cache key of older settings unchanged."""
+    from mixture_of_thoughts.experiments.compare_lm import Contender, setting_key
+
+    c = Contender("temperature", "temperature", temperature=0.7)
+    assert set(setting_key(c)) == {"family", "knob", "temperature", "top_p", "min_p", "hot_temperature", "hot_tokens",
+                                   "creativity", "layers", "noise_mode", "noise_tokens"}
+    d = Contender("repel", "diversity", temperature=0.7, diversity=2.0)
+    assert setting_key(d)["diversity"] == 2.0 and setting_key(d) != setting_key(c)
 
 
 def test_settings_are_kept_and_read_back(tiny_dir, tmp_path, monkeypatch):
@@ -282,3 +313,43 @@ def test_settings_are_kept_and_read_back(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.undo()
     fresh = run_compare_lm(dataclasses.replace(cfg, first_seed=99, out=str(tmp_path / "fresh")))
     assert fresh["rows"][1]["examples"] != first["rows"][1]["examples"]  # T = 1: other draws, other texts
+
+
+def test_vary_rows_develop_the_greedy_answer(tiny_dir):
+    """vary: branch j rewrites the prompt's greedy answer with way j * ways // branches, sampled with seed j,
+    and is what sample_branches gives on that rewritten prompt alone."""
+    from mixture_of_thoughts.experiments.compare_lm import Contender, _generate
+    from mixture_of_thoughts.hf.generate import sample_branches
+    from mixture_of_thoughts.hf.registry import load_pretrained
+    from mixture_of_thoughts.hf.vary import load_ways
+
+    ref, tok, _ = load_pretrained(str(tiny_dir))
+    texts = ["a cat sat", "tea"]
+    ids = [tok(t)["input_ids"] for t in texts]
+    c = Contender("vary", "temperature", temperature=0.8, ways=("style", "angle"))
+    seeds = [3, 4, 5, 6]
+    got = _generate(ref, tok, c, ids, seeds, 6, "cpu", texts=texts)
+    ways = load_ways()
+    for q, text in enumerate(texts):
+        draft = sample_branches(ref, tok, text, [0], max_new_tokens=6, temperature=0.0, chat=False).branches[0].text
+        for j, seed in enumerate(seeds):
+            way = ways[("style", "angle")[j * 2 // 4]]
+            alone = sample_branches(ref, tok, way.apply(draft.strip() or text), [seed], max_new_tokens=6,
+                                    temperature=0.8, chat=False)
+            assert got[4 * q + j][1] == alone.branches[0].text
+    with pytest.raises(Exception, match="texts"):
+        _generate(ref, tok, c, ids, seeds, 6, "cpu")
+
+
+def test_contender_validation():
+    from mixture_of_thoughts.errors import ConfigError
+    from mixture_of_thoughts.experiments.compare_lm import Contender
+
+    for bad, match in [(Contender("repel", "diversity", temperature=0.0, diversity=1.0), "temperature 0"),
+                       (Contender("diverse-beam", "diversity", temperature=0.0), "diversity >= 0"),
+                       (Contender("diverse-beam", "diversity", temperature=0.0, diversity=1.0, window="all"), "window"),
+                       (Contender("vary", "temperature", temperature=0.5), "at least one way"),
+                       (Contender("learned", "temperature", temperature=0.0), "trained branches"),
+                       (Contender("magic", "temperature"), "unknown contender family")]:
+        with pytest.raises(ConfigError, match=match):
+            bad.validate()

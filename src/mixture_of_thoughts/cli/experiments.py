@@ -17,10 +17,13 @@ def cmd_compare(args) -> int:
     --quick runs a few-minute version (tiny counts) of the same pipeline.
 
     With --model (a registry name such as smollm2, or a Hugging Face directory) it compares thought
-    branches of that pretrained LM with temperature, top-p, min-p and two-phase sampling on
-    open-ended prompts, by semantic diversity at matched reference NLL:
+    branches of that pretrained LM (and branches that see each other, prompt operators, learned
+    branches) with temperature, top-p, min-p, two-phase sampling and diverse beam search on
+    open-ended prompts, by semantic diversity at matched reference NLL against the hull of every
+    baseline point:
     mot compare --model smollm2 --limit 40 --branches 8 --max-new-tokens 64 --out reports/smollm2
-    (--prompts FILE: a JSONL with a "prompt" field; default the shipped open_ended.jsonl).
+    (--prompts: tuning, the shipped open_ended.jsonl and the default; held-out; or a JSONL file with
+    a "prompt" field).
     """
     command = "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else ""
     if args.model is not None:
@@ -55,7 +58,7 @@ def _compare_lm(args, command: str) -> int:
     kw = {"model": args.model, "prompts": args.prompts, "limit": args.limit, "branches": args.branches,
           "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else args.new_tokens,
           "seeds": args.seeds, "out": args.out, "device": args.device, "command": command,
-          "first_seed": args.first_seed}
+          "first_seed": args.first_seed, "report_only": args.report_only or None}
     if args.grid is not None:
         from ..experiments.compare_lm import GRIDS
 
@@ -86,8 +89,9 @@ def register(add) -> None:
     c.add_argument("--out", default=None, help="report directory (default reports/shakespeare, or "
                                                  "reports/smollm2 with --model)")
     c.add_argument("--reuse", action="store_true", help="load the models in OUT/runs instead of training")
-    c.add_argument("--prompts", default=None, help="validation prompts (default 100); with --model a JSONL "
-                                                    "file of {\"prompt\": ...} rows (default: the shipped set)")
+    c.add_argument("--prompts", default=None, help="validation prompts (default 100); with --model a prompt set: "
+                                                    "tuning (default), held-out, or a JSONL file of "
+                                                    "{\"prompt\": ...} rows")
     c.add_argument("--model", default=None, help="compare sampling knobs and thought branches of this pretrained "
                                                  "LM (a registry name or a directory) instead")
     c.add_argument("--limit", type=int, default=None, help="with --model: the first N prompts")
@@ -101,6 +105,8 @@ def register(add) -> None:
     c.add_argument("--seeds", type=int, default=None, help="seeds per setting (default 3)")
     c.add_argument("--prompt-len", type=int, default=None)
     c.add_argument("--new-tokens", type=int, default=None)
+    c.add_argument("--report-only", action="store_true", help="with --model: write the report from the settings "
+                   "already run in OUT/settings (the rest are listed as not run), generating nothing")
     c.add_argument("--quick", action="store_true", help="a few-minute version with tiny counts (used by the tests)")
     c.add_argument("--device", default=None)
     c.add_argument("--quiet", action="store_true")

@@ -48,13 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.jsonl import parse_jsonl
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from . import stats
 from .report import finite_json, format_ci, write_json_atomic
 
 log = logging.getLogger(__name__)
-PROMPTS_FILE = Path(__file__).parent.parent / "assets" / "prompts" / "open_ended.jsonl"
 SEED_STRIDE = 10_000_019  # keeps the row seeds of different sweep seeds apart
 LAYER_SETS = ("all", "lower", "upper")
 NOISE_MODES = ("token", "persistent", "orthogonal")
@@ -81,12 +79,30 @@ class Contender:
     layers: str = "all"  # thoughts: all | lower | upper
     noise_mode: str = "token"  # thoughts: token | persistent | orthogonal
     noise_tokens: int | None = None  # thoughts: noise on the first m generated tokens only
+    # fields added after the first report: left out of a setting's cache key while at their defaults
+    diversity: float | None = None  # diverse-beam / repel: the Hamming penalty between branches
+    diverse_tokens: int | None = None  # diverse-beam / repel: the penalty on the first m tokens only
+    group_width: int = 1  # diverse-beam: beams per group
+    window: str = "step"  # diverse-beam / repel: tokens of this step, or of the whole prefix so far
+    ways: tuple[str, ...] | None = None  # vary: the prompt operators applied to the greedy draft
+    learned: str | None = None  # learned: the directory of trained branches
 
     @property
     def group(self) -> str:
         """The frontier line: every field but the knob."""
         if self.family == "temperature":
             return "temperature"
+        if self.family in ("diverse-beam", "repel"):
+            dec = f"W={self.group_width}" if self.family == "diverse-beam" else f"T={self.temperature:g}"
+            until = f", first {self.diverse_tokens} tokens" if self.diverse_tokens is not None else ""
+            win = ", prefix" if self.window == "prefix" else ""
+            return f"{self.family} ({dec}{win}{until})"
+        if self.family == "vary":
+            noise = f", {self.noise_mode} noise" if self.creativity else ""
+            return f"vary ({'+'.join(self.ways or ())}, T={self.temperature:g}{noise})"
+        if self.family == "learned":
+            dec = "greedy" if self.temperature == 0 else f"T={self.temperature:g}"
+            return f"learned ({Path(self.learned or '').name}, {dec})"
         if self.family == "top-p":
             return f"top-p (T={self.temperature:g})"
         if self.family == "min-p":
@@ -102,9 +118,20 @@ class Contender:
         return f"{self.group} {self.knob}={getattr(self, self.knob):g}"
 
     def validate(self) -> None:
-        if self.family not in ("temperature", "top-p", "min-p", "two-phase", "thoughts"):
-            raise ConfigError(f"unknown contender family {self.family!r}")
-        if self.family == "thoughts":
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown contender family {self.family!r}: one of {', '.join(FAMILIES)}")
+        if self.family in ("diverse-beam", "repel"):
+            if self.diversity is None or not self.diversity >= 0:
+                raise ConfigError(f"{self.family}: needs a diversity >= 0, got {self.diversity!r}")
+            if (self.family == "diverse-beam") != (self.temperature == 0):
+                raise ConfigError(f"{self.label}: diverse-beam decodes at temperature 0, repel samples at T > 0")
+            if self.window not in ("step", "prefix"):
+                raise ConfigError(f"{self.label}: window must be 'step' or 'prefix'")
+        if self.family == "vary" and not self.ways:
+            raise ConfigError(f"{self.label}: vary needs at least one way")
+        if self.family == "learned" and not self.learned:
+            raise ConfigError(f"{self.label}: learned needs the directory of trained branches")
+        if self.family == "thoughts" or (self.family == "vary" and self.creativity):
             if self.creativity is None or self.creativity < 0:
                 raise ConfigError(f"{self.label}: thoughts need a creativity >= 0")
             if self.layers not in LAYER_SETS:
@@ -115,20 +142,41 @@ class Contender:
             raise ConfigError(f"{self.label}: two-phase needs hot_temperature and hot_tokens >= 1")
 
 
+FAMILIES = ("temperature", "top-p", "min-p", "two-phase", "diverse-beam", "thoughts", "repel", "vary", "learned")
+_LATER_FIELDS = {f.name: f.default for f in dataclasses.fields(Contender)
+                 if f.name in ("diversity", "diverse_tokens", "group_width", "window", "ways", "learned")}
+
+
+def setting_key(c: Contender) -> dict:
+    """``c``'s fields as a dict, without the fields added after the first report while they hold their
+    defaults: the cache key of every setting run before them stays the same."""
+    d = dataclasses.asdict(c)
+    return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
 def _sweep(family, knob, values, **fixed) -> list[Contender]:
     return [Contender(family, knob, **{**fixed, knob: v}) for v in values]
 
 
-def default_contenders() -> tuple[Contender, ...]:
-    """The report's grid, sized to run within two hours on a 2-core CPU (46 prompts x 8 branches x 2
-    seeds x 32 tokens). Every baseline keeps the setting range where the thought settings' quality
-    lies (reference NLL ~1-2 nats); the thought settings were picked from pilots (small prompt sets):
-    per-token noise saturates below c = 2, persistent noise collapses into loops from c = 4 on."""
-    c = _sweep("temperature", "temperature", (0.0, 0.3, 0.5, 0.7, 1.0))
-    c += _sweep("top-p", "top_p", (0.7, 0.9), temperature=1.0)
-    c += _sweep("min-p", "min_p", (0.1, 0.3), temperature=1.0)
-    c += _sweep("min-p", "min_p", (0.3,), temperature=1.5)
+def dense_baselines() -> list[Contender]:
+    """Every baseline family, dense where the contenders land (reference NLL ~1.0-1.8 nats): temperature
+    0 and 0.3 ... 1.0 in steps of 0.1, top-p 0.5 ... 0.9 at T = 1, min-p at T = 1, 1.5 and 2 with
+    several p (the higher the temperature, the larger the p that keeps the NLL in range), two-phase."""
+    c = _sweep("temperature", "temperature", (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0))
+    c += _sweep("top-p", "top_p", (0.5, 0.6, 0.7, 0.8, 0.9), temperature=1.0)
+    c += _sweep("min-p", "min_p", (0.05, 0.1, 0.2, 0.3), temperature=1.0)
+    c += _sweep("min-p", "min_p", (0.1, 0.2, 0.3), temperature=1.5)
+    c += _sweep("min-p", "min_p", (0.2, 0.3, 0.4), temperature=2.0)
     c += _sweep("two-phase", "hot_tokens", (4,), hot_temperature=1.5, temperature=0.3)
+    return c
+
+
+def default_contenders() -> tuple[Contender, ...]:
+    """The report's grid on a 2-core CPU (46 prompts x 8 branches x 2 seeds x 32 tokens, ~5 min a
+    setting): the dense baselines of :func:`dense_baselines` and the thought settings, picked from
+    pilots (small prompt sets): per-token noise saturates below c = 2, persistent noise collapses into
+    loops from c = 4 on."""
+    c = dense_baselines()
     c += _sweep("thoughts", "creativity", (1.5,), temperature=0.0, noise_mode="token", layers="all")
     c += _sweep("thoughts", "creativity", (2.0, 3.0), temperature=0.0, noise_mode="token", layers="all",
                 noise_tokens=8)
@@ -138,7 +186,23 @@ def default_contenders() -> tuple[Contender, ...]:
         c += _sweep("thoughts", "creativity", (2.0,), temperature=0.0, noise_mode="persistent", layers=layers)
     # low-temperature decoding with thought noise (the setting closest to the frontier, sampled at T = 0.3)
     c += _sweep("thoughts", "creativity", (2.0,), temperature=0.3, noise_mode="persistent", layers="upper")
-    return tuple(c)
+    return (*c, *coordinated_contenders())
+
+
+VARY_WAYS = ("style", "angle", "constraint", "example")
+
+
+def coordinated_contenders() -> list[Contender]:
+    """Branches that see each other, and the seed's "noising an idea": diverse beam search (a baseline,
+    Vijayakumar et al.: 8 groups of one beam, Hamming penalty swept), repulsive sampling (each branch
+    penalised for the tokens the branches before it chose, on the first 8 tokens, where the idea is
+    decided), and ``mot vary``'s four prompt operators on the greedy answer, with and without noise."""
+    c = _sweep("diverse-beam", "diversity", (0.5, 1.0, 2.0, 4.0), temperature=0.0)
+    c += _sweep("repel", "diversity", (1.0, 3.0), temperature=0.5, diverse_tokens=8, window="prefix")
+    c += _sweep("repel", "diversity", (2.0,), temperature=0.3, window="step")
+    c += _sweep("vary", "temperature", (0.3, 0.7), ways=VARY_WAYS)
+    c += _sweep("vary", "creativity", (2.0,), temperature=0.3, ways=VARY_WAYS, noise_mode="persistent", layers="upper")
+    return c
 
 
 def wide_contenders() -> tuple[Contender, ...]:
@@ -163,10 +227,9 @@ CONFIRM = Contender("thoughts", "creativity", temperature=0.3, creativity=2.0, n
 
 
 def confirm_contenders() -> tuple[Contender, ...]:
-    """The best thought setting of the committed report against the baselines around its NLL (run it with
+    """The best thought setting of the 2026-12 report against every baseline family, dense (run it with
     another ``--first-seed``: a confirmation on fresh draws)."""
-    c = _sweep("temperature", "temperature", (0.0, 0.5, 0.7))
-    c += _sweep("min-p", "min_p", (0.1, 0.3), temperature=1.0)
+    c = dense_baselines() + _sweep("diverse-beam", "diversity", (0.5, 1.0, 2.0, 4.0), temperature=0.0)
     return (*c, CONFIRM)
 
 
@@ -185,6 +248,9 @@ def quick_contenders() -> tuple[Contender, ...]:
     c += _sweep("thoughts", "creativity", (40.0,), temperature=0.0, noise_mode="orthogonal", layers="all")
     c += _sweep("thoughts", "creativity", (40.0,), temperature=0.0, noise_mode="token", layers="lower",
                 noise_tokens=2)
+    c += _sweep("diverse-beam", "diversity", (3.0,), temperature=0.0)
+    c += _sweep("repel", "diversity", (3.0,), temperature=1.0, diverse_tokens=2, window="prefix")
+    c += _sweep("vary", "temperature", (0.5,), ways=("style", "angle"))
     return tuple(c)
 
 
@@ -209,6 +275,7 @@ class LMCompareConfig:
     seed: int = 1337
     device: str | None = None
     command: str = ""
+    report_only: bool = False  # summarise the settings already run (in out/settings), generate nothing
 
     def __post_init__(self):
         for name in ("branches", "max_new_tokens", "seeds", "batch_prompts", "bootstrap"):
@@ -234,23 +301,13 @@ class LMCompareConfig:
 # ------------------------------------------------------------------------------------ prompts
 
 def load_prompts(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    """The rows of a JSONL prompt file (each needs a non-empty ``"prompt"`` string; other fields are kept)."""
-    p = Path(path) if path is not None else PROMPTS_FILE
+    """The rows of a prompt set: ``tuning`` (the default: the shipped ``open_ended.jsonl``), ``held-out``,
+    or any JSONL file with a non-empty ``"prompt"`` string per row (other fields are kept)."""
+    from ..data.prompts import read_prompts, resolve_prompt_set
+
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"prompts file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"prompts file {p} is not readable UTF-8 text: {e}") from None
-    rows = []
-    for i, row in parse_jsonl(text, f"prompts file {p}"):
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise DataError(f'prompts file {p}, line {i}: needs a non-empty "prompt" string')
-        rows.append(row)
-    if not rows:
-        raise DataError(f"prompts file {p} holds no prompt")
+    rows = read_prompts(resolve_prompt_set(path))
     return rows[:limit] if limit is not None else rows
 
 
@@ -273,16 +330,73 @@ def _graft_copy(base, c: Contender, cfg: LMCompareConfig):
                  creativity=float(c.creativity), seed=cfg.seed, **kw)
 
 
+def _graft_key(c: Contender) -> tuple:
+    """Which grafted copy of the model ``c`` decodes with (``()``: the model itself)."""
+    return (c.layers, c.noise_mode) if c.family == "thoughts" or (c.family == "vary" and c.creativity) else ()
+
+
 @torch.no_grad()
 def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[int], max_new_tokens: int,
-              dev) -> list[tuple[list[int], str, float]]:
+              dev, texts: list[str] | None = None, learned=None) -> list[tuple[list[int], str, float]]:
     """Per prompt (in order) and per seed: ``(continuation ids, text, mean NLL under the decoding model)``;
     all rows in one left-padded pass.
 
     Greedy decoding without noise writes the same text for every seed: one row per prompt is decoded
     and repeated. Noise on the first m tokens only gives each row its own end position (prompt length
-    + m), so prompts of different lengths still share the pass.
+    + m), so prompts of different lengths still share the pass. ``diverse-beam`` and ``repel`` decode
+    the seeds of a prompt as branches that see each other (:mod:`..hf.coordinated`); ``vary`` develops
+    the greedy answer to each prompt (``texts``) with its prompt operators, one operator per share of
+    the seeds; ``learned`` decodes branch ``j`` with the ``j mod B``-th of the trained branches ``learned``.
     """
+    if c.family in ("diverse-beam", "repel"):
+        from ..hf.coordinated import coordinated_generate
+
+        return coordinated_generate(model, tok, ids_list, seeds, max_new_tokens=max_new_tokens,
+                                    temperature=c.temperature, diversity=float(c.diversity),
+                                    diverse_tokens=c.diverse_tokens, group_width=c.group_width, window=c.window)
+    if c.family == "learned":
+        from ..hf.learned import generate_learned
+
+        return generate_learned(model, tok, ids_list, seeds, learned, max_new_tokens=max_new_tokens,
+                                temperature=c.temperature)
+    if c.family == "vary":
+        if texts is None:
+            raise ConfigError("vary needs the prompts' texts")
+        rows, row_seeds = _vary_rows(model, tok, c, ids_list, texts, seeds, max_new_tokens, dev)
+        return _decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
+    if c.family == "temperature" and c.temperature == 0 and len(seeds) > 1:
+        one = _generate(model, tok, c, ids_list, seeds[:1], max_new_tokens, dev)
+        return [r for r in one for _ in seeds]
+    rows = [ids for ids in ids_list for _ in seeds]
+    row_seeds = [s for _ in ids_list for s in seeds]
+    return _decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
+
+
+def _vary_rows(model, tok, c: Contender, ids_list, texts, seeds, max_new_tokens, dev):
+    """The rows of ``vary``: per prompt, its greedy answer (the draft, decoded by the model without noise,
+    the same for every seed) rewritten by each way of ``c.ways``; branch ``j`` of ``B`` uses way
+    ``j * len(ways) // B`` and seed ``seeds[j]`` (so 8 branches and 4 ways: 2 variants per way)."""
+    from ..hf.generate import prompt_ids, uses_chat
+    from ..hf.vary import load_ways, resolve_ways
+
+    ways = resolve_ways(list(c.ways), load_ways())
+    chat = uses_chat(tok, None)
+    greedy = Contender("temperature", "temperature", temperature=0.0)
+    drafts = _generate(model, tok, greedy, ids_list, seeds[:1], max_new_tokens, dev)
+    B = len(seeds)
+    rows, row_seeds = [], []
+    for text, (_, draft, _) in zip(texts, drafts, strict=True):
+        for j in range(B):
+            rows.append(prompt_ids(tok, ways[j * len(ways) // B].apply(draft.strip() or text), chat))
+            row_seeds.append(seeds[j])
+    return rows, row_seeds
+
+
+@torch.no_grad()
+def _decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list[int], max_new_tokens: int,
+                 dev) -> list[tuple[list[int], str, float]]:
+    """Each row (prompt ids) decoded with its own seed under ``c``'s sampling and thought noise, in one
+    left-padded pass: ``(continuation ids, text, mean NLL under the decoding model)`` per row."""
     from ..generation.autoregressive import LOOKAHEAD
     from ..generation.decoder import Sampling, decode
     from ..hf.generate import stop_token_ids
@@ -290,11 +404,6 @@ def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[i
     from ..hf.vary import RowPositionNoise, _pad_id, left_pad, padded_hf_step
     from ..rng import RowNoise
 
-    if c.family == "temperature" and c.temperature == 0 and len(seeds) > 1:
-        one = _generate(model, tok, c, ids_list, seeds[:1], max_new_tokens, dev)
-        return [r for r in one for _ in seeds]
-    rows = [ids for ids in ids_list for _ in seeds]
-    row_seeds = [s for _ in ids_list for s in seeds]
     ids, mask = left_pad(rows, _pad_id(tok), dev)
     look = min(LOOKAHEAD, max_new_tokens)
     noise = RowPositionNoise(RowNoise(row_seeds, dev), ids.shape[1] - mask.sum(-1), lookahead=look)
@@ -305,7 +414,7 @@ def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[i
         if hot and i == c.hot_tokens - 1:
             sampling.temperature = c.temperature  # read by the decoder at every step
 
-    if c.family == "thoughts":
+    if _graft_key(c):
         kw = {}
         if c.noise_tokens is not None:
             kw["noise_until"] = torch.tensor([len(r) + c.noise_tokens for r in rows], device=dev)
@@ -359,17 +468,28 @@ def _run_contender(c: Contender, model, ref, tok, prompts: list[dict], ids_list:
     acc = {k: np.zeros((cfg.seeds, P)) for k in METRICS}
     examples = []
     chunk = cfg.batch_prompts
+    learned = None
+    if c.family == "learned":
+        from ..hf.learned import load_branches
+
+        learned = load_branches(c.learned, model)
+    # the ungrafted model decoded the prompt itself: its own log-probabilities are the reference
+    own_nll = model is ref and c.family not in ("vary", "learned")
     for si in range(cfg.seeds):
+        if si > 0 and c.family == "diverse-beam":  # deterministic: every seed gives the same branches
+            for k in METRICS:
+                acc[k][si] = acc[k][0]
+            continue
         seeds = [cfg.first_seed + si * SEED_STRIDE + j for j in range(cfg.branches)]
         for start in range(0, P, chunk):
             sub = ids_list[start:start + chunk]
-            res = _generate(model, tok, c, sub, seeds, cfg.max_new_tokens, dev)
+            res = _generate(model, tok, c, sub, seeds, cfg.max_new_tokens, dev,
+                            texts=[p["prompt"] for p in prompts[start:start + chunk]], learned=learned)
             for q, ids in enumerate(sub):
                 p = start + q
                 rows = res[q * cfg.branches:(q + 1) * cfg.branches]
                 conts, texts = [r[0] for r in rows], [r[1] for r in rows]
-                # the ungrafted model decoded these itself: its own log-probabilities are the reference
-                nll = np.array([r[2] for r in rows]) if model is ref else reference_nll(ref, ids, conts, dev)
+                nll = np.array([r[2] for r in rows]) if own_nll else reference_nll(ref, ids, conts, dev)
                 rep = set_report(texts, prompts[p]["prompt"], embedder=embedder)
                 acc["ref_nll"][si, p] = np.nanmean(nll) if np.isfinite(nll).any() else np.nan
                 for k in METRICS:
@@ -395,15 +515,19 @@ def _mean_ci(x: np.ndarray, idx: np.ndarray) -> dict:
 
 
 def _vs_temperature(means: dict[Contender, dict], temps: list[Contender], c: Contender) -> dict:
-    """``c``'s semantic distance minus the temperature frontier's at ``c``'s reference NLL (paired
-    bootstrap): :func:`matched_quality` with the temperature line as the only baseline."""
-    m = matched_quality(means, {"temperature": temps}, c).get("semantic_distance") if len(temps) >= 2 else None
-    return {"delta": m["delta"], "ci": m["ci"]} if m else {"delta": float("nan"), "ci": [float("nan")] * 2}
+    """``c``'s semantic distance minus the temperature line's at ``c``'s reference NLL (paired bootstrap):
+    :func:`matched_quality_lines` with the temperature line as the only line."""
+    if len(temps) < 2:
+        return {"delta": float("nan"), "ci": [float("nan")] * 2}
+    m = matched_quality_lines(means, {"temperature": temps}, c)
+    return {"delta": m["delta"], "ci": m["ci"]}
 
 
 # the thought setting declared before the full run as the one the verdict is about (the pilots' best)
 PRIMARY = Contender("thoughts", "creativity", temperature=0.0, creativity=2.0, noise_mode="persistent", layers="all")
-BASELINES = ("temperature", "top-p", "min-p", "two-phase")
+BASELINES = ("temperature", "top-p", "min-p", "two-phase", "diverse-beam")
+CONTENDERS = ("thoughts", "repel", "vary", "learned")  # the families judged against the baselines' hull
+LOWER_IS_BETTER = ("degenerate_frac",)
 VERDICT_METRICS = ("semantic_distance", "distinct_k", "effective_semantic_distance", "vendi_semantic",
                    "degenerate_frac")
 
@@ -436,41 +560,58 @@ def _resampled(per: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
         return {k: np.concatenate([[np.nanmean(v)], np.nanmean(v[idx], 1)]) for k, v in per.items()}
 
 
-def matched_quality(res_means: dict[Contender, dict], lines: dict[str, list[Contender]], c: Contender) -> dict:
-    """``c`` against the best baseline at its own reference NLL, per metric, paired over bootstrap resamples.
-
-    For each resample, every baseline line is the piecewise-linear curve through its settings'
-    (mean reference NLL, mean metric); the *best baseline* is the largest of the lines that reach
-    ``c``'s NLL (the envelope; the line chosen is the one that is best for semantic distance).
-    Returns per metric the point delta (``c`` minus the envelope) with its 95% interval, ``c``'s and the
-    envelope's own intervals and whether they are disjoint, and which line the envelope came from.
+def matched_quality_lines(res_means: dict[Contender, dict], lines: dict[str, list[Contender]], c: Contender) -> dict:
+    """``c``'s semantic distance against the best *family line* at its own reference NLL (the secondary
+    yardstick): per resample, each baseline line is the piecewise-linear curve through its own settings,
+    and the best line is the largest that reaches ``c``'s NLL. Straight lines between a family's few
+    points lie under a concave frontier, so this flatters ``c``; the verdict uses :func:`matched_quality`.
+    Returns ``{"delta", "ci", "best_line"}`` (NaN where no line reaches ``c``'s NLL).
     """
     me = res_means[c]
     R = me["ref_nll"].shape[0]
-    line_xy = {g: (np.stack([res_means[m]["ref_nll"] for m in ms], 1), ms) for g, ms in lines.items()}
-    best_line = [None] * R
-    env_sem = np.full(R, np.nan)
+    env = np.full(R, np.nan)
+    best_line = None
     for r in range(R):  # which line is best at c's NLL, resample by resample
         x = me["ref_nll"][r]
-        for g, (xs, ms) in line_xy.items():
+        for g, ms in lines.items():
+            xs = np.array([res_means[m]["ref_nll"][r] for m in ms])
             ys = np.array([res_means[m]["semantic_distance"][r] for m in ms])
-            ok = np.isfinite(xs[r]) & np.isfinite(ys)
+            ok = np.isfinite(xs) & np.isfinite(ys)
             if ok.sum() < 2 or not math.isfinite(x):
                 continue
-            y = stats.interpolate_frontier(xs[r][ok], ys[ok], x)
-            if math.isfinite(y) and not y <= env_sem[r]:
-                env_sem[r], best_line[r] = y, g
-    out = {"best_line": best_line[0], "covered": float(np.mean([b is not None for b in best_line[1:]]))}
+            y = stats.interpolate_frontier(xs[ok], ys[ok], x)
+            if math.isfinite(y) and not y <= env[r]:
+                env[r] = y
+                if r == 0:
+                    best_line = g
+    d = me["semantic_distance"] - env
+    if not math.isfinite(d[0]):
+        return {"delta": float("nan"), "ci": [float("nan")] * 2, "best_line": None}
+    return {"delta": float(d[0]), "ci": list(stats.interval(d[1:])), "best_line": best_line}
+
+
+def matched_quality(res_means: dict[Contender, dict], baselines: list[Contender], c: Contender) -> dict:
+    """``c`` against the **hull of all baseline points pooled** at its own reference NLL, per metric,
+    paired over bootstrap resamples.
+
+    For each resample, every baseline setting of every family is one point (mean reference NLL, mean
+    metric); the frontier is the upper concave hull of all of them (:func:`stats.hull_at`), the best any
+    mixture of baseline settings reaches at that NLL; for the degenerate fraction, where lower is
+    better, the lower convex hull. Returns per metric the point delta (``c`` minus the hull) with its
+    95% interval, ``c``'s and the hull's own intervals and whether they are disjoint; ``hull_edge``:
+    the baseline settings whose mixture makes the semantic-distance hull at ``c``'s NLL; ``covered``:
+    the fraction of resamples where ``c``'s NLL lies inside the baselines' range.
+    """
+    me = res_means[c]
+    xs = np.stack([res_means[b]["ref_nll"] for b in baselines], 1)  # (R, N)
+    edge = stats.hull_vertices(xs[0], np.array([res_means[b]["semantic_distance"][0] for b in baselines]),
+                               float(me["ref_nll"][0])) if math.isfinite(me["ref_nll"][0]) else None
+    out = {"hull_edge": [baselines[i].label for i in dict.fromkeys(edge)] if edge else None}
     for metric in VERDICT_METRICS:
-        env = np.full(R, np.nan)
-        for r in range(R):
-            if best_line[r] is None:
-                continue
-            xs, ms = line_xy[best_line[r]]
-            ys = np.array([res_means[m][metric][r] for m in ms])
-            ok = np.isfinite(xs[r]) & np.isfinite(ys)
-            if ok.sum() >= 2:
-                env[r] = stats.interpolate_frontier(xs[r][ok], ys[ok], me["ref_nll"][r])
+        ys = np.stack([res_means[b][metric] for b in baselines], 1)
+        env = stats.hull_at(xs, ys, me["ref_nll"], upper=metric not in LOWER_IS_BETTER)
+        if metric == "semantic_distance":
+            out["covered"] = float(np.isfinite(env[1:]).mean())
         d = me[metric] - env
         if not math.isfinite(d[0]):
             out[metric] = None
@@ -482,23 +623,33 @@ def matched_quality(res_means: dict[Contender, dict], lines: dict[str, list[Cont
     return out
 
 
+GOAL = {"semantic_distance": 0.05, "distinct_k": 0.5}  # the issue's margins above the hull
+
+
 def verdict(name: str, m: dict) -> tuple[bool, str]:
-    """Whether ``m`` (a :func:`matched_quality` result) meets the goal, and a sentence that says why."""
+    """Whether ``m`` (a :func:`matched_quality` result) meets the goal, and a sentence that says why.
+
+    The goal: at matched reference NLL, semantic distance at least +0.05 and distinct-k at least +0.5
+    above the hull of all baselines, each paired 95% interval above 0, and no more degenerate branches
+    (the interval of the difference in degenerate fraction reaches 0 or below)."""
     sem, dk, deg = m.get("semantic_distance"), m.get("distinct_k"), m.get("degenerate_frac")
     if sem is None or dk is None:
-        return False, f"{name}: its reference NLL lies outside every baseline line's range, so no matched comparison"
-    wins = sem["disjoint_above"] and dk["disjoint_above"]
+        return False, f"{name}: its reference NLL lies outside the baselines' range, so no matched comparison"
+    wins = all(x["delta"] >= GOAL[k] and x["ci"][0] > 0 for k, x in (("semantic_distance", sem), ("distinct_k", dk)))
     fewer = deg is None or deg["ci"][0] <= 0  # not more degenerate branches (the interval reaches 0 or below)
     word = "meets the goal" if wins and fewer else "does not meet the goal"
+
     def iv(x, f=".3f"):
         return f"[{x[0]:{f}}, {x[1]:{f}}]"
 
-    why = (f"semantic distance {sem['setting']:.3f} {iv(sem['setting_ci'])} vs the best baseline ({m['best_line']}) "
+    edge = " + ".join(m.get("hull_edge") or ())
+    why = (f"semantic distance {sem['setting']:.3f} {iv(sem['setting_ci'])} vs the baselines' hull ({edge}) "
            f"{sem['baseline']:.3f} {iv(sem['baseline_ci'])}, delta {sem['delta']:+.3f} {iv(sem['ci'], '+.3f')}; "
            f"distinct-k {dk['setting']:.2f} {iv(dk['setting_ci'], '.2f')} vs {dk['baseline']:.2f} "
            f"{iv(dk['baseline_ci'], '.2f')}, delta {dk['delta']:+.2f} {iv(dk['ci'], '+.2f')}")
     if deg is not None:
-        why += f"; degenerate fraction {deg['setting']:.3f} vs {deg['baseline']:.3f}"
+        why += (f"; degenerate fraction {deg['setting']:.3f} vs {deg['baseline']:.3f}, delta {deg['delta']:+.3f} "
+                f"{iv(deg['ci'], '+.3f')}")
     return wins and fewer, f"{name} {word}: {why}"
 
 
@@ -513,12 +664,39 @@ def _example_prompts(prompts: list[dict]) -> list[int]:
     return out[:EXAMPLE_PROMPTS]
 
 
+HULL_SETTLED = 0.005  # a mean gap below this (semantic distance) counts as a hull that has stopped moving
+HULL_GRID = np.round(np.arange(1.0, 1.8001, 0.05), 2)  # where the contenders land: the hull's saturation is read here
+
+
+def _hull_summary(means: dict[Contender, dict], baselines: list[Contender]) -> dict:
+    """The point-estimate hull of the pooled baselines on a fine grid (for the plots) and how many points
+    it needs before it stops moving (:func:`stats.hull_saturation` at :data:`HULL_GRID` inside their range)."""
+    xs = np.array([means[b]["ref_nll"][0] for b in baselines])
+    out = {"points": len(baselines)}
+    ok = np.isfinite(xs)
+    if ok.sum() < 2:
+        return out
+    grid = np.linspace(xs[ok].min(), xs[ok].max(), 200)
+    out["curve"] = {"ref_nll": grid.tolist()}
+    for metric in ("semantic_distance", "distinct_k"):
+        ys = np.array([means[b][metric][0] for b in baselines])
+        out["curve"][metric] = stats.hull_at(np.broadcast_to(xs, (len(grid), len(xs))),
+                                             np.broadcast_to(ys, (len(grid), len(xs))), grid).tolist()
+    q = HULL_GRID[(HULL_GRID >= xs[ok].min()) & (HULL_GRID <= xs[ok].max())]
+    if len(q):
+        ys = np.array([means[b]["semantic_distance"][0] for b in baselines])
+        out["saturation"] = stats.hull_saturation(xs[ok], ys[ok], q, reps=200, seed=0)
+        out["saturation_grid"] = q.tolist()
+    return out
+
+
 def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender, dict], skipped: list[dict],
               source: str, seconds: float) -> dict:
     idx = stats.bootstrap_indices(len(prompts), cfg.bootstrap, cfg.seed)
     temps = [c for c in cfg.contenders if c.family == "temperature" and c in results]
     means = {c: _resampled(r["per_prompt"], idx) for c, r in results.items()}
     lines = baseline_lines(c for c in cfg.contenders if c in results)
+    baselines = [c for c in cfg.contenders if c in results and c.family in BASELINES]
     shown = _example_prompts(prompts)
     rows = []
     for c in cfg.contenders:
@@ -530,8 +708,9 @@ def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender
         for k in METRICS:
             r[k] = _mean_ci(per[k], idx)
         r["vs_temperature_at_matched_nll"] = _vs_temperature(means, temps, c) if c.family != "temperature" else None
-        if c.family == "thoughts" and lines:
-            r["vs_best_baseline"] = matched_quality(means, lines, c)
+        if c.family in CONTENDERS and baselines:
+            r["vs_hull"] = matched_quality(means, baselines, c)
+            r["vs_best_line"] = matched_quality_lines(means, lines, c)
         rows.append(r)
     conf = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "contenders"}
     conf["contenders"] = [c.label for c in cfg.contenders]
@@ -539,33 +718,39 @@ def summarise(cfg: LMCompareConfig, prompts: list[dict], results: dict[Contender
             "categories": sorted({str(p.get("category", "")) for p in prompts}), "rows": rows, "skipped": skipped,
             "seconds": seconds, "verdicts": _verdicts(rows, cfg.primary), "primary": cfg.primary,
             "baseline_lines": {g: [c.label for c in cs] for g, cs in lines.items()},
+            "hull": _hull_summary(means, baselines) if baselines else {"points": 0},
             "example_prompts": [prompts[i]["prompt"] for i in shown],
             "setting_seconds": {c.label: results[c].get("seconds") for c in cfg.contenders if c in results}}
 
 
 def _verdicts(rows: list[dict], primary_label: str) -> list[dict]:
-    """The goal checked for the pre-declared primary setting and for the best other thought setting."""
+    """The goal checked for the pre-declared primary setting and for the best other contender setting."""
     out = []
-    matched = [r for r in rows if r.get("vs_best_baseline")]
+    matched = [r for r in rows if r.get("vs_hull")]
     primary = next((r for r in matched if r["label"] == primary_label), None)
     if primary is not None:
-        ok, text = verdict(f"Primary setting ({primary_label})", primary["vs_best_baseline"])
+        ok, text = verdict(f"Primary setting ({primary_label})", primary["vs_hull"])
         out.append({"which": "primary", "label": primary_label, "meets_goal": ok, "text": text})
-    scored = [r for r in matched if r["vs_best_baseline"].get("semantic_distance") and r["label"] != primary_label]
+    scored = [r for r in matched if r["vs_hull"].get("semantic_distance") and r["label"] != primary_label]
     if scored:
-        best = max(scored, key=lambda r: r["vs_best_baseline"]["semantic_distance"]["delta"])
-        ok, text = verdict(f"Best thought setting, chosen on the same data ({best['label']})", best["vs_best_baseline"])
+        best = max(scored, key=lambda r: r["vs_hull"]["semantic_distance"]["delta"])
+        ok, text = verdict(f"Best other setting, chosen on the same data ({best['label']})", best["vs_hull"])
         out.append({"which": "best", "label": best["label"], "meets_goal": ok, "text": text})
     return out
 
 
 def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
                   ylabel: str = "mean pairwise semantic distance (higher = more diverse)") -> None:
-    """``metric`` against reference NLL, one line per frontier group, with 95% intervals on both axes."""
+    """``metric`` against reference NLL with 95% intervals on both axes: the hull of all baseline points
+    pooled (thick grey), each baseline family's points (thin lines), each contender group's points."""
     from .report import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(9, 6))
+    curve = res.get("hull", {}).get("curve", {})
+    if metric in curve:
+        ax.plot(curve["ref_nll"], curve[metric], "-", color="0.55", lw=6, alpha=0.45, zorder=0,
+                label=f"hull of all {res['hull']['points']} baseline points (the frontier the verdict uses)")
     groups: dict[str, list[dict]] = {}
     for r in res["rows"]:
         groups.setdefault(r["group"], []).append(r)
@@ -576,10 +761,11 @@ def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
         xe = np.abs(np.array([r["ref_nll"]["ci"] for r in rows]).T - xs)
         ye = np.abs(np.array([r[metric]["ci"] for r in rows]).T - ys)
         fam = rows[0]["family"]
-        fmt = {"temperature": "o-", "top-p": "s--", "min-p": "v--", "two-phase": "D:"}.get(fam, "^-")
+        fmt = {"temperature": "o-", "top-p": "s--", "min-p": "v--", "two-phase": "D:", "diverse-beam": "P:",
+               "repel": "X-", "vary": "*-", "learned": "h-"}.get(fam, "^-")
         primary = [r for r in rows if r["label"] == res.get("primary")]
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=fmt, label=g, alpha=0.85, capsize=2, ms=5 if fam in BASELINES else 7,
-                    lw=2.2 if fam == "temperature" else 1, elinewidth=0.7)
+        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=fmt, label=g, alpha=0.85, capsize=2, ms=4 if fam in BASELINES else 7,
+                    lw=0.8 if fam in BASELINES else 1.3, elinewidth=0.6)
         for r in primary:
             ax.scatter([r["ref_nll"]["mean"]], [r[metric]["mean"]], s=200, facecolors="none", edgecolors="k",
                        zorder=5, label="primary setting (declared before the run)")
@@ -587,7 +773,7 @@ def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
     ax.set_ylabel(ylabel)
     ax.set_title(f"Quality vs {metric.replace('_', ' ')} (95% intervals over prompts)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="best")
+    ax.legend(fontsize=6, loc="best", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -628,6 +814,31 @@ def _examples_section(res: dict) -> list[str]:
             cells = [_cell(rows[p]["examples"][i][j]) if j < len(rows[p]["examples"][i]) else "" for p in picks]
             L.append(f"| {j + 1} | " + " | ".join(cells) + " |")
         L.append("")
+    return L
+
+
+def _hull_section(res: dict) -> list[str]:
+    """How many baseline points the hull needs before it stops moving (:func:`stats.hull_saturation`)."""
+    h = res.get("hull", {})
+    sat = h.get("saturation")
+    if not sat:
+        return []
+    grid = h["saturation_grid"]
+    settled = next((e["points"] for e in sat if e["coverage"] >= 0.95 and e["mean_gap"] < HULL_SETTLED), None)
+    L = ["## How many baseline points the hull needs", "",
+         f"The hull of random subsets of the {h['points']} baseline points against the hull of all of them, in "
+         f"semantic distance at reference NLL {grid[0]:g} ... {grid[-1]:g} (steps of 0.05, where the contenders "
+         "land); 200 subsets per size. *gap*: the full hull minus the subset's (how much a sparser grid "
+         "understates the frontier); *coverage*: the share of (subset, NLL) pairs the subset spans at all.", "",
+         "| points | mean gap | largest gap | coverage |", "|---|---|---|---|"]
+    L += [f"| {e['points']} | {e['mean_gap']:.4f} | {e['max_gap']:.4f} | {e['coverage']:.2f} |" for e in sat]
+    if settled is not None and settled < h["points"]:
+        L += ["", f"From {settled} of the {h['points']} points on, a random subset spans the range (coverage >= 0.95) "
+                  f"and its hull lies on average within {HULL_SETTLED} of the full hull, a fraction of a contender's "
+                  "interval: the hull has stopped moving before the last points.", ""]
+    else:
+        L += ["", f"Only all {h['points']} points together bring the subsets' mean gap under {HULL_SETTLED}: the hull "
+                  "is still moving, and a denser baseline grid could raise it further.", ""]
     return L
 
 
@@ -674,31 +885,36 @@ def write_report(res: dict, out: Path) -> None:
           "", "![quality-diversity frontier](frontier.png)", ""]
     if res.get("verdicts"):
         L += ["## Verdict", "",
-              "The goal: at matched reference NLL, a thought setting's semantic distance *and* distinct-k above the "
-              "best baseline's (temperature, top-p, min-p, two-phase: the largest of the baseline lines at that NLL), "
-              "their 95% intervals disjoint, with no more degenerate branches (the paired interval of the difference "
-              "in degenerate fraction reaches 0 or below). The primary setting was declared before the run "
-              f"(`{res.get('primary')}`); the best setting is chosen on the same data, so its margin is optimistic.",
-              ""]
+              "The goal: at matched reference NLL, a contender's semantic distance at least +0.05 *and* distinct-k at "
+              "least +0.5 above the **hull of all baseline points pooled** (every setting of every baseline family: "
+              "the best that any mixture of baseline settings reaches at that NLL, recomputed in every bootstrap "
+              "resample), both paired 95% intervals above 0, with no more degenerate branches (the paired interval of "
+              "the difference in degenerate fraction, against the baselines' lower hull, reaches 0 or below). The "
+              f"primary setting was declared before the run (`{res.get('primary')}`); the best setting is chosen on "
+              "the same data, so its margin is optimistic.", ""]
         L += [f"- **{'meets' if v['meets_goal'] else 'misses'}**: {v['text']}" for v in res["verdicts"]] + [""]
+    L += _hull_section(res)
     groups: dict[str, list[dict]] = {}
     for r in res["rows"]:
         groups.setdefault(r["group"], []).append(r)
-    matched = [r for r in res["rows"] if r.get("vs_best_baseline")]
+    matched = [r for r in res["rows"] if r.get("vs_hull")]
     if matched:
-        L += ["## Thought settings against the best baseline at matched quality", "",
-              "Each column: the setting minus the best baseline line at the setting's own reference NLL, with the "
-              "paired 95% interval; ▲/▼: the two settings' own intervals are disjoint. *best line*: the baseline "
-              "line that is highest in semantic distance there (top-p and min-p lines end at greedy decoding, the "
-              "two-phase line at its cold temperature: the settings their knobs tend to).", "",
-              "| setting | ref NLL | best line | Δ semantic distance | Δ distinct-k | Δ effective distance | "
-              "Δ Vendi | Δ degenerate |", "|---|---|---|---|---|---|---|---|"]
+        L += ["## Contenders against the baselines' hull at matched quality", "",
+              "Each Δ column: the setting minus the hull of all baseline points at the setting's own reference NLL, "
+              "with the paired 95% interval; ▲/▼: the setting's and the hull's own intervals are disjoint. *hull "
+              "edge*: the baseline settings whose mixture makes the semantic-distance hull there. *Δ vs best line* "
+              "(secondary): semantic distance minus the best single family's piecewise-linear line, the yardstick of "
+              "earlier reports, which lies under the hull and so flatters the contender.", "",
+              "| setting | ref NLL | hull edge | Δ semantic distance | Δ distinct-k | Δ effective distance | "
+              "Δ Vendi | Δ degenerate | Δ vs best line |", "|---|---|---|---|---|---|---|---|---|"]
         for r in matched:
-            m = r["vs_best_baseline"]
-            L.append(f"| {r['label']} | {format_ci(r['ref_nll'])} | {m.get('best_line') or 'outside'} | "
+            m, line = r["vs_hull"], r.get("vs_best_line") or {}
+            sec = (f"{line['delta']:+.3f} [{line['ci'][0]:+.3f}, {line['ci'][1]:+.3f}] ({line['best_line']})"
+                   if line.get("best_line") else "")
+            L.append(f"| {r['label']} | {format_ci(r['ref_nll'])} | {' + '.join(m.get('hull_edge') or ['outside'])} | "
                      f"{_fmt_match(m, 'semantic_distance')} | {_fmt_match(m, 'distinct_k', '+.2f')} | "
                      f"{_fmt_match(m, 'effective_semantic_distance')} | {_fmt_match(m, 'vendi_semantic', '+.2f')} | "
-                     f"{_fmt_match(m, 'degenerate_frac')} |")
+                     f"{_fmt_match(m, 'degenerate_frac')} | {sec} |")
         L += ["", "![distinct-k frontier](frontier_distinct_k.png)", ""]
     L += ["## Every setting", "",
           "Δ sem. vs T: semantic distance minus the temperature frontier's at the same reference NLL "
@@ -729,7 +945,7 @@ def write_report(res: dict, out: Path) -> None:
 
 def _setting_file(cfg: LMCompareConfig, prompts: list[dict], c: Contender, source: str) -> Path:
     """Where one setting's results are kept: named by a hash of everything that decides them."""
-    key = {"setting": dataclasses.asdict(c), "model": source, "prompts": [p["prompt"] for p in prompts],
+    key = {"setting": setting_key(c), "model": source, "prompts": [p["prompt"] for p in prompts],
            **{k: getattr(cfg, k) for k in ("branches", "max_new_tokens", "seeds", "n_branches", "k", "seed")}}
     if cfg.first_seed:
         key["first_seed"] = cfg.first_seed
@@ -768,7 +984,7 @@ def run_compare_lm(cfg: LMCompareConfig, track: Callable[[list, str], Iterable] 
     ids_list = [prompt_ids(tok, p["prompt"], chat) for p in prompts]
     for ids in ids_list:
         check_context(ref, len(ids), cfg.max_new_tokens)
-    embedder = get_embedder()
+    embedder = None if cfg.report_only else get_embedder()
     source = f"{src.kind} {src.path}"
     model_key = src.name if src.kind == "registry" else source  # a registry name is the same model anywhere
     # a setting already run with the same model, prompts and counts is read back (resume after an
@@ -782,13 +998,17 @@ def run_compare_lm(cfg: LMCompareConfig, track: Callable[[list, str], Iterable] 
     by_graft: dict[tuple, list[Contender]] = {}
     for c in cfg.contenders:
         if c not in results:
-            key = (c.layers, c.noise_mode) if c.family == "thoughts" else ()
+            key = _graft_key(c)
             by_graft.setdefault(key, []).append(c)
     todo = [c for cs in by_graft.values() for c in cs]
+    skipped = []
+    if cfg.report_only:
+        skipped = [{"label": c.label, "why": "not run yet (--report-only)"} for c in todo]
+        todo = []
     it = track(todo, "contenders") if track is not None and todo else todo
     current_key, model = None, None
     for c in it:
-        key = (c.layers, c.noise_mode) if c.family == "thoughts" else ()
+        key = _graft_key(c)
         if key != current_key:
             model = None
             model = ref if not key else _graft_copy(ref, c, cfg).eval()
@@ -798,6 +1018,6 @@ def run_compare_lm(cfg: LMCompareConfig, track: Callable[[list, str], Iterable] 
         results[c] = _run_contender(c, model, ref, tok, prompts, ids_list, cfg, embedder, dev)
         results[c]["seconds"] = time.time() - t
         _save_setting(_setting_file(cfg, prompts, c, model_key), c, results[c])
-    res = summarise(cfg, prompts, results, [], source, time.time() - t0)
+    res = summarise(cfg, prompts, results, skipped, source, time.time() - t0)
     write_report(res, Path(cfg.out))
     return res

@@ -59,3 +59,71 @@ def interpolate_frontier(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
     if not xs[0] <= x <= xs[-1]:
         return float("nan")
     return float(np.interp(x, xs, ys))
+
+
+def hull_at(xs: np.ndarray, ys: np.ndarray, x: np.ndarray | float, upper: bool = True) -> np.ndarray:
+    """The upper concave (``upper``) or lower convex hull of the points ``(xs, ys)`` evaluated at ``x``.
+
+    ``xs`` and ``ys`` are ``(R, N)``: N points in each of R resamples (or ``(N,)`` for one set), ``x`` is
+    ``(R,)`` or a float. Non-finite points are left out. The hull at ``x`` is the best value of a
+    *mixture* of two points whose x-coordinates bracket ``x`` (in one dimension two points are enough):
+    any such mixture is reachable by running either setting on a share of the prompts, so a contender
+    that is not above the hull is not above what the baselines can do together. NaN where ``x`` lies
+    outside the points' x-range. Vectorised over resamples and point pairs (``R x N x N``).
+    """
+    xs, ys = np.atleast_2d(np.asarray(xs, float)), np.atleast_2d(np.asarray(ys, float))
+    x = np.broadcast_to(np.asarray(x, float), (xs.shape[0],))
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    xi, xj = xs[:, :, None], xs[:, None, :]
+    yi, yj = ys[:, :, None], ys[:, None, :]
+    q = x[:, None, None]
+    valid = ok[:, :, None] & ok[:, None, :] & (xi <= q) & (q <= xj)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(xj > xi, (q - xi) / (xj - xi), 0.0)
+    val = yi + t * (yj - yi)
+    fill = -np.inf if upper else np.inf
+    val = np.where(valid, val, fill)
+    best = val.max((1, 2)) if upper else val.min((1, 2))
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def hull_vertices(xs: np.ndarray, ys: np.ndarray, x: float) -> tuple[int, int] | None:
+    """The indices ``(i, j)`` of the two points whose mixture gives the upper hull at ``x`` (``i == j``
+    when one point lies there), or None outside the points' range."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    best, arg = -np.inf, None
+    for i in np.flatnonzero(ok & (xs <= x)):  # N <= a few dozen points: the pairs are few
+        for j in np.flatnonzero(ok & (xs >= x)):
+            v = ys[i] if xs[j] == xs[i] else ys[i] + (x - xs[i]) / (xs[j] - xs[i]) * (ys[j] - ys[i])
+            if v > best:
+                best, arg = v, (int(i), int(j))
+    return arg
+
+
+def hull_saturation(xs: np.ndarray, ys: np.ndarray, queries: np.ndarray, reps: int = 200,
+                    seed: int = 0) -> list[dict]:
+    """How far the upper hull of random subsets of the points lies below the hull of all of them.
+
+    For each subset size k = 2 ... N, ``reps`` subsets of k of the N points ``(xs, ys)`` are drawn
+    (seeded); at each query x the gap is the full hull minus the subset's hull (>= 0). Returns per k:
+    the mean and the largest gap over subsets and queries where the subset's hull is defined, and
+    ``coverage``, the fraction of (subset, query) pairs where it is (the subset spans the query). A hull
+    that has stopped moving has gaps near 0 well before k = N.
+    """
+    xs, ys, queries = np.asarray(xs, float), np.asarray(ys, float), np.asarray(queries, float)
+    n = len(xs)
+    full = hull_at(np.broadcast_to(xs, (len(queries), n)), np.broadcast_to(ys, (len(queries), n)), queries)
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(2, n + 1):
+        keep = np.argsort(rng.random((reps, n)), axis=1)[:, :k]  # reps random k-subsets
+        sx, sy = xs[keep], ys[keep]  # (reps, k)
+        R, Q = reps, len(queries)
+        sub = hull_at(np.repeat(sx, Q, 0), np.repeat(sy, Q, 0), np.tile(queries, R)).reshape(R, Q)
+        gap = full[None, :] - sub
+        defined = np.isfinite(gap)
+        out.append({"points": k, "mean_gap": float(np.nanmean(gap)) if defined.any() else float("nan"),
+                    "max_gap": float(np.nanmax(gap)) if defined.any() else float("nan"),
+                    "coverage": float(defined.mean())})
+    return out
