@@ -22,7 +22,7 @@ from ..errors import MotError
 
 # Submodules that add subcommands, in --help order. A group whose optional dependency is missing
 # still registers; its commands explain what to install when run.
-GROUPS = ("core", "diffusion", "experiments", "hf", "vary", "game24", "serve")
+GROUPS = ("core", "diffusion", "experiments", "hf", "learned", "vary", "game24", "serve")
 
 
 def _help_text(text: str) -> str:

@@ -142,9 +142,14 @@ def cmd_think(args) -> int:
     Without RUN_DIR, uses the small MoT model that ships with the package. With --model smollm2, a real
     instruct model (SmolLM2-135M-Instruct, offline), grafted on the fly, answers through its chat template:
     mot think --model smollm2 --prompt "Give me an idea for a short story about a lighthouse." --branches 8
+    With --learned DIR (from mot train-branches), row i decodes with learned branch i mod B (--branches
+    defaults to B) and seed SEED+i; --branch-seed S alone regenerates branch (S - SEED) mod B:
+    mot think --learned branches/smollm2-4 --prompt "Give me an idea for a short story." --temperature 0
     """
     from ..generation.autoregressive import think
 
+    if args.branches is None and not args.learned:
+        args.branches = 8
     seeds = [args.branch_seed] if args.branch_seed is not None else None
     grafted = think_pretrained(args, seeds, parse_creativity(args.creativity))  # None for char runs
     unit = "nats/char"
@@ -169,8 +174,10 @@ def cmd_think(args) -> int:
         # the top branches per layer (a few layers only: a 30-layer trace is in --json)
         top = "  ".join(f"L{layer}:{_top_branches(load)}" for layer, load in b.routing.items()) \
             if len(b.routing) <= MAX_ROUTE_LAYERS else ""
-        print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} {unit}"
-              + (f"  routes {top}" if top else ""))
+        route = f"  routes {top}" if top else ""
+        if args.learned and b.routing:  # a learned-branch row's routing is the one-hot of its branch
+            route = f"  learned branch {_top_branches(next(iter(b.routing.values())), 1)}"
+        print(f"\n=== branch {i}  seed={b.seed}  creativity={crea}  mean loglik={b.mean_loglik:.3f} {unit}{route}")
         print(b.text if chat else res.prompt + b.text)
     d = res.diversity
     if len(res.branches) < 2:
@@ -183,11 +190,14 @@ def cmd_think(args) -> int:
 def think_pretrained(args, branch_seeds, creativity):
     """``mot think --model NAME|DIR`` (or ``mot think GRAFTED_DIR``): ``(ThinkResult, path, kind)``, or
     ``None`` when neither is given (then ``mot think`` loads a char run as usual). An ungrafted model is
-    grafted on the fly, training-free (every branch a copy of the MLP, router zero), on ``--layers``."""
+    grafted on the fly, training-free (every branch a copy of the MLP, router zero), on ``--layers``.
+    With ``--learned DIR`` the model (default: the one the branches were trained on) decodes with them."""
     from ..hf.generate import think_hf, uses_chat
     from ..hf.graft import graft, is_grafted_dir
     from ..hf.registry import load_pretrained
 
+    if args.learned:
+        return _think_learned(args, branch_seeds, creativity)
     name = args.model or (args.run if args.run and is_grafted_dir(args.run) else None)
     if name is None:
         return None
@@ -210,6 +220,46 @@ def think_pretrained(args, branch_seeds, creativity):
             res = think_hf(model, tok, args.prompt, on_token=on_token, **kw)
     else:
         res = think_hf(model, tok, args.prompt, **kw)
+    return res, name, kind + (", chat template" if chat else "")
+
+
+def _think_learned(args, branch_seeds, creativity):
+    """``mot think --learned DIR``: ``(ThinkResult, path, kind)`` of the learned branches of ``hf.learned``."""
+    from ..hf.generate import uses_chat
+    from ..hf.learned import load_branches, read_branches_config, think_learned
+    from ..hf.registry import load_pretrained
+
+    if creativity is not None or args.noise_tokens is not None:
+        raise ConfigError("--creativity and --noise-tokens set the thought noise of a grafted model; learned "
+                          "branches have none: drop them (vary --temperature instead)")
+    if args.compile:
+        raise ConfigError("--compile decodes the project's own models (a run directory); drop it for --learned")
+    if args.run:
+        raise ConfigError("--learned decodes a pretrained model: give it with --model (default: the model the "
+                          "branches were trained on), not as RUN")
+    if args.branches is not None and args.branches < 1:
+        raise ConfigError(f"--branches must be >= 1, got {args.branches}")
+    cfg = read_branches_config(args.learned)
+    name = args.model or cfg.model
+    model, tok, src = load_pretrained(name, args.device)
+    if hasattr(model, "mot_graft"):
+        raise ConfigError(f"--learned needs the plain model the branches were trained on, not the grafted {name}")
+    module = load_branches(args.learned, model)
+    B = module.n_branches
+    chat = uses_chat(tok, False if args.no_chat else None)
+    kw = dict(branches=args.branches or B, seed=args.seed, branch_seeds=branch_seeds,
+              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+              min_p=args.min_p, stop=args.stop, chat=chat)
+    if live.wanted(args):
+        seeds = branch_seeds or [args.seed + i for i in range(kw["branches"])]
+        with live.live_branches(lambda t: tok.decode(t, skip_special_tokens=True), len(seeds),
+                                [f"branch {i} (seed {s}, learned {(s - args.seed) % B})"
+                                 for i, s in enumerate(seeds)]) as on_token:
+            res = think_learned(model, tok, args.prompt, module, on_token=on_token, **kw)
+    else:
+        res = think_learned(model, tok, args.prompt, module, **kw)
+    kind = (f"{src.kind} {model.config.model_type}, {B} learned branches from {args.learned} on layers "
+            f"{','.join(map(str, module.layers))} (row i: branch i mod {B})")
     return res, name, kind + (", chat template" if chat else "")
 
 
@@ -293,7 +343,7 @@ def register(add) -> None:
     th = add("think", cmd_think)
     th.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")
     sampling_flags(th)
-    th.add_argument("--branches", type=int, default=8)
+    th.add_argument("--branches", type=int, default=None, help="default 8 (with --learned: its B)")
     th.add_argument("--creativity", default=None, help="a value, LO:HI spread over the branches, or a list a,b,c")
     th.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
     th.add_argument("--branch-seed", type=int, default=None, help="regenerate the one branch with this seed")
@@ -306,6 +356,9 @@ def register(add) -> None:
                          "persistent directions orthogonal across the branches")
     th.add_argument("--noise-tokens", type=int, default=None,
                     help="--model: thought noise for the prompt and the first N new tokens only")
+    th.add_argument("--learned", default=None, metavar="DIR",
+                    help="decode with the learned branches of mot train-branches (row i: branch i mod B); "
+                         "--model defaults to the model they were trained on")
 
     e = add("eval", cmd_eval)
     e.add_argument("run", nargs="?", default=None, help="run or checkpoint directory (default: the shipped model)")

@@ -357,7 +357,7 @@ def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[i
     if c.family == "learned":
         from ..hf.learned import generate_learned
 
-        return generate_learned(model, tok, ids_list, seeds, learned, max_new_tokens=max_new_tokens,
+        return generate_learned(model, tok, learned, ids_list, seeds, max_new_tokens=max_new_tokens,
                                 temperature=c.temperature)
     if c.family == "vary":
         if texts is None:
