@@ -11,7 +11,10 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-L = pytest.importorskip("mixture_of_thoughts.hf.learned")
+from mixture_of_thoughts.errors import CheckpointError, DataError  # noqa: E402
+from mixture_of_thoughts.hf import branch_data as D  # noqa: E402
+from mixture_of_thoughts.hf import branch_training as TR  # noqa: E402
+from mixture_of_thoughts.hf import learned as L  # noqa: E402
 
 PROMPTS = ["tell me", "a story", "what now", "say it", "the end", "go on", "hello", "maybe so", "once more",
            "then what"]
@@ -45,10 +48,10 @@ def two_modes(tok):
 
 @pytest.fixture(scope="module")
 def trained(model, tok, two_modes):
-    cfg = L.BranchTrainConfig(branches=2, layers="all", tokens=8, objective="soft-em", epochs=10, batch_prompts=3,
+    cfg = TR.BranchTrainConfig(branches=2, layers="all", tokens=8, objective="soft-em", epochs=10, batch_prompts=3,
                               lr=0.5, seed=0)
     rng = torch.get_rng_state()
-    branches, history = L.train_branches(model, tok, two_modes, cfg, model_name="tiny")
+    branches, history = TR.train_branches(model, tok, two_modes, cfg, model_name="tiny")
     assert torch.equal(rng, torch.get_rng_state())  # the global RNG is never touched
     return branches, history
 
@@ -67,8 +70,8 @@ def test_upper_only_forward_equals_full_model(model, tok, first):
     ids = torch.tensor([_enc(tok, "the cat sat"), _enc(tok, "a dog sat a")])
     with torch.no_grad():
         full = model(input_ids=ids).logits
-        H = L._lower_hidden(model, first, input_ids=ids)
-        with L.layer_range(model, first, model.config.num_hidden_layers) as base:
+        H = TR._lower_hidden(model, first, input_ids=ids)
+        with TR.layer_range(model, first, model.config.num_hidden_layers) as base:
             upper = model.lm_head(base(inputs_embeds=H, use_cache=False).last_hidden_state)
     assert len(L.decoder_layers(model)) == 2  # the layer list is restored
     torch.testing.assert_close(upper, full, atol=1e-5, rtol=1e-5)
@@ -81,7 +84,7 @@ def test_branch_loglik_with_zero_vectors_is_the_plain_models(make_tiny_llama, to
     model = make_tiny_llama(len(tok), seed=2)
     model.set_attn_implementation(attn)
     branches = L.new_branches(model, 3, [1])
-    ll, n = L.branch_loglik(model, branches, L.cache_groups(model, two_modes[:2], 1, K))
+    ll, n = TR.branch_loglik(model, branches, TR.cache_groups(model, two_modes[:2], 1, K))
     assert ll.shape == (16, 3) and n.tolist() == [K] * 16
     for g, row in enumerate(two_modes[:2]):
         for k in (0, 1):
@@ -122,7 +125,7 @@ def test_apply_branches_adds_each_rows_vector(model, tok):
 
 def test_soft_em_loss_is_minus_log_mean_exp():
     ll = torch.tensor([[-3.0, -5.0, -4.0], [-10.0, -2.0, -7.0]], requires_grad=True)
-    loss = L.soft_em_loss(ll)
+    loss = TR.soft_em_loss(ll)
     want = [-math.log(sum(math.exp(v) for v in row) / 3) for row in ll.tolist()]
     assert loss.tolist() == pytest.approx(want)
     loss.sum().backward()  # the gradient is minus the EM responsibilities
@@ -131,24 +134,24 @@ def test_soft_em_loss_is_minus_log_mean_exp():
 
 def test_wta_gives_the_winner_one_minus_eps():
     ll = torch.tensor([[-3.0, -1.0, -4.0, -9.0]])
-    w = L.wta_weights(ll, 0.1)
+    w = TR.wta_weights(ll, 0.1)
     assert w[0].tolist() == pytest.approx([0.1 / 3, 0.9, 0.1 / 3, 0.1 / 3])
-    assert L.wta_loss(ll, 0.1).item() == pytest.approx(-(0.9 * -1.0 + 0.1 / 3 * (-3 - 4 - 9)))
-    assert L.wta_loss(ll, 0.0).item() == pytest.approx(1.0)  # plain MCL: the winner alone
+    assert TR.wta_loss(ll, 0.1).item() == pytest.approx(-(0.9 * -1.0 + 0.1 / 3 * (-3 - 4 - 9)))
+    assert TR.wta_loss(ll, 0.0).item() == pytest.approx(1.0)  # plain MCL: the winner alone
 
 
 def test_balance_is_zero_at_uniform_usage_only():
-    assert L.balance_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-7)
-    assert L.balance_loss(torch.full((5, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-7)
-    skewed = L.balance_loss(torch.tensor([[0.9, 0.1], [0.8, 0.2]])).item()
-    assert skewed > 0.1 and L.balance_loss(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(math.log(2))
+    assert TR.balance_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-7)
+    assert TR.balance_loss(torch.full((5, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-7)
+    skewed = TR.balance_loss(torch.tensor([[0.9, 0.1], [0.8, 0.2]])).item()
+    assert skewed > 0.1 and TR.balance_loss(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(math.log(2))
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="objective"):
-        L.BranchTrainConfig(objective="em")
+        TR.BranchTrainConfig(objective="em")
     with pytest.raises(ValueError, match="tokens"):
-        L.BranchTrainConfig(tokens=0)
+        TR.BranchTrainConfig(tokens=0)
     assert L.resolve_layers("top4", 30) == [26, 27, 28, 29] and L.resolve_layers("3,1", 4) == [1, 3]
     with pytest.raises(ValueError, match="topN"):
         L.resolve_layers("top9", 4)
@@ -159,7 +162,7 @@ def test_config_validation():
 
 def test_two_branches_take_one_mode_each(model, trained, two_modes):
     branches, history = trained
-    ll, _ = L.branch_loglik(model, branches, L.cache_groups(model, two_modes, 0, 8))
+    ll, _ = TR.branch_loglik(model, branches, TR.cache_groups(model, two_modes, 0, 8))
     winner = ll.argmax(-1).view(len(two_modes), 8)
     even, odd = winner[:, 0::2].float().mean().item(), winner[:, 1::2].float().mean().item()
     assert {round(even), round(odd)} == {0, 1} and abs(even - odd) > 0.9  # each branch owns one mode
@@ -174,10 +177,10 @@ def test_two_branches_take_one_mode_each(model, trained, two_modes):
 
 
 def test_wta_also_specialises(model, tok, two_modes):
-    cfg = L.BranchTrainConfig(branches=2, layers=[1], tokens=8, objective="wta", epochs=6, batch_prompts=3, lr=1.0,
+    cfg = TR.BranchTrainConfig(branches=2, layers=[1], tokens=8, objective="wta", epochs=6, batch_prompts=3, lr=1.0,
                               val_frac=0.0, seed=3)
-    branches, history = L.train_branches(model, tok, two_modes, cfg)
-    ll, _ = L.branch_loglik(model, branches, L.cache_groups(model, two_modes, 1, 8))
+    branches, history = TR.train_branches(model, tok, two_modes, cfg)
+    ll, _ = TR.branch_loglik(model, branches, TR.cache_groups(model, two_modes, 1, 8))
     winner = ll.argmax(-1).view(len(two_modes), 8).float()
     assert abs(winner[:, 0::2].mean() - winner[:, 1::2].mean()) > 0.9
     assert history["steps"][-1]["mixture_nll"] < history["steps"][0]["mixture_nll"] and not history["epochs"]
@@ -198,13 +201,13 @@ def test_save_load_round_trip_and_refusals(model, make_tiny_llama, tok, trained,
         L.save_branches(branches, out)
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary left behind
     other = make_tiny_llama(len(tok), seed=1)
-    with pytest.raises(L.CheckpointError, match="same shapes but other weights"):
+    with pytest.raises(CheckpointError, match="same shapes but other weights"):
         L.load_branches(out, other)
     wide = tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2,
                                               num_attention_heads=2, num_key_value_heads=2, vocab_size=len(tok)))
-    with pytest.raises(L.CheckpointError, match="hidden size 48"):
+    with pytest.raises(CheckpointError, match="hidden size 48"):
         L.load_branches(out, wide)
-    with pytest.raises(L.CheckpointError, match="not a learned-branches directory"):
+    with pytest.raises(CheckpointError, match="not a learned-branches directory"):
         L.load_branches(tmp_path)
 
 
@@ -253,7 +256,7 @@ def test_a_branch_alone_equals_the_same_branch_in_the_batch(model, tok):
 
 def test_build_branch_data_filters_and_counts(model, tok, tmp_path):
     prompts = [{"prompt": p, "category": "c"} for p in PROMPTS[:3]]
-    rows, stats = L.build_branch_data(model, tok, prompts, responses=4, max_new_tokens=6, seed=7, max_nll=50.0,
+    rows, stats = D.build_branch_data(model, tok, prompts, responses=4, max_new_tokens=6, seed=7, max_nll=50.0,
                                       batch_prompts=2, embedder=None)
     assert stats["responses_sampled"] == 12 and not stats["offtopic_check"]
     assert stats["responses_kept"] == sum(len(r["responses"]) for r in rows)
@@ -268,17 +271,17 @@ def test_build_branch_data_filters_and_counts(model, tok, tmp_path):
     (alone,) = L._decode_rows(model, tok, [r0["prompt_ids"]], [resp["seed"]], max_new_tokens=6, temperature=1.0)
     assert alone[0] == resp["ids"] and alone[2] == pytest.approx(resp["nll"], abs=1e-3)
     # a strict NLL bound drops everything, and the prompts with it
-    none, st = L.build_branch_data(model, tok, prompts, responses=2, max_new_tokens=4, max_nll=0.01, embedder=None)
+    none, st = D.build_branch_data(model, tok, prompts, responses=2, max_new_tokens=4, max_nll=0.01, embedder=None)
     assert none == [] and st["prompts_dropped"] == 3 and st["dropped"]["nll"] + st["dropped"]["empty"] == 6
     path = tmp_path / "d.jsonl"
-    L.write_branch_data(rows, stats, path)
-    assert L.load_branch_data(path) == rows and json.loads(L.stats_path(path).read_text())["prompts"] == 3
+    D.write_branch_data(rows, stats, path)
+    assert D.load_branch_data(path) == rows and json.loads(D.stats_path(path).read_text())["prompts"] == 3
     with pytest.raises(ValueError, match="--force"):
-        L.write_branch_data(rows, stats, path)
+        D.write_branch_data(rows, stats, path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "responses": []}\n')
-    with pytest.raises(L.DataError, match="line 1"):
-        L.load_branch_data(bad)
+    with pytest.raises(DataError, match="line 1"):
+        D.load_branch_data(bad)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -307,8 +310,8 @@ def test_commands_end_to_end(tiny_dir, tmp_path, monkeypatch, capsys):
             "--max-nll", "50", "--out", str(data), "--quiet"]
     assert main(argv) == 0
     assert "responses kept" in capsys.readouterr().out
-    rows = L.load_branch_data(data)
-    assert len(rows) >= 2 and json.loads(L.stats_path(data).read_text())["model"] == str(tiny_dir.resolve())
+    rows = D.load_branch_data(data)
+    assert len(rows) >= 2 and json.loads(D.stats_path(data).read_text())["model"] == str(tiny_dir.resolve())
     assert main(argv) == 2 and "--force" in capsys.readouterr().err
 
     out = tmp_path / "br"

@@ -53,7 +53,7 @@ def cmd_branch_data(args) -> int:
     (MiniLM embeddings) and those whose mean NLL under the model exceeds --max-nll; then prompts with
     fewer than 2 responses. One line per prompt; the counts go to OUT_STEM.stats.json.
     """
-    from ..hf.learned import DEFAULT_MAX_NLL, build_branch_data, write_branch_data
+    from ..hf.branch_data import DEFAULT_MAX_NLL, build_branch_data, write_branch_data
     from ..metrics import semantic
 
     out = Path(args.out)
@@ -101,7 +101,9 @@ def cmd_train_branches(args) -> int:
     """
     import json
 
-    from ..hf.learned import BranchTrainConfig, load_branch_data, save_branches, stats_path, train_branches
+    from ..hf.branch_data import load_branch_data, stats_path
+    from ..hf.branch_training import BranchTrainConfig, train_branches
+    from ..hf.learned import save_branches
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -157,7 +159,7 @@ def register(add) -> None:
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--max-nll", type=float, default=None,
                    help="drop responses whose mean NLL under the model exceeds this (nats/token; default 3.0, "
-                        "see hf.learned.DEFAULT_MAX_NLL)")
+                        "see hf.branch_data.DEFAULT_MAX_NLL)")
     d.add_argument("--batch-prompts", type=int, default=8, help="prompts decoded in one batch")
     d.add_argument("--seed", type=int, default=0, help="picks the prompts and seeds the responses")
     d.add_argument("--out", default="data/branches.jsonl")

@@ -14,14 +14,13 @@ All three are JSON rows ``{"prompt", "category", ...}``; the prompt files are JS
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .jsonl import parse_jsonl
+from .jsonl import parse_jsonl, read_json_file, read_text_file
 
 PROMPTS_DIR = Path(__file__).parent.parent / "assets" / "prompts"
 TUNING_FILE = PROMPTS_DIR / "open_ended.jsonl"
@@ -51,12 +50,7 @@ def read_prompts(path: str | Path) -> list[dict]:
     """
     p = Path(path)
     where = f"prompts file {p}"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{where} is not readable UTF-8 text: {e}") from None
+    text = read_text_file(p, where)
     rows = []
     for i, row in parse_jsonl(text, where):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
@@ -85,14 +79,7 @@ def load_templates(path: str | Path | None = None) -> dict[str, tuple[list[str],
     """
     p = Path(path) if path is not None else TRAIN_TEMPLATES
     where = f"templates file {p}"
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{where} is not readable UTF-8 text: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where} is not valid JSON: {e}") from None
+    raw = read_json_file(p, where)
     if not isinstance(raw, dict) or not isinstance(raw.get("categories"), dict) or not raw["categories"]:
         raise DataError(f'{where} must hold {{"version": 1, "categories": {{name: {{"templates": [...], '
                         f'"subjects": [...]}}}}}} with at least one category')

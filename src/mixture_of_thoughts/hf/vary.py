@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.jsonl import read_json_file
 from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
@@ -68,14 +68,7 @@ def load_ways(path: str | Path | None = None) -> dict[str, Way]:
     """
     p = Path(path) if path is not None else WAYS_FILE
     where = f"ways file {p}"
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{where} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{where} is not readable UTF-8 text: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where} is not valid JSON: {e}") from None
+    raw = read_json_file(p, where)
     if not isinstance(raw, dict) or not raw:
         raise DataError(f'{where} must hold a JSON object of name -> {{"instruction": "... {{text}} ...", '
                         f'"description": "..."}}')
