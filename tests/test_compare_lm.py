@@ -353,3 +353,30 @@ def test_contender_validation():
                        (Contender("magic", "temperature"), "unknown contender family")]:
         with pytest.raises(ConfigError, match=match):
             bad.validate()
+
+
+def test_learned_contender_is_scored_under_the_plain_model(tiny_dir, tmp_path):
+    """A learned setting decodes with its branches (row j: branch j mod B) and its reference NLL is read
+    from the plain model, not from the branch model that wrote the texts."""
+    import torch
+
+    from mixture_of_thoughts.experiments.compare_lm import Contender, LMCompareConfig, _run_contender, reference_nll
+    from mixture_of_thoughts.hf.learned import generate_learned, new_branches, save_branches
+    from mixture_of_thoughts.hf.registry import load_pretrained
+
+    ref, tok, _ = load_pretrained(str(tiny_dir))
+    br = new_branches(ref, 2, "top1", init_scale=3.0, hidden_rms=[1.0], generator=torch.Generator().manual_seed(0))
+    save_branches(br, tmp_path / "br")
+    c = Contender("learned", "temperature", temperature=0.0, learned=str(tmp_path / "br"))
+    cfg = LMCompareConfig.quick(contenders=(c,), branches=4, max_new_tokens=6)
+    prompts = [{"prompt": "a cat sat"}, {"prompt": "tea"}]
+    ids = [tok(p["prompt"])["input_ids"] for p in prompts]
+    out = _run_contender(c, ref, ref, tok, prompts, ids, cfg, None, "cpu")
+    got = generate_learned(ref, tok, br, ids, list(range(4)), max_new_tokens=6, temperature=0.0)
+    for q in range(2):
+        rows = got[4 * q:4 * q + 4]
+        assert [r[1] for r in rows] == out["example"][q]
+        assert rows[0][1] == rows[2][1] and rows[0][1] != rows[1][1]  # branch 0 twice, branch 1 twice
+        want = np.nanmean(reference_nll(ref, ids[q], [r[0] for r in rows], "cpu"))
+        assert out["per_prompt"]["ref_nll"][q] == pytest.approx(want, abs=1e-5)
+        assert out["per_prompt"]["ref_nll"][q] != pytest.approx(np.nanmean([r[2] for r in rows]), abs=1e-4)
