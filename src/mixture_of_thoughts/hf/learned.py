@@ -252,12 +252,24 @@ def save_branches(branches: LearnedBranches, out: str | Path, *, history: dict |
     return out
 
 
+SHIPPED = Path(__file__).parent.parent / "assets" / "branches"  # branches that ship with the package, by name
+
+
+def branches_dir(path: str | Path) -> Path:
+    """A learned-branches directory: ``path`` itself, or the shipped branches of that name (``assets/branches``)."""
+    p = Path(path).expanduser()
+    if not p.exists() and (SHIPPED / str(path)).is_dir():
+        return SHIPPED / str(path)
+    return p
+
+
 def read_branches_config(path: str | Path) -> BranchesConfig:
-    p = Path(path)
+    p = branches_dir(path)
     f = p / CONFIG_FILE
     if not f.is_file() or not (p / WEIGHTS_FILE).is_file():
         raise CheckpointError(f"{p} is not a learned-branches directory (needs {CONFIG_FILE} and {WEIGHTS_FILE}; "
-                              f"write one with mot train-branches)")
+                              f"write one with mot train-branches, or name one that ships: "
+                              f"{', '.join(sorted(d.name for d in SHIPPED.glob('*') if d.is_dir())) or 'none'})")
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
         return BranchesConfig(**d)
@@ -275,6 +287,7 @@ def load_branches(path: str | Path, model: nn.Module | None = None, *, strict: b
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    path = branches_dir(path)
     cfg = read_branches_config(path)
     try:
         vec = load_file(str(Path(path) / WEIGHTS_FILE))["vectors"]
