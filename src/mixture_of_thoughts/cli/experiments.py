@@ -69,6 +69,11 @@ def _compare_lm(args, command: str) -> int:
             from ..experiments.compare_lm import CONFIRM
 
             kw["primary"] = CONFIRM.label
+        if args.grid == "heldout":  # the primary frozen in code before the run, on the held-out prompts
+            from ..experiments.compare_lm import HELDOUT_PRIMARY
+
+            kw["primary"] = HELDOUT_PRIMARY.label
+            kw["prompts"] = kw.get("prompts") or "held-out"
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -95,9 +100,10 @@ def register(add) -> None:
     c.add_argument("--model", default=None, help="compare sampling knobs and thought branches of this pretrained "
                                                  "LM (a registry name or a directory) instead")
     c.add_argument("--limit", type=int, default=None, help="with --model: the first N prompts")
-    c.add_argument("--grid", default=None, help="with --model: the settings to run, default (the report's, "
-                                                "~2 h on 2 CPU cores), wide (~10x: a coarse sweep) or confirm "
-                                                "(the best thought setting and the baselines around it)")
+    c.add_argument("--grid", default=None, help="with --model: the settings to run, default (the tuning report's, "
+                                                "~3.5 h on 2 CPU cores), wide (~10x: a coarse sweep), confirm "
+                                                "(the best thought setting against every baseline) or heldout "
+                                                "(the frozen primary against every baseline, on --prompts held-out)")
     c.add_argument("--first-seed", type=int, default=None, help="with --model: seeds start here (another value: "
                                                                  "fresh draws of every setting)")
     c.add_argument("--max-new-tokens", type=int, default=None, help="with --model: tokens per branch (default 32)")

@@ -199,6 +199,7 @@ def default_contenders() -> tuple[Contender, ...]:
 
 
 VARY_WAYS = ("style", "angle", "constraint", "example")
+LEARNED = "smollm2-wta8"  # shipped in assets/branches (mot train-branches ... --objective wta --branches 8)
 
 
 def coordinated_contenders() -> list[Contender]:
@@ -211,6 +212,8 @@ def coordinated_contenders() -> list[Contender]:
     c += _sweep("repel", "diversity", (2.0,), temperature=0.3, window="step")
     c += _sweep("vary", "temperature", (0.3, 0.7), ways=VARY_WAYS)
     c += _sweep("vary", "creativity", (2.0,), temperature=0.3, ways=VARY_WAYS, noise_mode="persistent", layers="upper")
+    # learned branches (hf.learned): the shipped 8 branches trained by relaxed winner-take-all
+    c += _sweep("learned", "temperature", (0.0, 0.5), learned=LEARNED)
     return c
 
 
@@ -241,7 +244,21 @@ def confirm_contenders() -> tuple[Contender, ...]:
     return (*dense_baselines(), CONFIRM)
 
 
-GRIDS = {"default": default_contenders, "wide": wide_contenders, "confirm": confirm_contenders}
+# Declared 2026-12-05 before any run on the held-out prompts, chosen on the tuning set (the best contender
+# against the pooled hull there: +0.024 semantic distance, +0.53 distinct-k, +1.4 points degenerate).
+HELDOUT_PRIMARY = Contender("repel", "diversity", temperature=0.5, diversity=3.0, diverse_tokens=8, window="prefix")
+
+
+def heldout_contenders() -> tuple[Contender, ...]:
+    """The one verdict on ``--prompts held-out``: every baseline family, dense, against the frozen
+    primary (:data:`HELDOUT_PRIMARY`) and the runner-up mechanisms of the tuning set."""
+    c = [dataclasses.replace(HELDOUT_PRIMARY, diversity=1.0)]
+    c += _sweep("learned", "temperature", (0.5,), learned=LEARNED)
+    return (*dense_baselines(), HELDOUT_PRIMARY, *c)
+
+
+GRIDS = {"default": default_contenders, "wide": wide_contenders, "confirm": confirm_contenders,
+         "heldout": heldout_contenders}
 
 
 def quick_contenders() -> tuple[Contender, ...]:
