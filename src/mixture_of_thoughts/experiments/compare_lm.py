@@ -868,6 +868,65 @@ def _hull_section(res: dict) -> list[str]:
     return L
 
 
+def _learned_section(res: dict, out: Path) -> list[str]:
+    """For each learned setting's branches: the training data's counts, the loss curves and branch usage
+    (``history.json`` and ``data.stats.json`` beside the branches), plotted to ``learned-<name>.png``."""
+    from ..hf.learned import branches_dir
+    from .report import _plt
+
+    L = []
+    for name in dict.fromkeys(r["setting"]["learned"] for r in res["rows"] if r["family"] == "learned"):
+        d = branches_dir(name)
+        try:
+            h = json.loads((d / "history.json").read_text(encoding="utf-8"))
+            cfg = json.loads((d / "branches.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        data = {}
+        if (d / "data.stats.json").is_file():
+            data = json.loads((d / "data.stats.json").read_text(encoding="utf-8"))
+        plt = _plt()
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        steps = h["steps"]
+        a.plot([s["step"] for s in steps], [s["mixture_nll"] for s in steps], lw=0.8, label="train mixture NLL (step)")
+        per_epoch = len(steps) / max(1, len(h["epochs"]) - 1)
+        a.plot([e["epoch"] * per_epoch for e in h["epochs"]], [e["val_mixture_nll"] for e in h["epochs"]], "o-",
+               label="validation mixture NLL (epoch 0 = at init)")
+        a.axhline(h["plain_val_nll"], color="k", ls="--", lw=1, label="plain model, validation")
+        a.set_xlabel("step")
+        a.set_ylabel("nats / token (first tokens of each response)")
+        a.legend(fontsize=7)
+        usage = h["epochs"][-1]["val_usage"]
+        b.bar(range(len(usage)), usage)
+        b.axhline(1 / len(usage), color="k", ls="--", lw=1)
+        b.set_xlabel("branch")
+        b.set_ylabel("share of validation responses it wins")
+        fig.suptitle(f"learned branches {name}: {cfg['training']['objective']}, B = {cfg['branches']}, layers "
+                     f"{cfg['layers'][0]}-{cfg['layers'][-1]}")
+        fig.tight_layout()
+        fig.savefig(out / f"learned-{name}.png", dpi=110)
+        plt.close(fig)
+        t = cfg["training"]
+        L += [f"## Learned branches `{name}`", "",
+              f"Trained with `mot train-branches --branches {cfg['branches']} --layers {t['layers']} --tokens "
+              f"{t['tokens']} --objective {t['objective']} --epochs {t['epochs']}{' --bf16' if t['bf16'] else ''}` "
+              f"in {h['seconds'] / 60:.0f} min on this CPU, on {h['train_prompts']} training prompts "
+              f"({h['val_prompts']} held back for validation)."]
+        if data:
+            dr = data["drop_rates"]
+            L += ["", f"Data (`mot branch-data`, {data['seconds'] / 60:.0f} min): {data['responses_sampled']} "
+                      f"responses sampled for {data['prompts']} prompts at T = {data['settings']['temperature']:g}, "
+                      f"{data['responses_kept']} kept ({data['kept_rate']:.0%}): dropped for NLL above "
+                      f"{data['settings']['max_nll']:g} nats {dr['nll']:.1%}, off-topic {dr['off-topic']:.1%}, "
+                      f"loops {dr['loop']:.1%}, empty {dr['empty']:.1%}, with a prompt left with fewer than 2 "
+                      f"{dr['with_prompt']:.1%}; {data['prompts_kept']} prompts kept."]
+        ep = h["epochs"]
+        L += ["", f"Validation mixture NLL {ep[0]['val_mixture_nll']:.3f} at init, "
+                  + ", ".join(f"{e['val_mixture_nll']:.3f} after epoch {e['epoch']}" for e in ep[1:])
+                  + f"; the plain model {h['plain_val_nll']:.3f}.", "", f"![training](learned-{name}.png)", ""]
+    return L
+
+
 def _fmt_seconds(x) -> str:
     return "" if x is None else f"{x:.0f}"
 
@@ -963,6 +1022,7 @@ def write_report(res: dict, out: Path) -> None:
         L.append("")
     if res["skipped"]:
         L += ["## Skipped", ""] + [f"- {s['label']}: {s['why']}" for s in res["skipped"]] + [""]
+    L += _learned_section(res, out)
     L += _examples_section(res)
     (out / "report.md").write_text("\n".join(L) + "\n", encoding="utf-8")
 
