@@ -167,3 +167,17 @@ def make_tiny_llama():
         return tf.LlamaForCausalLM(cfg).eval()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def save_hf_dir(tmp_path_factory):
+    """Factory ``save(model, tokenizer, name="tiny_llama")``: both saved to a fresh temp directory, which
+    ``--model DIR`` and ``load_pretrained`` read like any Hugging Face model directory."""
+
+    def save(model, tokenizer, name: str = "tiny_llama"):
+        d = tmp_path_factory.mktemp(name)
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+        return d
+
+    return save

@@ -8,26 +8,17 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("transformers")
-semantic = pytest.importorskip("mixture_of_thoughts.metrics.semantic")
+pytest.importorskip("transformers")  # the [hf] extra; `make test` installs it
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, make_tiny_llama, make_hf_char_tokenizer):
+def tiny_dir(save_hf_dir, make_tiny_llama, make_hf_char_tokenizer):
     tok = make_hf_char_tokenizer()
-    model = make_tiny_llama(len(tok))
-    d = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_hf_dir(make_tiny_llama(len(tok)), tok)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tiny_dir, tmp_path_factory):
-    try:
-        semantic.get_embedder()
-    except Exception as e:  # the MiniLM package is an optional extra
-        pytest.skip(f"no semantic embedder: {e}")
     from mixture_of_thoughts.cli import main
 
     out = tmp_path_factory.mktemp("lm_report")
@@ -293,10 +284,6 @@ def test_settings_are_kept_and_read_back(tiny_dir, tmp_path, monkeypatch):
     from mixture_of_thoughts.experiments import compare_lm
     from mixture_of_thoughts.experiments.compare_lm import Contender, LMCompareConfig, run_compare_lm
 
-    try:
-        semantic.get_embedder()
-    except Exception as e:
-        pytest.skip(f"no semantic embedder: {e}")
     grid = (Contender("temperature", "temperature", temperature=0.0), Contender("temperature", "temperature",
                                                                               temperature=1.0))
     cfg = LMCompareConfig.quick(model=str(tiny_dir), out=str(tmp_path / "o"), contenders=grid)

@@ -288,11 +288,8 @@ def test_build_branch_data_filters_and_counts(model, tok, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, model, tok):
-    d = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def tiny_dir(save_hf_dir, model, tok):
+    return save_hf_dir(model, tok)
 
 
 class _FakeEmbedder:

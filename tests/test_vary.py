@@ -209,11 +209,8 @@ def test_bad_ways_files(tmp_path, content, match):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, model, tok):
-    d = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+def model_dir(save_hf_dir, model, tok):
+    return save_hf_dir(model, tok)
 
 
 def test_cli_json_output(model_dir, ways_file, capsys, model, tok):

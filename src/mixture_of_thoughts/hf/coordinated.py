@@ -39,7 +39,6 @@ rounding error of each other, as with padding anywhere in the package).
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -50,51 +49,13 @@ from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import left_pad
 from ..generation.sampling import sample_tokens
 from ..rng import RowNoise
-from .generate import _cache_of, check_context, stop_token_ids
-from .vary import RowPositionNoise, _pad_id
+from .generate import check_context, stop_token_ids
+from .vary import PaddedLM, RowPositionNoise, _pad_id
 
 __all__ = ["coordinated_generate", "WINDOWS"]
 
 WINDOWS = ("step", "prefix")  # what the penalty counts: this step's tokens, or every token so far
 NEG_INF = float("-inf")
-
-
-class _PaddedLM:
-    """A Hugging Face causal LM over left-padded rows with its KV cache, whose rows can be reordered.
-
-    Like :func:`~mixture_of_thoughts.hf.vary.padded_hf_step` (each row's own positions
-    ``cumsum(mask) - 1``, the mask of the whole sequence at every call), but it owns the cache so
-    that beam search can reorder it. Reordering only moves rows among the beams of one group, which
-    share a prompt, so the mask and positions never need reordering.
-    """
-
-    def __init__(self, model: nn.Module, mask: torch.Tensor):
-        params = inspect.signature(model.forward).parameters
-        self.model = model
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        self.full = mask.long()
-        self.past = None
-        self.seen = 0
-
-    def logits(self, tokens: torch.Tensor, length: int) -> torch.Tensor:
-        """``(R, V)`` float logits for column ``length`` of the ``(R, L)`` token buffer."""
-        full = self.full
-        if length > full.shape[1]:
-            full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
-        kw = {self.cache_kw: self.past} if self.past is not None else {}
-        out = self.model(input_ids=tokens[:, self.seen:length], attention_mask=full[:, :length],
-                         position_ids=pos[:, self.seen:length], use_cache=True, **self.keep, **kw)
-        self.past, self.seen = _cache_of(out), length
-        return out.logits[:, -1, :].float()
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Row ``r`` of the cache becomes old row ``rows[r]``."""
-        if hasattr(self.past, "reorder_cache"):
-            self.past.reorder_cache(rows)
-        else:  # legacy tuple caches: ((k, v), ...) per layer
-            self.past = tuple(tuple(t.index_select(0, rows.to(t.device)) for t in layer) for layer in self.past)
 
 
 def _validate(ids_list, seeds, max_new_tokens, temperature, diversity, diverse_tokens, group_width, window) -> None:
@@ -122,7 +83,16 @@ def _validate(ids_list, seeds, max_new_tokens, temperature, diversity, diverse_t
                           f"(temperature {temperature}) has one row per branch: use group_width=1")
 
 
-def _diverse_beam(lm: _PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, G: int, W: int,
+def _write_step(tokens, logprobs, lengths, done, nxt, lp, stop, pos: int, i: int):
+    """Write step ``i``'s tokens (column ``pos``) and log-probabilities in place; a live row that chose a
+    stop id ends there (its length is ``i``: the stop id is not part of its text). Returns ``(lengths, done)``."""
+    tokens[:, pos] = nxt
+    logprobs[:, i] = lp
+    hit = torch.isin(nxt, stop) & ~done
+    return torch.where(hit, i, lengths), done | hit
+
+
+def _diverse_beam(lm: PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, G: int, W: int,
                   stop: torch.Tensor, pad_id: int, diversity: float, until: int, window: str):
     """Diverse beam search over ``R = P * G * W`` rows (prompt-major, then group, then beam).
 
@@ -183,12 +153,8 @@ def _diverse_beam(lm: _PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, 
             tokens, logprobs, lengths = tokens[rows], logprobs[rows], lengths[rows]
             done, scored = done[rows], scored[rows]
         score, hist = new_score, new_hist
-        tokens[:, pos] = nxt
-        logprobs[:, i] = lp[rows, nxt]
         scored += (~done).long()
-        hit = torch.isin(nxt, stop) & ~done
-        lengths = torch.where(hit, i, lengths)
-        done |= hit
+        lengths, done = _write_step(tokens, logprobs, lengths, done, nxt, lp[rows, nxt], stop, pos, i)
         if bool(done.all()) or i == N - 1:
             n = i + 1
             break
@@ -197,7 +163,7 @@ def _diverse_beam(lm: _PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, 
     return tokens[best, :T0 + n], logprobs[best, :n], lengths[best]
 
 
-def _repel(lm: _PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, B: int, stop: torch.Tensor,
+def _repel(lm: PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, B: int, stop: torch.Tensor,
            seeds: list[int], pad: torch.Tensor, temperature: float, diversity: float, until: int, window: str):
     """Repulsive sampling over ``R = P * B`` rows (prompt-major, then branch).
 
@@ -239,11 +205,8 @@ def _repel(lm: _PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, B: int,
                 else:
                     count.scatter_add_(1, tok[:, None], live)
         nxt = nxt.view(-1)
-        tokens[:, pos] = nxt
-        logprobs[:, i] = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0]
-        hit = torch.isin(nxt, stop) & ~done
-        lengths = torch.where(hit, i, lengths)
-        done |= hit
+        lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0]
+        lengths, done = _write_step(tokens, logprobs, lengths, done, nxt, lp, stop, pos, i)
         if bool(done.all()) or i == N - 1:
             n = i + 1
             break
@@ -292,7 +255,7 @@ def coordinated_generate(model: nn.Module, tokenizer, ids_list: list[list[int]],
     model.eval()
     tokens = torch.full((len(rows), T0 + max_new_tokens), pad_id, dtype=torch.long, device=dev)
     tokens[:, :T0] = ids
-    lm = _PaddedLM(model, mask)
+    lm = PaddedLM(model, mask)
     stop = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long, device=dev)
     until = max_new_tokens if diverse_tokens is None else diverse_tokens
     if temperature == 0:

@@ -116,33 +116,59 @@ def _known(table: dict[str, Way]) -> list[str]:
 # ----------------------------------------------------------------------------------- batching
 
 
+class PaddedLM:
+    """A Hugging Face causal LM over left-padded rows with its KV cache, whose rows can be reordered.
+
+    Each call passes the mask of the whole sequence so far (padding, then ones) and each row's own
+    positions ``cumsum(mask) - 1`` (padding gets position 1, as in ``transformers``), so a row sees
+    exactly what it would see unpadded. It owns the cache, so beam search can reorder its rows
+    (:mod:`.coordinated`: only among the beams of one prompt, whose mask and positions are the same).
+    """
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor):
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.full = mask.long()
+        self.past = None
+        self.seen = 0
+
+    def logits(self, tokens: torch.Tensor, length: int, as_float: bool = True) -> torch.Tensor:
+        """``(R, V)`` logits for column ``length`` of the ``(R, L)`` token buffer (float32 with ``as_float``,
+        else in the model's dtype)."""
+        full = self.full
+        if length > full.shape[1]:
+            full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
+        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
+        kw = {self.cache_kw: self.past} if self.past is not None else {}
+        out = self.model(input_ids=tokens[:, self.seen:length], attention_mask=full[:, :length],
+                         position_ids=pos[:, self.seen:length], use_cache=True, **self.keep, **kw)
+        self.past, self.seen = _cache_of(out), length
+        last = out.logits[:, -1, :]
+        return last.float() if as_float else last
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row ``r`` of the cache becomes old row ``rows[r]``."""
+        if hasattr(self.past, "reorder_cache"):
+            self.past.reorder_cache(rows)
+        else:  # legacy tuple caches: ((k, v), ...) per layer
+            self.past = tuple(tuple(t.index_select(0, rows.to(t.device)) for t in layer) for layer in self.past)
+
+
+
 def padded_hf_step(model: nn.Module, mask: torch.Tensor,
                    routing: Callable[[], dict[int, torch.Tensor]] | None = None) -> StepFn:
     """The decoder's step function for a Hugging Face causal LM over left-padded prompts, with its KV cache.
 
     ``mask`` is the ``(B, T0)`` attention mask of the padded prompts (0 on padding). The first call
-    reads the prompts, each later call the new tokens; every call passes the mask of the whole
-    sequence so far (padding, then ones) and each row's own positions ``cumsum(mask) - 1`` as a
-    ``(B, T)`` tensor (padding gets position 1, as in ``transformers``), so a row sees exactly what it
-    would see unpadded.
+    reads the prompts, each later call the new tokens, through :class:`PaddedLM` (each row's own mask
+    and positions).
     """
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    full = mask.long()
-    past = None
-    seen = 0
+    lm = PaddedLM(model, mask)
 
     def step(tokens: torch.Tensor, length: int) -> Step:
-        nonlocal past, full, seen
-        if length > full.shape[1]:
-            full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
-        kw = {cache_kw: past} if past is not None else {}
-        out = model(input_ids=tokens[:, seen:length], attention_mask=full[:, :length],
-                    position_ids=pos[:, seen:length], use_cache=True, **keep, **kw)
-        past, seen = _cache_of(out), length
-        return Step(out.logits[:, -1, :], routing() if routing is not None else {})
+        return Step(lm.logits(tokens, length, as_float=False), routing() if routing is not None else {})
 
     return step
 
