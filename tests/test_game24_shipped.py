@@ -35,14 +35,14 @@ def test_solve_works_with_the_shipped_model(capsys):
     assert answers and all(g.verify((4, 5, 6, 10), a.removesuffix(" = 24")) for a in answers)
 
 
-@pytest.mark.parametrize("method", ["sample", "beam"])
+@pytest.mark.parametrize("method", ["sample", "beam", "beam-value"])
 def test_the_committed_report_is_what_the_shipped_models_do(method):
     """The first test puzzles, rerun: the same solutions found after the same positions as recorded."""
     saved = json.loads((REPORT / "methods" / f"{method}.json").read_text())
     key = saved["key"]
     cfg = E.Game24EvalConfig(methods=(method,), budgets=(key["budget"],), seed=key["seed"],
                              temperature=key["temperature"], **({"width": key["width"], "proposals": key["proposals"]}
-                                                                if method == "beam" else {}))
+                                                                if method.startswith("beam") else {}))
     models = E.load_line_models(cfg)
     assert E.Models.fingerprint(models, cfg.specs[0]) == key["models"]
     for rec in saved["puzzles"][:2]:

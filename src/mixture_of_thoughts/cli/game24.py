@@ -19,15 +19,18 @@ def cmd_game24(args) -> int:
     Examples:
       mot game24 data --out runs/game24/train.txt
       mot game24 train --kind ar --out runs/game24-ar
+      mot game24 train-value --out runs/game24-value
       mot game24 solve "4 5 6 10" --method beam --budget 1800
       mot game24 solve "4 5 6 10" --method solver
+      mot game24 solve "4 5 6 10" --method beam-value --budget 1800
       mot game24 eval --methods sample,sample@0.7,beam,mcts,random --budgets 450,1800,7200
       mot game24 export runs/game24-ar --out my-models/ar
 
-    solve and eval use the models shipped in the package unless --model, --mot-model or
-    --diffusion-model name runs of your own.
+    solve and eval use the models (and the value) shipped in the package unless --model, --mot-model,
+    --diffusion-model or --value name your own.
     """
-    return {"data": _data, "train": _train, "solve": _solve, "eval": _eval, "export": _export}[args.action](args)
+    return {"data": _data, "train": _train, "train-value": _train_value, "solve": _solve, "eval": _eval,
+            "export": _export}[args.action](args)
 
 
 def _data(args) -> int:
@@ -69,6 +72,33 @@ def _train(args) -> int:
     return 0
 
 
+def _train_value(args) -> int:
+    from ..tasks import game24
+    from ..tasks.value import ValueConfig, train_value
+
+    if not args.out:
+        raise ConfigError("--out is required (the folder to write value.safetensors and value.json into)")
+    out = Path(args.out)
+    if (out / "value.safetensors").exists() and not args.force:
+        raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
+    cfg = ValueConfig(epochs=args.epochs, seed=args.seed)
+    train, val, _ = game24.split(game24.load_puzzles())
+
+    def log(row):
+        if not args.quiet:
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
+                  f"val accuracy {row['val_accuracy']:.3f}, val AUC {row['val_auc']:.3f}", flush=True)
+
+    value = train_value(train, val, cfg, log=log)
+    value.save(out, force=args.force)
+    d, v = value.meta["data"], value.meta["val"]
+    print(f"wrote {out}: trained on {d['train_states']:,} states of {d['train_puzzles']} training puzzles "
+          f"({d['train_solvable']:.1%} solvable) in {value.meta['seconds']:.0f} s; on the {d['val_states']:,} states "
+          f"of the validation puzzles AUC {v['val_auc']:.3f}; pruning threshold {value.threshold:.3f} loses "
+          f"{v['live_pruned']:.1%} of live states and keeps {v['dead_kept']:.1%} of dead ones")
+    return 0
+
+
 def _solve(args) -> int:
     from ..experiments.game24_eval import Game24EvalConfig, load_line_models, parse_method, run_method
     from ..tasks import game24
@@ -82,6 +112,7 @@ def _solve(args) -> int:
     if method != "solver":
         parse_method(method)  # one-line error for an unknown method or a bad knob
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
+                           value=args.value, threshold=args.threshold, width=args.width, proposals=args.proposals,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
                            device=args.device)
@@ -110,7 +141,8 @@ def _eval(args) -> int:
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           methods=tuple(args.methods.split(",")), split=args.split,
+                           methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
+                           threshold=args.threshold,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
@@ -141,15 +173,19 @@ def _command_line() -> str:
 def register(add) -> None:
     """Add ``game24``; ``add(name, fn)`` returns the new subparser."""
     g = add("game24", cmd_game24)
-    g.add_argument("action", choices=("data", "train", "solve", "eval", "export"))
+    g.add_argument("action", choices=("data", "train", "train-value", "solve", "eval", "export"))
     g.add_argument("puzzle", nargs="*", help="solve: the four numbers, e.g. \"4 5 6 10\"; export: the run")
-    g.add_argument("--out", default=None, help="data: the text file; train: the run; eval: the report folder")
+    g.add_argument("--out", default=None, help="data: the text file; train: the run; train-value: the value's folder; "
+                   "eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin) or diffusion")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
-    g.add_argument("--force", action="store_true", help="train, export: overwrite an existing run or copy")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, hybrid, random or solver "
+    g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
+    g.add_argument("--force", action="store_true",
+                   help="train, train-value, export: overwrite an existing run, value or copy")
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, beam-value, mcts-value, "
+                   "hybrid, random or solver "
                    "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
@@ -160,6 +196,11 @@ def register(add) -> None:
     g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
     g.add_argument("--mot-model", default=None, help="a MoT run (thoughts; default: shipped)")
     g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
+    g.add_argument("--value", default=None,
+                   help="a value from train-value (beam-value, mcts-value; default: shipped), or "
+                   "solver: the exact solver as the value's ceiling, with --split val only")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="beam-value, mcts-value: prune states the value puts below this (default: the value's own)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")

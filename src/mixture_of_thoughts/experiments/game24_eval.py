@@ -8,7 +8,9 @@ GPT-4 figures on the same 100 puzzles as anchors.
 Every method is anytime (:mod:`..tasks.search`), so each runs once per puzzle at the largest budget
 and is read off at the smaller ones. A method may carry its knob after ``@``: ``sample@0.7`` samples
 at temperature 0.7, ``thoughts@2`` runs the thought model at creativity 2 (``beam@0.8``, ``mcts@0.8``
-and ``hybrid@0.8`` set their proposal temperature). Each method's per-puzzle record is saved in
+and ``hybrid@0.8`` set their proposal temperature). ``beam-value`` and ``mcts-value`` are beam search
+and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
+the shipped one; its reads are charged to the budget). Each method's per-puzzle record is saved in
 ``OUT/methods/`` and reused when the same method, models, puzzles and settings come again, so an
 interrupted evaluation resumes and the report can be rebuilt without running a model.
 
@@ -39,9 +41,10 @@ from ..tasks import search as S
 from .report import finite_json, write_json_atomic
 from .stats import bootstrap_indices, interpolate_frontier, interval
 
-MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "hybrid")
+MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid")
 METHODS = (*MODEL_METHODS, "random")
-SEARCH_METHODS = ("beam", "mcts")
+SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value")
+VALUE_METHODS = ("beam-value", "mcts-value")
 SAMPLING_METHODS = ("sample", "thoughts")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
@@ -49,7 +52,8 @@ GOAL_SUCCESS = 0.74
 SHIPPED = Path(__file__).parent.parent / "assets" / "game24"
 # the models `mot game24 solve/eval` use when no run is given: trained here, shipped in the package
 SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusion_model": SHIPPED / "diffusion"}
-NEEDS = {"model": ("sample", "beam", "mcts", "hybrid"), "mot_model": ("thoughts",), "diffusion_model": ("hybrid",)}
+NEEDS = {"model": ("sample", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
+         "diffusion_model": ("hybrid",)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class Game24EvalConfig:
     thoughts_temperature: float | None = None  # the thought model's temperature (default: temperature)
     width: int = 5
     proposals: int = 8
+    value: str | None = None  # a value trained with mot game24 train-value (beam-value, mcts-value); default: shipped
+    threshold: float | None = None  # the value's pruning threshold (default: the one chosen on validation)
     seed: int = 0
     out: str = "reports/game24"
     device: str | None = None
@@ -121,6 +127,8 @@ class Game24EvalConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.split not in ("test", "val"):
             raise ConfigError(f"--split must be test or val, got {self.split!r}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"--threshold is a probability in [0, 1], got {self.threshold}")
         for name in ("temperature", "thoughts_temperature"):
             v = getattr(self, name)
             if v is not None and not v > 0:
@@ -158,6 +166,23 @@ class Models:
             self.paths[flag] = str(path)
             mine = getattr(cfg, flag)
             self.shown[flag] = str(path) if mine else f"{path.relative_to(SHIPPED.parent.parent)} (shipped)"
+        self.value = None
+        if any(n in VALUE_METHODS for n in names):
+            from ..tasks.value import SHIPPED as VALUE_SHIPPED
+            from ..tasks.value import load_value
+
+            if cfg.value == "solver":  # the ceiling of a value, on the validation rows only
+                if cfg.split != "val" or cfg.puzzles:
+                    raise ConfigError("--value solver (the exact solver as a value) is a diagnostic for the "
+                                      "validation rows: add --split val (it never runs on test puzzles)")
+                from ..tasks.value import SolverValue
+
+                self.value, self.value_path = SolverValue(), None
+                self.shown["value"] = "the exact solver (diagnostic ceiling)"
+            else:
+                self.value = load_value(cfg.value)  # a clear error names a missing or unreadable value
+                self.value_path = Path(cfg.value) if cfg.value else VALUE_SHIPPED
+                self.shown["value"] = cfg.value or f"{VALUE_SHIPPED.relative_to(SHIPPED.parent.parent)} (shipped)"
         for flag, path in self.paths.items():
             ck = load_checkpoint(path, device=resolve_device(cfg.device), expect=expect[flag])
             if flag == "mot_model" and not ck.model.config.has_thoughts:
@@ -186,6 +211,9 @@ class Models:
             if spec.name in methods:
                 f = self.ck[flag].path / "model.safetensors"
                 out[flag] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+        if spec.name in VALUE_METHODS:
+            f = self.value_path / "value.safetensors" if self.value_path else None
+            out["value"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f else "solver"
         return out
 
 
@@ -212,11 +240,14 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name == "hybrid":
         r = S.hybrid(models.line("model", T), models.infiller(T), task, puzzle, b, proposals=cfg.proposals,
                      seed=cfg.seed)
-    elif spec.name == "mcts":
-        r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed)
+    elif spec.name in ("mcts", "mcts-value"):
+        value = models.value if spec.name == "mcts-value" else None
+        r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed, value=value,
+                   threshold=cfg.threshold)
     else:
+        value = models.value if spec.name == "beam-value" else None
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals,
-                          seed=cfg.seed)
+                          seed=cfg.seed, value=value, threshold=cfg.threshold)
     r.method = spec.label
     return r
 
@@ -238,10 +269,12 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["temperature"] = T
     if spec.name == "thoughts":
         key["creativity"] = c
-    if spec.name in ("beam",):
+    if spec.name in ("beam", "beam-value"):
         key |= {"width": cfg.width, "proposals": cfg.proposals}
-    if spec.name in ("mcts", "hybrid"):
+    if spec.name in ("mcts", "mcts-value", "hybrid"):
         key["proposals"] = cfg.proposals
+    if spec.name in VALUE_METHODS:
+        key["threshold"] = cfg.threshold if cfg.threshold is not None else models.value.threshold
     if spec.name == "hybrid":
         key["diffusion_steps"] = cfg.diffusion_steps
     return key

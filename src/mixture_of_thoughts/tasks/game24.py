@@ -366,9 +366,23 @@ def solve(puzzle) -> dict[str, tuple[tuple[tuple[Step, ...], Expr], ...]]:
 
 def solve_from(state: State) -> bool:
     """Whether ``state`` can still reach 24 (exhaustive over its remaining moves)."""
-    if state.done:
-        return state.solved
-    return any(solve_from(state.apply(m)) for m in state.moves())
+    return solvable(state.numbers)
+
+
+@functools.lru_cache(maxsize=1 << 20)
+def solvable(numbers: tuple[Fraction, ...], target: int = TARGET) -> bool:
+    """Whether ``numbers`` (sorted) can still make ``target`` with the moves of :meth:`State.moves`
+    (results >= 0, exact fractions); memoised, since states of different puzzles repeat."""
+    if len(numbers) == 1:
+        return numbers[0] == target
+    for i, j in itertools.combinations(range(len(numbers)), 2):
+        a, b = numbers[i], numbers[j]
+        rest = numbers[:i] + numbers[i + 1:j] + numbers[j + 1:]
+        for op, x, y in (("+", a, b), ("*", a, b), ("-", a, b), ("-", b, a), ("/", a, b), ("/", b, a)):
+            r = apply_op(x, op, y)
+            if r is not None and r >= 0 and solvable(tuple(sorted(rest + (r,))), target):
+                return True
+    return False
 
 
 def solutions(puzzle) -> list[str]:

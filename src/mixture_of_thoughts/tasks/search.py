@@ -16,9 +16,10 @@ Methods:
 * :func:`sample_traces`: whole traces sampled at a temperature (and, with a thought model, a
   creativity), best-of-N by the verifier;
 * :func:`beam_search`: Tree of Thoughts' BFS over steps: the model proposes next lines, invalid
-  ones are dropped, the ``width`` states with the highest model log-likelihood are kept;
-* :func:`mcts`: PUCT over steps, the model's sampled step frequencies as priors, the verifier's
-  reward (a new solution) at the leaves;
+  ones are dropped, the ``width`` states with the highest model log-likelihood are kept (or, with a
+  learned value, the ``width`` with the highest value, dead ones pruned);
+* :func:`mcts`: PUCT over steps, the model's sampled step frequencies as priors (weighted by a value,
+  which also prunes, when one is given), the verifier's reward (a new solution) at the leaves;
 * :func:`hybrid`: the search picks first steps, a masked-diffusion model infills the rest of the
   trace (:class:`Infiller`), the verifier scores;
 * :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
@@ -271,17 +272,48 @@ def beam_schedule(width: int, proposals: int):
         i += 1
 
 
+class StateValue(Protocol):
+    """What search needs of a value (:class:`..tasks.value.Value`): P(a state can still reach the
+    target) for many states in one call, the positions a read of a state costs, a pruning threshold."""
+
+    threshold: float
+
+    def probs(self, states: list) -> Sequence[float]: ...
+
+    def cost(self, state) -> int: ...
+
+
+def judge(value: StateValue, states: list, budget: Budget, threshold: float | None = None) -> list[float] | None:
+    """The value of each state, its reads charged to ``budget``; None when the budget runs out first.
+
+    A finished state (one number left) is judged by the verifier, free: 1 if it is a solution, else 0.
+    States below ``threshold`` (default: the value's own) are the caller's to prune.
+    """
+    open_ = [i for i, s in enumerate(states) if not s.done]
+    if budget.take([value.cost(states[i]) for i in open_]) < len(open_):
+        return None
+    p = [1.0 if s.solved else 0.0 for s in states]
+    for i, q in zip(open_, value.probs([states[i] for i in open_]) if open_ else [], strict=True):
+        p[i] = float(q)
+    return p
+
+
 def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 5, proposals: int = 8,
-                seed: int = 0) -> SearchResult:
+                seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
     """Breadth-first search over steps (Tree of Thoughts' BFS), restarted with new seeds while the
     budget lasts: each kept state gets ``proposals`` sampled next lines, the valid distinct children
     are ranked by the model's log-likelihood of their lines so far, the best ``width`` are kept.
+
+    With a ``value`` (Tree of Thoughts' state evaluator, here learned: :mod:`.value`), every child is
+    read by it (the reads charged to the budget), children below the threshold are pruned and the rest
+    ranked by the value, the model's log-likelihood breaking ties.
 
     The passes widen (:func:`beam_schedule`: 1 x 4, 2 x 8, 4 x 8, then ``width`` x ``proposals``), so
     a small budget buys a narrow finished pass rather than an unfinished wide one, and the method
     stays anytime (what it does never depends on the budget's size).
     """
-    res = SearchResult("beam")
+    res = SearchResult("beam" if value is None else "beam-value")
+    cut = None if value is None else (value.threshold if threshold is None else threshold)
     root = task.start(puzzle)
     k = 0
     for w, n in beam_schedule(width, proposals):
@@ -305,7 +337,14 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                 key = (child.numbers, tuple(sorted(map(str, child.exprs))))
                 if key not in children or children[key][0] < score + ll:
                     children[key] = (score + ll, child)
-            frontier = sorted(children.values(), key=lambda x: -x[0])[:w]
+            ranked = sorted(children.values(), key=lambda x: -x[0])
+            if value is not None:
+                p = judge(value, [c for _, c in ranked], budget, cut)
+                if p is None:
+                    return res.finish(budget)
+                order = sorted((i for i in range(len(ranked)) if p[i] >= cut), key=lambda i: -p[i])  # stable: ll ties
+                ranked = [ranked[i] for i in order]
+            frontier = ranked[:w]
         for _, s in frontier:
             res.attempts += 1
             res.add(task.solution(s), s.text(), budget.spent)
@@ -324,6 +363,8 @@ class _Node:
     children: dict = field(default_factory=dict)  # move -> _Node
     counts: dict = field(default_factory=dict)  # move -> proposals that named it
     asked: int = 0  # batches of proposals so far
+    worth: float = 1.0  # the value's P(solvable) (1 without a value)
+    pruned: set = field(default_factory=set)  # moves the value ruled out
 
     def ucb(self, parent_visits: int, c: float) -> float:
         q = self.value / self.visits if self.visits else 0.0
@@ -336,7 +377,7 @@ class _Node:
 
 
 def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = 1.5,
-         seed: int = 0) -> SearchResult:
+         seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
     """Monte Carlo tree search over steps (PUCT with progressive widening), until the budget is spent.
 
     Expanding a state asks the model for ``proposals`` next lines; the distinct valid moves among them
@@ -348,8 +389,13 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
     trace is finished); the verifier's reward is 1 for a solution not found before, else 0, so
     visits drift from solutions already found to unexplored branches. The search stops when the
     budget is spent (or after many simulations in a row that cost nothing: an exhausted tree).
+
+    With a ``value`` (:mod:`.value`), each newly proposed child is read once (charged to the budget):
+    a child below the threshold is pruned (never entered, never read again), the others' priors are
+    the proposal shares weighted by their values.
     """
-    res = SearchResult("mcts")
+    res = SearchResult("mcts" if value is None else "mcts-value")
+    cut = None if value is None else (value.threshold if threshold is None else threshold)
     root = _Node(task.start(puzzle))
     k, free = 0, 0
     while budget.left > 0 and free < FREE_SIMULATIONS:
@@ -366,15 +412,28 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
                     spent = True
                     break
                 node.asked += 1
+                new = {}
                 for text, _, _ in rows:
                     move = task.parse_line(node.state, text.strip("\n"))
                     if move is not None:
                         node.counts[move] = node.counts.get(move, 0) + 1
-                        if move not in node.children:
-                            node.children[move] = _Node(task.apply(node.state, move))
-                total = sum(node.counts.values())
+                        if move not in node.children and move not in node.pruned and move not in new:
+                            new[move] = _Node(task.apply(node.state, move))
+                if value is not None and new:
+                    p = judge(value, [ch.state for ch in new.values()], budget, cut)
+                    if p is None:
+                        spent = True
+                        break
+                    for (m, ch), q in zip(list(new.items()), p, strict=True):
+                        ch.worth = q
+                        if q < cut:
+                            node.pruned.add(m)
+                            del new[m]
+                node.children.update(new)
+                weights = {m: node.counts[m] * ch.worth for m, ch in node.children.items()}
+                total = sum(weights.values())
                 for m, ch in node.children.items():
-                    ch.prior = node.counts[m] / total
+                    ch.prior = weights[m] / total if total > 0 else 1.0 / len(node.children)
             if not node.children:
                 break  # no valid proposal yet: reward 0, asked again when reached again
             node = max(node.children.values(), key=lambda ch: ch.ucb(node.visits, c_puct))

@@ -1,0 +1,322 @@
+"""A learned value for search on Game of 24: P(the numbers left can still reach the target).
+
+Tree of Thoughts' BFS wins on Game of 24 because a *value* prunes dead states ("sure / likely /
+impossible", Yao et al., 2023): the model's likelihood of its own lines does not tell a state that can
+still make 24 from one that cannot. Here every intermediate state of the *training* puzzles is labelled
+exactly by the solver (:func:`..tasks.game24.solvable`), and a small network learns the labels; the
+solver never sees a validation or test puzzle at search time.
+
+The network (:class:`ValueNet`) reads the numbers left as a *set* of number tokens (one embedding per
+number written in the training states, ``<unk>`` for any other) plus the target, through a small
+transformer encoder without positions (so the order of the numbers cannot matter), and outputs one
+logit. A read is charged to the search budget at one position per character of the state's text
+(``"4 9 -> 24"``, :meth:`Value.cost`), as if a character model read it: more than the network's own
+token count, so a search that uses the value pays at least what the value costs.
+
+The trained value ships in ``assets/game24/value`` (``value.safetensors`` and ``value.json``:
+vocabulary, sizes, training history, validation figures, the pruning threshold chosen on validation);
+``mot game24 train-value`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from . import game24
+
+WEIGHTS, META = "value.safetensors", "value.json"
+PAD, UNK = 0, 1
+SPECIALS = ("<pad>", "<unk>")
+SHIPPED = Path(__file__).parent.parent / "assets" / "game24" / "value"
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def state_key(numbers: Iterable[Fraction], target: int = game24.TARGET) -> tuple[tuple[Fraction, ...], int]:
+    return tuple(sorted(numbers)), int(target)
+
+
+def reachable(puzzle, target: int = game24.TARGET) -> set[tuple[tuple[Fraction, ...], int]]:
+    """Every state of ``puzzle`` with at least two numbers left (the start included), as sorted numbers:
+    the states a search must judge before its last step (a state of one number is judged by the verifier)."""
+    out: set = set()
+
+    def rec(nums: tuple[Fraction, ...]) -> None:
+        key = state_key(nums, target)
+        if len(nums) < 2 or key in out:
+            return
+        out.add(key)
+        for step in game24.State(tuple(puzzle), key[0], tuple(game24.Expr(x) for x in key[0])).moves():
+            rest = list(key[0])
+            rest.remove(step.a)
+            rest.remove(step.b)
+            rec(tuple(sorted(rest + [step.result])))
+
+    rec(tuple(Fraction(x) for x in puzzle))
+    return out
+
+
+def value_examples(puzzles, targets: Iterable[int] = (game24.TARGET,)) -> list[tuple[tuple[Fraction, ...], int, bool]]:
+    """``(numbers, target, solvable)`` for every distinct state of ``puzzles`` and every target (labels
+    from the solver). Pass training puzzles only."""
+    keys: set = set()
+    for p in puzzles:
+        states = reachable(p)
+        keys |= {(n, int(t)) for n, _ in states for t in targets}
+    return [(nums, t, game24.solvable(nums, t)) for nums, t in sorted(keys, key=lambda k: (len(k[0]), k))]
+
+
+def state_text(numbers: Iterable[Fraction], target: int = game24.TARGET) -> str:
+    """What the value reads: the numbers left and the target, e.g. ``"4 9 -> 24"``."""
+    return " ".join(game24.fmt(x) for x in sorted(numbers)) + f" -> {target}"
+
+
+# ------------------------------------------------------------------------------------ the network
+
+
+@dataclass
+class ValueConfig:
+    """Sizes and training settings of a value network."""
+
+    d_model: int = 96
+    n_layers: int = 3
+    n_heads: int = 4
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        for k in ("d_model", "n_layers", "n_heads", "epochs", "batch_size"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"value {k} must be an integer >= 1, got {v!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"value d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if not self.lr > 0:
+            raise ConfigError(f"value lr must be > 0, got {self.lr}")
+
+
+class ValueNet(nn.Module):
+    """Number tokens and a target token -> one logit of "solvable". Permutation invariant: no positions;
+    the target is told apart by a role embedding."""
+
+    def __init__(self, vocab_size: int, cfg: ValueConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.embed = nn.Embedding(vocab_size, d, padding_idx=PAD)
+        self.role = nn.Embedding(2, d)  # 0: a number left, 1: the target
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.Linear(d, 1))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids``: ``(B, 1 + N)`` with the target first, numbers after, ``PAD`` to the right."""
+        role = torch.ones_like(ids)
+        role[:, 1:] = 0
+        h = self.embed(ids) + self.role(role)
+        pad = ids == PAD
+        h = self.norm(self.encoder(h, src_key_padding_mask=pad))
+        keep = (~pad[:, 1:]).unsqueeze(-1).to(h.dtype)
+        pooled = (h[:, 1:] * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return self.head(torch.cat([h[:, 0], pooled], -1)).squeeze(-1)
+
+
+def _encode(vocab: dict[str, int], keys: list[tuple[tuple[Fraction, ...], int]]) -> torch.Tensor:
+    """Token ids ``(B, 1 + N)`` of ``(numbers, target)`` keys: the target first, ``PAD`` to the right."""
+    width = 1 + max((len(n) for n, _ in keys), default=1)
+    ids = torch.full((len(keys), width), PAD, dtype=torch.long)
+    for b, (n, t) in enumerate(keys):  # building a batch from Python lists is per row by nature
+        ids[b, :1 + len(n)] = torch.tensor([vocab.get(str(t), UNK)] + [vocab.get(game24.fmt(x), UNK) for x in n])
+    return ids
+
+
+def _auc(p: np.ndarray, y: np.ndarray) -> float:
+    """Area under the ROC curve (the rank statistic; NaN with one class only)."""
+    pos, neg = p[y], p[~y]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    ranks = np.empty(len(p))
+    order = np.argsort(p, kind="mergesort")
+    ranks[order] = np.arange(1, len(p) + 1)
+    # ties share the mean rank
+    _, inv, counts = np.unique(p, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, ranks)
+    ranks = (sums / counts)[inv]
+    return float((ranks[y].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def classify(p: np.ndarray, y: np.ndarray, threshold: float) -> dict:
+    """What pruning at ``threshold`` does on labelled states: live states lost, dead states kept."""
+    keep = p >= threshold
+    return {"threshold": threshold, "accuracy": float((keep == y).mean()),
+            "live_pruned": float((~keep[y]).mean()) if y.any() else float("nan"),
+            "dead_kept": float(keep[~y].mean()) if (~y).any() else float("nan")}
+
+
+class Value:
+    """A trained value network with its vocabulary: ``probs(states)`` in one batched forward."""
+
+    def __init__(self, net: ValueNet, vocab: dict[str, int], cfg: ValueConfig, meta: dict | None = None):
+        self.net, self.vocab, self.cfg, self.meta = net.eval(), vocab, cfg, dict(meta or {})
+
+    @property
+    def threshold(self) -> float:
+        """The pruning threshold chosen on the validation puzzles (0.5 until one is chosen)."""
+        return float(self.meta.get("threshold", 0.5))
+
+    @staticmethod
+    def cost(state: game24.State) -> int:
+        """Positions a read of ``state`` is charged: the characters of :func:`state_text` and a separator."""
+        return len(state_text(state.numbers)) + 1
+
+    @torch.no_grad()
+    def probs_of(self, keys: list[tuple[tuple[Fraction, ...], int]], batch: int = 4096) -> np.ndarray:
+        out = []
+        for i in range(0, len(keys), batch):
+            out.append(torch.sigmoid(self.net(_encode(self.vocab, keys[i:i + batch]))).numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def probs(self, states: list[game24.State]) -> np.ndarray:
+        """P(solvable) of each state's numbers left (target 24)."""
+        return self.probs_of([state_key(s.numbers) for s in states])
+
+    def save(self, out: str | Path, *, force: bool = False) -> Path:
+        """``value.safetensors`` and ``value.json`` in ``out``, written under temporary names and renamed."""
+        out = Path(out)
+        if (out / WEIGHTS).exists() and not force:
+            raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
+        out.mkdir(parents=True, exist_ok=True)
+        tmp_w, tmp_m = out / (WEIGHTS + ".tmp"), out / (META + ".tmp")
+        save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp_w))
+        meta = {"config": asdict(self.cfg), "vocab": sorted(self.vocab, key=self.vocab.get), **self.meta}
+        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        tmp_w.replace(out / WEIGHTS)
+        tmp_m.replace(out / META)
+        return out
+
+
+class SolverValue:
+    """The exact solver as a value (1 for a state that can still reach 24, else 0): the ceiling of what
+    a learned value can do for search, for diagnosis on the validation rows only (``--value solver``
+    with ``--split val``); a search on test puzzles never runs the solver."""
+
+    threshold = 0.5
+    meta: dict = {}
+
+    def probs(self, states: list[game24.State]) -> np.ndarray:
+        return np.array([float(game24.solve_from(s)) for s in states])
+
+    cost = staticmethod(Value.cost)
+
+
+def load_value(path: str | Path | None = None) -> Value:
+    """A value saved by :meth:`Value.save` (default: the shipped one); a clear error for anything else."""
+    p = Path(path) if path is not None else SHIPPED
+    if not (p / WEIGHTS).is_file() or not (p / META).is_file():
+        raise ConfigError(f"no value at {p} (expected {WEIGHTS} and {META}): train one with "
+                          f"mot game24 train-value --out {p}")
+    try:
+        meta = json.loads((p / META).read_text(encoding="utf-8"))
+        cfg = ValueConfig(**meta.pop("config"))
+        vocab = {w: i for i, w in enumerate(meta.pop("vocab"))}
+        net = ValueNet(len(vocab), cfg)
+        net.load_state_dict(load_file(str(p / WEIGHTS)))
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise DataError(f"{p} is not a readable value ({type(e).__name__}: {e}); train it again with "
+                        f"mot game24 train-value --out {p} --force") from None
+    return Value(net, vocab, cfg, meta)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def train_value(train_puzzles, val_puzzles, cfg: ValueConfig | None = None, *, targets: Iterable[int] = (24,),
+                log=None) -> Value:
+    """Train a value on every state of ``train_puzzles`` for every one of ``targets`` (solver labels),
+    measure it on the states of ``val_puzzles`` (target 24), and pick the pruning threshold there: the
+    largest one that loses at most 2% of the live validation states (a pruned live state can cost the
+    solution; a kept dead one costs positions)."""
+    cfg = cfg or ValueConfig()
+    t0 = time.time()
+    targets = tuple(dict.fromkeys(int(t) for t in targets))
+    train = value_examples(train_puzzles, targets)
+    val = value_examples(val_puzzles)
+    if not train:
+        raise DataError("no training states: give at least one training puzzle")
+    vocab = {w: i for i, w in enumerate(SPECIALS)}
+    for nums, t, _ in train:
+        for w in [str(t)] + [game24.fmt(x) for x in nums]:
+            vocab.setdefault(w, len(vocab))
+    x = _encode(vocab, [(n, t) for n, t, _ in train])
+    y = torch.tensor([lab for _, _, lab in train], dtype=torch.float32)
+    pos_weight = ((1 - y.mean()) / y.mean().clamp_min(1e-6)).detach()  # balance the classes
+    history = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = ValueNet(len(vocab), cfg)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    value = Value(net, vocab, cfg)
+    for epoch in range(cfg.epochs):
+        net.train()
+        perm = torch.randperm(len(train), generator=g)
+        total = 0.0
+        for i in range(0, len(train), cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            loss = nn.functional.binary_cross_entropy_with_logits(net(x[idx]), y[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        net.eval()
+        row = {"epoch": epoch + 1, "train_loss": total / len(train), **_measure(value, val)}
+        history.append(row)
+        if log is not None:
+            log(row)
+    vp = value.probs_of([(n, t) for n, t, _ in val])
+    vy = np.array([lab for _, _, lab in val], dtype=bool)
+    threshold = choose_threshold(vp, vy)
+    value.meta = {"threshold": threshold, "history": history,
+                  "data": {"train_puzzles": len(train_puzzles), "targets": list(targets), "train_states": len(train),
+                           "train_solvable": float(y.mean()), "val_puzzles": len(val_puzzles),
+                           "val_states": len(val), "val_solvable": float(vy.mean()) if len(vy) else float("nan")},
+                  "val": {**history[-1], **classify(vp, vy, threshold)} if len(vy) else history[-1],
+                  "seconds": time.time() - t0}
+    return value
+
+
+def choose_threshold(p: np.ndarray, y: np.ndarray, max_live_lost: float = 0.02) -> float:
+    """The largest threshold that prunes at most ``max_live_lost`` of the live states (0.5 without labels)."""
+    if not y.any():
+        return 0.5
+    return float(np.quantile(p[y], max_live_lost, method="lower"))
+
+
+def _measure(value: Value, examples) -> dict:
+    if not examples:
+        return {}
+    p = value.probs_of([(n, t) for n, t, _ in examples])
+    y = np.array([lab for _, _, lab in examples], dtype=bool)
+    eps = 1e-7
+    bce = float(-np.mean(np.where(y, np.log(p + eps), np.log(1 - p + eps))))
+    return {"val_loss": bce, "val_accuracy": float(((p >= 0.5) == y).mean()), "val_auc": _auc(p, y)}

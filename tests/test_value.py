@@ -1,0 +1,269 @@
+"""The learned value of Game of 24 states: solver labels, the network, saving, and search that uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from mixture_of_thoughts.config import ModelConfig
+from mixture_of_thoughts.data.tokenizer import CharTokenizer
+from mixture_of_thoughts.errors import ConfigError, DataError
+from mixture_of_thoughts.experiments import game24_eval as E
+from mixture_of_thoughts.models.transformer import Transformer
+from mixture_of_thoughts.tasks import game24 as g
+from mixture_of_thoughts.tasks import search as S
+from mixture_of_thoughts.tasks import value as V
+from mixture_of_thoughts.training.checkpoint import save_checkpoint
+from test_task_search import ALPHABET, ScriptedLM
+
+PUZZLES = [(4, 5, 6, 10), (1, 1, 4, 6), (3, 3, 8, 8), (1, 1, 1, 1), (2, 5, 8, 11), (1, 2, 4, 7), (5, 5, 5, 1),
+           (13, 13, 13, 13), (1, 3, 4, 6), (2, 2, 6, 9)]
+
+
+def test_solvable_agrees_with_the_solver():
+    rng = random.Random(0)
+    puzzles = PUZZLES + [tuple(sorted(rng.randint(1, 13) for _ in range(4))) for _ in range(60)]
+    verdicts = [g.solvable(tuple(Fraction(x) for x in sorted(p))) for p in puzzles]
+    assert verdicts == [bool(g.solve(p)) for p in puzzles]
+    assert any(verdicts) and not all(verdicts)
+    assert g.solvable((Fraction(3),), 3) and not g.solvable((Fraction(3),))  # other targets too
+    assert g.solvable((Fraction(2), Fraction(5)), 10) and not g.solvable((Fraction(2), Fraction(5)), 11)
+
+
+def test_reachable_states_and_their_labels():
+    states = V.reachable((4, 5, 6, 10))
+    start = (tuple(Fraction(x) for x in (4, 5, 6, 10)), 24)
+    assert start in states and all(len(n) >= 2 for n, _ in states)
+    assert {len(n) for n, _ in states} == {2, 3, 4}
+    # every state one valid step from the start is there (the numbers left, sorted)
+    s = g.State.start((4, 5, 6, 10))
+    assert all((tuple(sorted(s.apply(m).numbers)), 24) in states for m in s.moves())
+    labelled = V.value_examples([(4, 5, 6, 10), (1, 1, 1, 1)])
+    assert len(labelled) == len(states | V.reachable((1, 1, 1, 1)))
+    by = {(n, t): y for n, t, y in labelled}
+    assert by[start] and not by[(tuple(Fraction(1) for _ in range(4)), 24)]
+    assert all(y == bool(g.solvable(n)) for n, _, y in labelled)
+    assert V.state_text((Fraction(9), Fraction(4), Fraction(8, 3))) == "8/3 4 9 -> 24"
+
+
+def test_the_network_ignores_the_order_of_the_numbers():
+    net = V.ValueNet(20, V.ValueConfig(d_model=16, n_layers=1, n_heads=2)).eval()
+    vocab = {str(w): i for i, w in enumerate(["<pad>", "<unk>", 24, 1, 2, 3, 5, 7])}
+    ids = V._encode(vocab, [((Fraction(1), Fraction(2), Fraction(5), Fraction(7)), 24),
+                            ((Fraction(1), Fraction(2)), 24), ((Fraction(1), Fraction(11)), 24)])
+    assert ids[2, 2] == V.UNK and (ids[1, 3:] == V.PAD).all()
+    out = net(ids)
+    assert torch.allclose(net(ids[:1, [0, 4, 2, 3, 1]]), out[:1], atol=1e-5)  # the same multiset reordered
+    assert torch.allclose(net(ids[1:2, :3]), out[1:2], atol=1e-5)  # padding changes nothing
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_auc_and_threshold():
+    y = np.array([True, True, False, False, True, False])
+    assert V._auc(np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.3]), y) == 1.0
+    assert V._auc(np.array([0.1, 0.2, 0.9, 0.8, 0.3, 0.7]), y) == 0.0
+    assert V._auc(np.full(6, 0.5), y) == 0.5  # ties share the rank
+    rng = np.random.default_rng(0)
+    p, y = rng.random(1000), rng.random(1000) < 0.3
+    t = V.choose_threshold(p, y)
+    c = V.classify(p, y, t)
+    assert c["live_pruned"] <= 0.02 and V.classify(p, y, np.nextafter(t, 1))["live_pruned"] > 0.0
+    assert np.isclose(c["dead_kept"], (p[~y] >= t).mean())
+
+
+@pytest.fixture(scope="module")
+def small_value():
+    """A value trained for seconds on the states of 60 random puzzles (many of the test states are new)."""
+    rng = random.Random(1)
+    train = [tuple(sorted(rng.randint(1, 13) for _ in range(4))) for _ in range(60)]
+    val = [p for p in PUZZLES if p not in train]
+    cfg = V.ValueConfig(d_model=32, n_layers=2, n_heads=2, epochs=6, batch_size=64, lr=3e-3, seed=3)
+    return V.train_value(train, val, cfg)
+
+
+def test_training_learns_the_labels_and_is_reproducible(small_value):
+    hist = small_value.meta["history"]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert small_value.meta["val"]["val_auc"] > 0.75  # far above chance on states it never saw
+    assert small_value.meta["val"]["live_pruned"] <= 0.02
+    before = torch.random.get_rng_state()
+    again = V.train_value(*_small_split(), V.ValueConfig(d_model=32, n_layers=2, n_heads=2, epochs=1, seed=3))
+    once = V.train_value(*_small_split(), V.ValueConfig(d_model=32, n_layers=2, n_heads=2, epochs=1, seed=3))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is not touched
+    keys = [(tuple(Fraction(x) for x in p), 24) for p in PUZZLES]
+    assert np.array_equal(again.probs_of(keys), once.probs_of(keys))
+
+
+def _small_split():
+    return [(4, 5, 6, 10), (1, 1, 4, 6), (1, 1, 1, 1)], [(3, 3, 8, 8)]
+
+
+def test_save_and_load(small_value, tmp_path):
+    small_value.save(tmp_path / "v")
+    back = V.load_value(tmp_path / "v")
+    states = [g.State.start(p) for p in PUZZLES]
+    assert np.array_equal(back.probs(states), small_value.probs(states))
+    assert back.threshold == small_value.threshold and back.meta["data"] == small_value.meta["data"]
+    with pytest.raises(ConfigError, match="--force"):
+        small_value.save(tmp_path / "v")
+    small_value.save(tmp_path / "v", force=True)
+    assert not list((tmp_path / "v").glob("*.tmp"))
+    with pytest.raises(ConfigError, match="train-value"):
+        V.load_value(tmp_path / "nothing")
+    meta = json.loads((tmp_path / "v" / V.META).read_text())
+    meta["config"]["d_model"] = 64  # weights of another size
+    (tmp_path / "v" / V.META).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="not a readable value"):
+        V.load_value(tmp_path / "v")
+
+
+def test_the_shipped_value_is_what_its_record_says():
+    if not os.environ.get("MOT_DATA_DIR"):
+        pytest.skip("MOT_DATA_DIR (with game24/24.csv) is not set")
+    value = V.load_value()
+    _, val, _ = g.split(g.load_puzzles())
+    ex = V.value_examples(val)
+    p = value.probs_of([(n, t) for n, t, _ in ex])
+    y = np.array([lab for *_, lab in ex])
+    rec = value.meta["val"]
+    assert len(ex) == value.meta["data"]["val_states"]
+    assert V._auc(p, y) == pytest.approx(rec["val_auc"], abs=1e-6) and rec["val_auc"] > 0.9
+    assert V.classify(p, y, value.threshold)["live_pruned"] == pytest.approx(rec["live_pruned"])
+    assert sum(x.numel() for x in value.net.parameters()) <= 10_000_000
+
+
+class OracleValue:
+    """The solver as a value (tests only: a search must never run the solver on a test puzzle)."""
+
+    threshold = 0.5
+
+    def __init__(self):
+        self.read: list = []
+
+    def probs(self, states):
+        self.read += states
+        return [float(g.solve_from(s)) for s in states]
+
+    cost = staticmethod(V.Value.cost)
+
+
+class RecordingLM(ScriptedLM):
+    """Remembers the state behind every line it was asked for, and the positions it charged."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.asked, self.charged = [], 0
+
+    def continue_(self, prompts, seeds, max_chars, stop):
+        out = super().continue_(prompts, seeds, max_chars, stop)
+        for p in prompts:
+            s = g.State.start(g.parse_puzzle(p.strip("\n").splitlines()[0].rstrip(":")))
+            for line in p.strip("\n").splitlines()[1:]:
+                s = s.apply(g.parse_step(s, line))
+            self.asked.append(s)
+        self.charged += sum(r[2] for r in out)
+        return out
+
+
+@pytest.mark.parametrize("method", ["beam", "mcts"])
+def test_search_with_a_value_prunes_dead_states_and_pays_for_its_reads(method):
+    task, p = S.Game24Task(), (1, 1, 4, 6)
+    lm, value = RecordingLM(valid=1.0), OracleValue()
+    budget = S.Budget(4000)
+    if method == "beam":
+        r = S.beam_search(lm, task, p, budget, width=3, proposals=4, seed=1, value=value)
+    else:
+        r = S.mcts(lm, task, p, budget, proposals=4, seed=1, value=value)
+    assert r.method == f"{method}-value" and r.solved and r.positions <= 4000
+    assert value.read and all(not s.done for s in value.read)  # a finished state is the verifier's
+    # past the start, the model is only ever asked to continue states the value let through
+    assert all(g.solve_from(s) for s in lm.asked if s.numbers != g.State.start(p).numbers)
+    # every position is charged: the model's rows and the value's reads (budget.take may stop a batch
+    # short: then the rest was not charged)
+    assert budget.spent <= lm.charged + sum(V.Value.cost(s) for s in value.read)
+    assert budget.spent >= sum(V.Value.cost(s) for s in value.read)
+    # without the value, the same proposer continues dead states too
+    plain = RecordingLM(valid=1.0)
+    (S.beam_search(plain, task, p, S.Budget(4000), width=3, proposals=4, seed=1) if method == "beam"
+     else S.mcts(plain, task, p, S.Budget(4000), proposals=4, seed=1))
+    assert not all(g.solve_from(s) for s in plain.asked)
+
+
+def test_a_value_that_rules_out_everything():
+    """Beam search then finds nothing; MCTS never enters a child, its rollouts all start at the root."""
+    task, p = S.Game24Task(), (4, 5, 6, 10)
+    r = S.beam_search(ScriptedLM(), task, p, S.Budget(3000), value=OracleValue(), threshold=2.0)
+    assert not r.solved and r.positions <= 3000
+    lm = RecordingLM()
+    r = S.mcts(lm, task, p, S.Budget(3000), value=OracleValue(), threshold=2.0)
+    assert r.positions <= 3000 and r.attempts > 0
+    assert {s.numbers for s in lm.asked} == {g.State.start(p).numbers}
+
+
+def test_value_search_is_anytime():
+    task, p = S.Game24Task(), (4, 5, 6, 10)
+    runs = {"beam": lambda b: S.beam_search(ScriptedLM(0.7, True), task, p, S.Budget(b), width=3, proposals=4, seed=2,
+                                            value=OracleValue()),
+            "mcts": lambda b: S.mcts(ScriptedLM(0.7, True), task, p, S.Budget(b), proposals=4, seed=2,
+                                     value=OracleValue())}
+    for name, run in runs.items():
+        big = run(5000)
+        assert big.solved, name
+        for b in (200, 700, 2000):
+            assert run(b).found == big.upto(b).found, (name, b)
+
+
+def test_eval_with_the_value_methods(tmp_path, small_value):
+    tok = CharTokenizer.from_text(ALPHABET)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32)
+    save_checkpoint(tmp_path / "ck", Transformer(cfg).init_weights(torch.Generator().manual_seed(0)), tok,
+                    objective="ar")
+    small_value.save(tmp_path / "v")
+    kw = dict(model=str(tmp_path / "ck"), value=str(tmp_path / "v"), methods=("beam-value", "mcts-value@0.8"),
+              budgets=(60, 300), puzzles=[(1, 1, 4, 6)], out=str(tmp_path / "rep"), proposals=2, width=2)
+    res = E.run_eval(E.Game24EvalConfig(**kw))
+    assert {r["method"] for r in res["rows"]} == {"beam-value", "mcts-value@0.8"}
+    assert all(r["positions"] <= r["budget"] for r in res["rows"])
+    assert "value" in res["models"]
+    saved = json.loads((tmp_path / "rep" / "methods" / "beam-value.json").read_text())["key"]
+    assert saved["threshold"] == small_value.threshold and "value" in saved["models"]
+    with pytest.raises(ConfigError, match="train-value"):
+        E.run_eval(E.Game24EvalConfig(**{**kw, "value": str(tmp_path / "none")}))
+    with pytest.raises(ConfigError, match="--threshold"):
+        E.Game24EvalConfig(**{**kw, "threshold": 1.5})
+
+
+def test_cli_train_value(tmp_path, capsys, monkeypatch):
+    from mixture_of_thoughts.cli import main
+
+    monkeypatch.setattr(g, "load_puzzles", lambda: [])
+    monkeypatch.setattr(g, "split", lambda ps: (PUZZLES[:6], PUZZLES[6:], []))
+    out = tmp_path / "v"
+    assert main(["game24", "train-value", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
+    assert "pruning threshold" in capsys.readouterr().out
+    assert V.load_value(out).meta["data"]["train_puzzles"] == 6
+    assert main(["game24", "train-value", "--out", str(out), "--epochs", "1"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["game24", "solve", "4 5 6 10", "--method", "beam-value", "--value", str(tmp_path / "no")]) == 2
+    assert "train-value" in capsys.readouterr().err
+
+
+def test_method_names():
+    assert E.parse_method("beam-value@0.7") == E.MethodSpec("beam-value", 0.7)
+    assert set(E.VALUE_METHODS) <= set(E.SEARCH_METHODS)
+
+
+def test_the_solver_as_a_value_is_for_validation_rows_only(tmp_path):
+    with pytest.raises(ConfigError, match="--split val"):
+        E.load_line_models(E.Game24EvalConfig(methods=("beam-value",), value="solver"))
+    with pytest.raises(ConfigError, match="--split val"):  # explicit puzzles are not the validation rows
+        E.load_line_models(E.Game24EvalConfig(methods=("beam-value",), value="solver", split="val",
+                                              puzzles=[(4, 5, 6, 10)]))
+    states = [g.State.start((4, 5, 6, 10)), g.State.start((1, 1, 1, 1))]
+    assert list(V.SolverValue().probs(states)) == [1.0, 0.0]
