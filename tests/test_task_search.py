@@ -212,6 +212,7 @@ def tiny_model_factory():
     (["eval", "--methods", "random,random"], "listed twice"),
     (["eval", "--methods", "random,nope"], "unknown method"),
     (["eval", "--methods", "random", "--budgets", "10,x"], "--budgets"),
+    (["eval", "--methods", "mcts", "--c-puct", "-1"], "--c-puct"),
 ])
 def test_cli_errors_are_one_line(args, match, capsys):
     from mixture_of_thoughts.cli import main

@@ -233,6 +233,9 @@ def test_eval_with_the_value_methods(tmp_path, small_value):
     assert "value" in res["models"]
     saved = json.loads((tmp_path / "rep" / "methods" / "beam-value.json").read_text())["key"]
     assert saved["threshold"] == small_value.threshold and "value" in saved["models"]
+    assert "c_puct" not in json.loads((tmp_path / "rep" / "methods" / "mcts-value_at_0.8.json").read_text())["key"]
+    E.run_eval(E.Game24EvalConfig(**{**kw, "c_puct": 4.0, "out": str(tmp_path / "rep4")}))
+    assert json.loads((tmp_path / "rep4" / "methods" / "mcts-value_at_0.8.json").read_text())["key"]["c_puct"] == 4.0
     with pytest.raises(ConfigError, match="train-value"):
         E.run_eval(E.Game24EvalConfig(**{**kw, "value": str(tmp_path / "none")}))
     with pytest.raises(ConfigError, match="--threshold"):

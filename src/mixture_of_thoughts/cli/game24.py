@@ -142,7 +142,7 @@ def _eval(args) -> int:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
                            methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
-                           threshold=args.threshold,
+                           threshold=args.threshold, c_puct=args.c_puct,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
@@ -199,6 +199,7 @@ def register(add) -> None:
     g.add_argument("--value", default=None,
                    help="a value from train-value (beam-value, mcts-value; default: shipped), or "
                    "solver: the exact solver as the value's ceiling, with --split val only")
+    g.add_argument("--c-puct", type=float, default=1.5, help="mcts, mcts-value: the exploration constant")
     g.add_argument("--threshold", type=float, default=None,
                    help="beam-value, mcts-value: prune states the value puts below this (default: the value's own)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")

@@ -351,6 +351,7 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
     raise AssertionError("unreachable: the schedule never ends")
 
 
+C_PUCT = 1.5  # MCTS's exploration constant (the default)
 FREE_SIMULATIONS = 200  # simulations in a row that expand nothing: the tree is exhausted, stop
 
 
@@ -376,7 +377,7 @@ class _Node:
         return self.asked == 0 or not self.children or self.visits >= 4 * self.asked ** 2
 
 
-def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = 1.5,
+def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = C_PUCT,
          seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
     """Monte Carlo tree search over steps (PUCT with progressive widening), until the budget is spent.
 
