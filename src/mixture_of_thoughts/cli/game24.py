@@ -199,7 +199,8 @@ def register(add) -> None:
     g.add_argument("--value", default=None,
                    help="a value from train-value (beam-value, mcts-value; default: shipped), or "
                    "solver: the exact solver as the value's ceiling, with --split val only")
-    g.add_argument("--c-puct", type=float, default=1.5, help="mcts, mcts-value: the exploration constant")
+    g.add_argument("--c-puct", type=float, default=None,
+                   help="mcts, mcts-value: the exploration constant (default 1.5)")
     g.add_argument("--threshold", type=float, default=None,
                    help="beam-value, mcts-value: prune states the value puts below this (default: the value's own)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")

@@ -105,7 +105,7 @@ class Game24EvalConfig:
     proposals: int = 8
     value: str | None = None  # a value trained with mot game24 train-value (beam-value, mcts-value); default: shipped
     threshold: float | None = None  # the value's pruning threshold (default: the one chosen on validation)
-    c_puct: float = S.C_PUCT  # MCTS's exploration constant
+    c_puct: float | None = None  # MCTS's exploration constant (default: the search's own)
     seed: int = 0
     out: str = "reports/game24"
     device: str | None = None
@@ -128,7 +128,7 @@ class Game24EvalConfig:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}")
         if self.split not in ("test", "val"):
             raise ConfigError(f"--split must be test or val, got {self.split!r}")
-        if not (np.isfinite(self.c_puct) and self.c_puct >= 0):
+        if self.c_puct is not None and not (np.isfinite(self.c_puct) and self.c_puct >= 0):
             raise ConfigError(f"--c-puct must be a number >= 0, got {self.c_puct}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"--threshold is a probability in [0, 1], got {self.threshold}")
@@ -246,7 +246,8 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name in ("mcts", "mcts-value"):
         value = models.value if spec.name == "mcts-value" else None
         r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals, seed=cfg.seed, value=value,
-                   threshold=cfg.threshold, c_puct=cfg.c_puct)
+                   threshold=cfg.threshold,
+                   **({} if cfg.c_puct is None else {"c_puct": cfg.c_puct}))
     else:
         value = models.value if spec.name == "beam-value" else None
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals,
@@ -276,7 +277,7 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key |= {"width": cfg.width, "proposals": cfg.proposals}
     if spec.name in ("mcts", "mcts-value", "hybrid"):
         key["proposals"] = cfg.proposals
-    if spec.name in ("mcts", "mcts-value") and cfg.c_puct != S.C_PUCT:  # old records (the default) stay valid
+    if spec.name in ("mcts", "mcts-value") and cfg.c_puct is not None:  # records at the default keep their key
         key["c_puct"] = cfg.c_puct
     if spec.name in VALUE_METHODS:
         key["threshold"] = cfg.threshold if cfg.threshold is not None else models.value.threshold

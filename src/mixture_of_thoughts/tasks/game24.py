@@ -167,6 +167,24 @@ class Step:
         return f"{fmt(self.a)} {self.op} {fmt(self.b)} = {fmt(self.result)} (left: {' '.join(fmt(x) for x in left)})"
 
 
+def steps_of(numbers: tuple[Fraction, ...]) -> list[Step]:
+    """Every distinct valid step on ``numbers``: two of them, one operator, a result >= 0 (as people
+    write these traces: ``10 - 6``, never ``6 - 10``; every solution has such a form) and no division
+    by zero."""
+    out, seen = [], set()
+    for i, j in itertools.permutations(range(len(numbers)), 2):
+        a, b = numbers[i], numbers[j]
+        for op in OPS:
+            if op in "+*" and i > j:
+                continue  # commutative: one order is enough
+            r = apply_op(a, op, b)
+            if r is None or r < 0 or (a, op, b) in seen:
+                continue
+            seen.add((a, op, b))
+            out.append(Step(a, op, b, r))
+    return out
+
+
 @dataclass(frozen=True)
 class State:
     """The numbers left (ascending), the expression each stands for, and the steps so far."""
@@ -191,21 +209,8 @@ class State:
         return self.done and self.numbers[0] == TARGET
 
     def moves(self) -> list[Step]:
-        """Every distinct valid step: two of the numbers left, one operator, a result >= 0 (as people
-        write these traces: ``10 - 6``, never ``6 - 10``; every solution has such a form) and no
-        division by zero."""
-        out, seen = [], set()
-        for i, j in itertools.permutations(range(len(self.numbers)), 2):
-            a, b = self.numbers[i], self.numbers[j]
-            for op in OPS:
-                if op in "+*" and i > j:
-                    continue  # commutative: one order is enough
-                r = apply_op(a, op, b)
-                if r is None or r < 0 or (a, op, b) in seen:
-                    continue
-                seen.add((a, op, b))
-                out.append(Step(a, op, b, r))
-        return out
+        """Every distinct valid step from here (:func:`steps_of` the numbers left)."""
+        return steps_of(self.numbers)
 
     def apply(self, step: Step) -> State:
         """The state after ``step``; raises ``ValueError`` if it does not apply here."""
@@ -369,20 +374,21 @@ def solve_from(state: State) -> bool:
     return solvable(state.numbers)
 
 
+def after(numbers: tuple[Fraction, ...], step: Step) -> tuple[Fraction, ...]:
+    """The numbers left (sorted) after ``step``."""
+    rest = list(numbers)
+    rest.remove(step.a)
+    rest.remove(step.b)
+    return tuple(sorted(rest + [step.result]))
+
+
 @functools.lru_cache(maxsize=1 << 20)
 def solvable(numbers: tuple[Fraction, ...], target: int = TARGET) -> bool:
-    """Whether ``numbers`` (sorted) can still make ``target`` with the moves of :meth:`State.moves`
-    (results >= 0, exact fractions); memoised, since states of different puzzles repeat."""
+    """Whether ``numbers`` (sorted) can still make ``target`` with the steps of :func:`steps_of`;
+    memoised, since states of different puzzles repeat."""
     if len(numbers) == 1:
         return numbers[0] == target
-    for i, j in itertools.combinations(range(len(numbers)), 2):
-        a, b = numbers[i], numbers[j]
-        rest = numbers[:i] + numbers[i + 1:j] + numbers[j + 1:]
-        for op, x, y in (("+", a, b), ("*", a, b), ("-", a, b), ("-", b, a), ("/", a, b), ("/", b, a)):
-            r = apply_op(x, op, y)
-            if r is not None and r >= 0 and solvable(tuple(sorted(rest + (r,))), target):
-                return True
-    return False
+    return any(solvable(after(numbers, st), target) for st in steps_of(numbers))
 
 
 def solutions(puzzle) -> list[str]:

@@ -283,12 +283,9 @@ class StateValue(Protocol):
     def cost(self, state) -> int: ...
 
 
-def judge(value: StateValue, states: list, budget: Budget, threshold: float | None = None) -> list[float] | None:
+def judge(value: StateValue, states: list, budget: Budget) -> list[float] | None:
     """The value of each state, its reads charged to ``budget``; None when the budget runs out first.
-
-    A finished state (one number left) is judged by the verifier, free: 1 if it is a solution, else 0.
-    States below ``threshold`` (default: the value's own) are the caller's to prune.
-    """
+    A finished state (one number left) is judged by the verifier, free: 1 if it is a solution, else 0."""
     open_ = [i for i, s in enumerate(states) if not s.done]
     if budget.take([value.cost(states[i]) for i in open_]) < len(open_):
         return None
@@ -339,7 +336,7 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                     children[key] = (score + ll, child)
             ranked = sorted(children.values(), key=lambda x: -x[0])
             if value is not None:
-                p = judge(value, [c for _, c in ranked], budget, cut)
+                p = judge(value, [c for _, c in ranked], budget)
                 if p is None:
                     return res.finish(budget)
                 order = sorted((i for i in range(len(ranked)) if p[i] >= cut), key=lambda i: -p[i])  # stable: ll ties
@@ -351,7 +348,6 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
     raise AssertionError("unreachable: the schedule never ends")
 
 
-C_PUCT = 1.5  # MCTS's exploration constant (the default)
 FREE_SIMULATIONS = 200  # simulations in a row that expand nothing: the tree is exhausted, stop
 
 
@@ -377,7 +373,7 @@ class _Node:
         return self.asked == 0 or not self.children or self.visits >= 4 * self.asked ** 2
 
 
-def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = C_PUCT,
+def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = 1.5,
          seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
     """Monte Carlo tree search over steps (PUCT with progressive widening), until the budget is spent.
 
@@ -421,7 +417,7 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
                         if move not in node.children and move not in node.pruned and move not in new:
                             new[move] = _Node(task.apply(node.state, move))
                 if value is not None and new:
-                    p = judge(value, [ch.state for ch in new.values()], budget, cut)
+                    p = judge(value, [ch.state for ch in new.values()], budget)
                     if p is None:
                         spent = True
                         break

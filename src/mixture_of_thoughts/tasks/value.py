@@ -60,11 +60,8 @@ def reachable(puzzle, target: int = game24.TARGET) -> set[tuple[tuple[Fraction, 
         if len(nums) < 2 or key in out:
             return
         out.add(key)
-        for step in game24.State(tuple(puzzle), key[0], tuple(game24.Expr(x) for x in key[0])).moves():
-            rest = list(key[0])
-            rest.remove(step.a)
-            rest.remove(step.b)
-            rec(tuple(sorted(rest + [step.result])))
+        for step in game24.steps_of(key[0]):
+            rec(game24.after(key[0], step))
 
     rec(tuple(Fraction(x) for x in puzzle))
     return out
