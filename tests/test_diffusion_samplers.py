@@ -14,7 +14,7 @@ from mixture_of_thoughts.errors import ConfigError
 from mixture_of_thoughts.generation.diffusion import (
     DEFAULT_STEPS,
     SAMPLERS,
-    _propose,
+    propose,
     _refresh_logits,
     _reveal_ancestral,
     _reveal_confident,
@@ -183,13 +183,13 @@ def test_propose_draws_from_the_tempered_softmax(T):
     """Many positions with the same logits: the draws' frequencies are softmax(logits / T), never [MASK]."""
     n = 20000
     logits = torch.tensor([1.0, 0.0, 2.0, -1.0, float("-inf")]).expand(1, n, 5)
-    tok, conf = _propose(logits, RowNoise([7]), 0, torch.arange(n), T)
+    tok, conf = propose(logits, RowNoise([7]), 0, torch.arange(n), T)
     p = torch.softmax(logits[0, 0] / T, -1)
     freq = torch.bincount(tok[0], minlength=5).double() / n
     se = (p * (1 - p) / n).sqrt()
     assert freq[4] == 0 and ((freq - p).abs() <= 4 * se + 1e-12).all()
     assert torch.allclose(conf[0], p[tok[0]])
-    tok0, conf0 = _propose(logits[:, :3], RowNoise([7]), 0, torch.arange(3), 0.0)  # greedy
+    tok0, conf0 = propose(logits[:, :3], RowNoise([7]), 0, torch.arange(3), 0.0)  # greedy
     assert tok0.tolist() == [[2, 2, 2]] and torch.allclose(conf0, torch.softmax(logits[0, 0], -1)[2].expand(1, 3))
 
 

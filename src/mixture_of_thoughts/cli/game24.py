@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 DEFAULT_DATA = "runs/game24/train.txt"
-KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24"}
+KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None}
 
 
 def cmd_game24(args) -> int:
@@ -19,15 +19,17 @@ def cmd_game24(args) -> int:
     Examples:
       mot game24 data --out runs/game24/train.txt
       mot game24 train --kind ar --out runs/game24-ar
+      mot game24 train --kind mgdm --out runs/game24-mgdm
       mot game24 train-value --out runs/game24-value
       mot game24 solve "4 5 6 10" --method beam --budget 1800
       mot game24 solve "4 5 6 10" --method solver
       mot game24 solve "4 5 6 10" --method beam-value --budget 1800
+      mot game24 solve "4 5 6 10" --method mgdm --budget 1800
       mot game24 eval --methods sample,sample@0.7,beam,mcts,random --budgets 450,1800,7200
       mot game24 export runs/game24-ar --out my-models/ar
 
     solve and eval use the models (and the value) shipped in the package unless --model, --mot-model,
-    --diffusion-model or --value name your own.
+    --diffusion-model, --mgdm-model or --value name your own.
     """
     return {"data": _data, "train": _train, "train-value": _train_value, "solve": _solve, "eval": _eval,
             "export": _export}[args.action](args)
@@ -56,6 +58,8 @@ def _train(args) -> int:
 
     if args.kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
+    if args.kind == "mgdm":
+        return _train_mgdm(args)
     data = Path(args.data or DEFAULT_DATA)
     if not data.is_file():
         raise ConfigError(f"no training traces at {data}: make them with mot game24 data --out {data}")
@@ -69,6 +73,30 @@ def _train(args) -> int:
     res = train(str(data), args.out, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
                 force=args.force, device=args.device, progress=None if args.quiet else TqdmTrainProgress())
     print(f"trained to step {res.step}: val loss {res.last_val_loss:.4f} nats; run in {res.run_dir}")
+    return 0
+
+
+def _train_mgdm(args) -> int:
+    """The masked-diffusion model that solves alone (MGDM's recipe): its data come from the solver on
+    the training puzzles, so it needs no --data."""
+    from ..tasks import game24
+    from ..tasks.mgdm import MGDMConfig, train_mgdm
+
+    if not args.out:
+        raise ConfigError("--out is required (the run directory to create)")
+    if args.data:
+        raise ConfigError("--kind mgdm makes its own traces from the training puzzles: drop --data")
+    cfg = MGDMConfig(seed=args.seed, **({} if args.steps is None else {"max_steps": args.steps}))
+    train, val, _ = game24.split(game24.load_puzzles())
+
+    def log(row):
+        if not args.quiet:
+            print(f"step {row['step']}: loss {row['train_loss']:.4f}, validation puzzles solved by one greedy "
+                  f"decode {row['val_solved']:.2f} ({row['minutes']:.1f} min)", flush=True)
+
+    res = train_mgdm(train, val, cfg, args.out, log=log, force=args.force)
+    print(f"trained {res['steps']} steps in {res['minutes']:.1f} min on {res['traces']:,} traces; best at step "
+          f"{res['best_step']} ({res['val_solved']:.2f} of the validation puzzles with one decode); run in {args.out}")
     return 0
 
 
@@ -101,7 +129,7 @@ def _train_value(args) -> int:
 
 def _solve(args) -> int:
     from ..experiments.game24_eval import Game24EvalConfig, load_line_models, parse_method, run_method
-    from ..tasks import game24
+    from ..tasks import game24, mgdm
 
     if not args.puzzle:
         raise ConfigError('give the puzzle: mot game24 solve "4 5 6 10"')
@@ -112,6 +140,7 @@ def _solve(args) -> int:
     if method != "solver":
         parse_method(method)  # one-line error for an unknown method or a bad knob
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
+                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps,
                            value=args.value, threshold=args.threshold, width=args.width, proposals=args.proposals,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
@@ -127,8 +156,8 @@ def _solve(args) -> int:
         else f"{r.attempts} step sequences"
     print(f"{head}: {len(r.solutions)} distinct solution(s); {size}; {r.seconds:.2f} s")
     for text in r.solutions.values():
-        ans = game24.answer_of(text)
-        print(f"  {ans} = 24" if ans else "  " + text.strip().splitlines()[-1])
+        ans = game24.answer_of(text) or mgdm.replay(puzzle, text).expression().text()  # mgdm: step lines only
+        print(f"  {ans} = 24")
     return 0 if r.solutions else 1
 
 
@@ -141,7 +170,7 @@ def _eval(args) -> int:
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
+                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
                            threshold=args.threshold, c_puct=args.c_puct,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
@@ -179,13 +208,14 @@ def register(add) -> None:
                    "eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
-    g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin) or diffusion")
+    g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, or "
+                   "mgdm (a masked-diffusion model that solves alone, MGDM's recipe)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")
     g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, beam-value, mcts-value, "
-                   "hybrid, random or solver "
+                   "hybrid, mgdm, random or solver "
                    "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
@@ -196,6 +226,9 @@ def register(add) -> None:
     g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
     g.add_argument("--mot-model", default=None, help="a MoT run (thoughts; default: shipped)")
     g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
+    g.add_argument("--mgdm-model", default=None, help="a run of train --kind mgdm (mgdm; default: shipped)")
+    g.add_argument("--mgdm-steps", type=int, default=8,
+                   help="mgdm: denoising steps (an answer costs steps x its model's length positions)")
     g.add_argument("--value", default=None,
                    help="a value from train-value (beam-value, mcts-value; default: shipped), or "
                    "solver: the exact solver as the value's ceiling, with --split val only")

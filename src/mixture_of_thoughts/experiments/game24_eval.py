@@ -10,7 +10,9 @@ and is read off at the smaller ones. A method may carry its knob after ``@``: ``
 at temperature 0.7, ``thoughts@2`` runs the thought model at creativity 2 (``beam@0.8``, ``mcts@0.8``
 and ``hybrid@0.8`` set their proposal temperature). ``beam-value`` and ``mcts-value`` are beam search
 and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
-the shipped one; its reads are charged to the budget). Each method's per-puzzle record is saved in
+the shipped one; its reads are charged to the budget). ``mgdm`` is the masked-diffusion model alone,
+trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
+the default 0 takes the most likely ones). Each method's per-puzzle record is saved in
 ``OUT/methods/`` and reused when the same method, models, puzzles and settings come again, so an
 interrupted evaluation resumes and the report can be rebuilt without running a model.
 
@@ -41,7 +43,7 @@ from ..tasks import search as S
 from .report import finite_json, write_json_atomic
 from .stats import bootstrap_indices, interpolate_frontier, interval
 
-MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid")
+MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
 SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value")
 VALUE_METHODS = ("beam-value", "mcts-value")
@@ -51,9 +53,10 @@ TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT
 GOAL_SUCCESS = 0.74
 SHIPPED = Path(__file__).parent.parent / "assets" / "game24"
 # the models `mot game24 solve/eval` use when no run is given: trained here, shipped in the package
-SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusion_model": SHIPPED / "diffusion"}
+SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusion_model": SHIPPED / "diffusion",
+                "mgdm_model": SHIPPED / "mgdm"}
 NEEDS = {"model": ("sample", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
-         "diffusion_model": ("hybrid",)}
+         "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",)}
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ def parse_method(text: str) -> MethodSpec:
         v = float(knob)
     except ValueError:
         raise ConfigError(f"{text!r}: after @ comes a number (a temperature, or a creativity for thoughts)") from None
-    if not np.isfinite(v) or v < 0 or (v == 0 and name != "thoughts"):
-        what = "creativity >= 0" if name == "thoughts" else "temperature > 0"
+    if not np.isfinite(v) or v < 0 or (v == 0 and name not in ("thoughts", "mgdm")):
+        what = {"thoughts": "creativity >= 0", "mgdm": "temperature >= 0 (0: greedy)"}.get(name, "temperature > 0")
         raise ConfigError(f"{text!r}: the knob must be a {what}")
     return MethodSpec(name, v)
 
@@ -94,6 +97,8 @@ class Game24EvalConfig:
     mot_model: str | None = None  # a MoT run (thoughts); default: the shipped one
     diffusion_model: str | None = None  # a diffusion run (hybrid); default: the shipped one
     diffusion_steps: int = 16
+    mgdm_model: str | None = None  # a denoiser trained with MGDM's recipe (mgdm); default: the shipped one
+    mgdm_steps: int = 8  # its denoising steps (a row costs steps x length positions)
     methods: tuple[str, ...] = ("sample", "beam", "random")
     budgets: tuple[int, ...] = (450, 1800, 7200)
     split: str = "test"  # "test" (rows 900-999) or "val" (rows 800-899: tune here)
@@ -132,6 +137,8 @@ class Game24EvalConfig:
             raise ConfigError(f"--c-puct must be a number >= 0, got {self.c_puct}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"--threshold is a probability in [0, 1], got {self.threshold}")
+        if isinstance(self.mgdm_steps, bool) or not isinstance(self.mgdm_steps, int) or self.mgdm_steps < 1:
+            raise ConfigError(f"--mgdm-steps must be a whole number >= 1, got {self.mgdm_steps!r}")
         for name in ("temperature", "thoughts_temperature"):
             v = getattr(self, name)
             if v is not None and not v > 0:
@@ -142,6 +149,8 @@ class Game24EvalConfig:
         if spec.name == "thoughts":
             t = self.temperature if self.thoughts_temperature is None else self.thoughts_temperature
             return t, self.creativity if spec.knob is None else spec.knob
+        if spec.name == "mgdm":  # greedy tokens by default, as MGDM decodes; the knob samples them
+            return (0.0 if spec.knob is None else spec.knob), self.creativity
         return (self.temperature if spec.knob is None else spec.knob), self.creativity
 
 
@@ -154,8 +163,9 @@ class Models:
 
         how = {"model": "--model RUN (an autoregressive run trained with mot game24 train)",
                "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
-               "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)"}
-        expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion"}
+               "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)",
+               "mgdm_model": "--mgdm-model RUN (trained with mot game24 train --kind mgdm)"}
+        expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion", "mgdm_model": "diffusion"}
         self.cfg, self.paths, self.shown, self.ck, self._lines = cfg, {}, {}, {}, {}
         names = [s.name for s in cfg.specs]
         for flag, methods in NEEDS.items():  # every missing model is named before anything is loaded
@@ -190,6 +200,8 @@ class Models:
             ck = load_checkpoint(path, device=resolve_device(cfg.device), expect=expect[flag])
             if flag == "mot_model" and not ck.model.config.has_thoughts:
                 raise ConfigError(f"{path} has no thought layers: train it with mot game24 train --kind mot")
+            if flag == "mgdm_model" and "mgdm" not in ck.meta:
+                raise ConfigError(f"{path} is not an MGDM denoiser: train one with mot game24 train --kind mgdm")
             self.ck[flag] = ck
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
@@ -205,6 +217,15 @@ class Models:
             ck = self.ck["diffusion_model"]
             self._lines[key] = S.Infiller(ck.model, ck.tokenizer, steps=self.cfg.diffusion_steps,
                                           temperature=temperature)
+        return self._lines[key]
+
+    def denoiser(self, temperature: float):
+        from ..tasks.mgdm import Denoiser
+
+        key = ("mgdm_model", temperature)
+        if key not in self._lines:
+            ck = self.ck["mgdm_model"]
+            self._lines[key] = Denoiser(ck.model, ck.tokenizer, steps=self.cfg.mgdm_steps, temperature=temperature)
         return self._lines[key]
 
     def fingerprint(self, spec: MethodSpec) -> dict[str, str]:
@@ -240,6 +261,8 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
+    elif spec.name == "mgdm":
+        r = S.denoised_answers(models.denoiser(T), puzzle, b, seed=cfg.seed)
     elif spec.name == "hybrid":
         r = S.hybrid(models.line("model", T), models.infiller(T), task, puzzle, b, proposals=cfg.proposals,
                      seed=cfg.seed)
@@ -283,6 +306,8 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["threshold"] = cfg.threshold if cfg.threshold is not None else models.value.threshold
     if spec.name == "hybrid":
         key["diffusion_steps"] = cfg.diffusion_steps
+    if spec.name == "mgdm":
+        key["mgdm_steps"] = cfg.mgdm_steps
     return key
 
 

@@ -67,7 +67,7 @@ def validate(sampler: str, steps: int | None, k: int | None, threshold: float, t
         raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
 
 
-def _propose(logits, noise: RowNoise, step: int, positions, temperature):
+def propose(logits, noise: RowNoise, step: int, positions, temperature):
     """Candidate tokens and their confidences for every position.
 
     Args:
@@ -210,7 +210,7 @@ def denoise(model, x: torch.Tensor, noise: RowNoise, *, known: torch.Tensor | No
     step = forwards = 0
     while bool(masked.any()):
         logits, evaluated = _refresh_logits(model, x, masked, logits, stale, noise, creativity, schedule)
-        tok, conf = _propose(logits, noise, step, positions, temperature)
+        tok, conf = propose(logits, noise, step, positions, temperature)
         reveal = _reveal(rule, masked, conf, noise, step, positions)
         x, masked, stale = torch.where(reveal, tok, x), masked & ~reveal, reveal.any(-1)
         step, forwards = step + 1, forwards + int(evaluated)
@@ -284,4 +284,4 @@ def generate(model, prompt_ids: torch.Tensor, length: int, noise: RowNoise, *, t
     return infill(model, x, noise, known=known, trajectory=trajectory, **kw)
 
 
-__all__ = ["SAMPLERS", "DiffusionSample", "denoise", "infill", "generate", "validate"]
+__all__ = ["SAMPLERS", "DiffusionSample", "denoise", "infill", "generate", "validate", "propose"]

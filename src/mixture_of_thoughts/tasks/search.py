@@ -22,6 +22,8 @@ Methods:
   which also prunes, when one is given), the verifier's reward (a new solution) at the leaves;
 * :func:`hybrid`: the search picks first steps, a masked-diffusion model infills the rest of the
   trace (:class:`Infiller`), the verifier scores;
+* :func:`denoised_answers`: whole answers written by a masked-diffusion model alone (MGDM's recipe,
+  :mod:`.mgdm`), several rows per batch, best-of-N by the verifier;
 * :func:`random_steps`: uniform random valid moves, as many attempts as the budget buys traces
   (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
 
@@ -484,6 +486,28 @@ class Infiller:
                        steps=self.steps, temperature=self.temperature)
         texts = [self.tok.decode(row[T0:]) for row in out.tokens.tolist()]
         return [(t, out.steps * length) for t in texts]
+
+
+def denoised_answers(den, puzzle, budget: Budget, *, batch: int = 8, seed: int = 0,
+                     method: str = "mgdm") -> SearchResult:
+    """Answers written by a masked-diffusion model alone (:class:`.mgdm.Denoiser`), ``batch`` rows at a
+    time until the budget is spent; each row costs ``steps x length`` positions; best-of-N by the
+    verifier, which replays every step (:func:`.mgdm.read_solution`)."""
+    from . import mgdm
+
+    res = SearchResult(method)
+    puzzle = tuple(puzzle)
+    k = 0
+    while budget.left > 0:
+        texts = den.answers([puzzle] * batch, [seed + k + i for i in range(batch)])
+        k += batch
+        used = budget.take([den.cost] * batch)
+        for text, at in zip(texts[:used], budget.marks, strict=True):
+            res.add(mgdm.read_solution(puzzle, text), text.split(mgdm.PAD * 2)[0].strip(), at)
+        res.attempts += used
+        if used < batch:
+            break
+    return res.finish(budget)
 
 
 REST_CHARS = 96  # what diffusion writes after the first step: two step lines and the answer line

@@ -1,0 +1,398 @@
+"""Game of 24 by masked diffusion alone: the recipe of MGDM (Ye et al., 2024) on the solver's traces.
+
+Ye et al. (*Beyond Autoregression: Discrete Diffusion for Complex Reasoning and Planning*, ICLR
+2025; code: github.com/HKUNLP/diffusion-vs-ar) train a small masked diffusion model on Countdown
+and report it far above an autoregressive model of the same size, without search. Their recipe,
+as their trainer (``tuner/mdm/trainer.py``) and Countdown script (``scripts/cd/train-mdm.sh``) run it:
+
+* **conditional sequences**: the puzzle is given and never masked; the answer (the steps, then
+  padding to a fixed length) is what the model denoises, padding included;
+* **discrete time**: ``t`` uniform in ``{0, ..., T-1}`` (``T = 20``); each answer position is masked
+  with probability ``(t + 1) / T``;
+* **token reweighting** ("multi-granularity"): a masked position's cross-entropy ``l`` counts as
+  ``alpha * (1 - exp(-l)) ** gamma * l`` (a focal loss, ``alpha = 0.25``, ``gamma = 2``): the
+  hard tokens of a plan (which numbers to combine first) outweigh the easy ones;
+* **time reweighting** ("linear"): a sequence at step ``t`` weighs ``T - t``, so lightly masked
+  sequences count more; the sum is divided by the number of masked positions;
+* **easy-first top-k decoding**: every step predicts all masked positions, then keeps the most
+  confident ones and masks the rest again, ``n * (t / S)`` of the ``n`` answer positions at step
+  ``t = S-1, ..., 1`` (their ``topk_decoding``, linear schedule); which to mask is chosen on
+  confidence plus Gumbel noise scaled by ``0.5 * t / S`` ("stochastic0.5").
+
+Two choices differ from their code, each for a stated reason. (1) A kept token's confidence is the
+one it had when it was predicted (Mask-Predict, Ghazvininejad et al. 2019): their code re-reads it
+from the model's output at an unmasked position, which its loss never trains (a GPT-2 with shifted
+logits makes that output meaningful there; a denoiser without the shift has none). (2) The
+answer is the steps alone, one per line (``10 - 6 = 4``), as their Countdown data write it
+(``44-15=29,...``): no ``(left: ...)`` lists and no answer line, which the steps imply. Under this
+project's accounting a diffusion sample costs ``steps x length`` positions (the model reads every
+position at every step; there is no KV cache to reuse), so a short answer is what lets diffusion
+afford more than one sample at the budgets of the report. The verifier replays the steps exactly
+(:func:`read_solution`): every step must be valid on the numbers left and the last must give 24.
+
+The model is this package's :class:`..models.transformer.Transformer` (bidirectional, time-
+conditioned on the masked fraction of the answer), trained by :func:`train_mgdm` on every
+distinct solution of every *training* puzzle (up to ``per_solution`` step orders each), saved as an
+ordinary diffusion checkpoint (safetensors), chosen on the validation puzzles by how many a single
+greedy decode solves. :class:`Denoiser` writes several answers at once from per-row seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..config import ModelConfig, TrainConfig
+from ..data.tokenizer import CharTokenizer
+from ..errors import ConfigError
+from ..generation.diffusion import propose
+from ..models.diffusion import denoiser_logits, mask_id
+from ..rng import DIFFUSION, RowNoise, stream_id
+from . import game24
+
+PAD = "\n"  # answers are padded with newlines: a blank line ends the steps
+_SELECT = 2  # sub-stream of the decoder's Gumbel draws (propose uses 1 for tokens)
+
+
+# ------------------------------------------------------------------------------------ the text
+
+
+def step_line(step: game24.Step) -> str:
+    """``10 - 6 = 4``: a step as the answer writes it."""
+    return f"{game24.fmt(step.a)} {step.op} {game24.fmt(step.b)} = {game24.fmt(step.result)}"
+
+
+def prompt_of(puzzle) -> str:
+    """``4 5 6 10:`` and a newline (the same first line as the autoregressive traces)."""
+    return game24.State.start(tuple(puzzle)).prompt()
+
+
+def answer_of(steps) -> str:
+    """The steps, one per line, and a final newline."""
+    return "".join(step_line(s) + "\n" for s in steps)
+
+
+def examples(puzzles, *, per_solution: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
+    """``(prompt, answer)`` for every distinct solution of every puzzle, up to ``per_solution`` step
+    orders each (``None``: every order), shuffled. Pass only training puzzles (:func:`game24.split`)."""
+    rng = random.Random(seed)
+    out = []
+    for p in puzzles:
+        for seqs in game24.solve(tuple(sorted(p))).values():
+            seqs = list(seqs)
+            picks = seqs if per_solution is None else rng.sample(seqs, min(per_solution, len(seqs)))
+            out += [(prompt_of(p), answer_of(steps)) for steps, _ in picks]
+    rng.shuffle(out)
+    return out
+
+
+def replay(puzzle, text: str) -> game24.State | None:
+    """The state an answer (step lines up to the first blank line) reaches from ``puzzle``, every step
+    applied exactly; None as soon as a line is not a valid step on the numbers left."""
+    state = game24.State.start(tuple(puzzle))
+    for line in text.split(PAD + PAD)[0].strip(PAD).split(PAD):
+        if state.done:
+            return None  # more steps than numbers
+        try:
+            head, res = line.split(" = ")
+            a, op, b = head.split(" ")
+            if op not in game24.OPS:
+                return None
+            state = state.apply(game24.Step(game24.parse_number(a), op, game24.parse_number(b),
+                                            game24.parse_number(res)))
+        except (ValueError, ZeroDivisionError):
+            return None
+    return state
+
+
+def read_solution(puzzle, text: str) -> str | None:
+    """The canonical key of the solution an answer states, or None: every step must apply to the
+    numbers left (:func:`replay`), and the last must leave 24."""
+    state = replay(puzzle, text)
+    return game24.canonical(state.expression()) if state is not None and state.solved else None
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@dataclass
+class MGDMConfig:
+    """The model and MGDM's training recipe (defaults: theirs where they apply, sized for a CPU).
+
+    Attributes:
+        n_layer, n_head, n_embd: the denoiser (a bidirectional, time-conditioned transformer).
+        length: positions per sequence (the puzzle, its answer, newline padding).
+        diffusion_steps: ``T`` of training's discrete time (theirs: 20).
+        alpha, gamma: the token reweighting ``alpha * (1 - exp(-l)) ** gamma * l`` (theirs: 0.25, 2).
+        token_weighting: apply it (False: plain cross-entropy, the ablation).
+        time_weighting: ``"linear"`` (``T - t``, theirs), ``"elbo"`` (``T / (t + 1)``) or ``"none"``.
+        per_solution: step orders per distinct solution in the data (None: all of them).
+        batch_size, max_steps, lr, min_lr, warmup_steps, weight_decay, grad_clip: AdamW, cosine decay.
+        minutes: stop after this many minutes even before ``max_steps`` (a CPU budget).
+        eval_every: steps between validation decodes (the best checkpoint is kept).
+        eval_steps: denoising steps of the validation decode.
+        seed: data order, initialisation and masks.
+    """
+
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 192
+    length: int = 64
+    diffusion_steps: int = 20
+    alpha: float = 0.25
+    gamma: float = 2.0
+    token_weighting: bool = True
+    time_weighting: str = "linear"
+    per_solution: int | None = None
+    batch_size: int = 64
+    max_steps: int = 3500
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    minutes: float | None = None
+    eval_every: int = 250
+    eval_steps: int = 8
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.time_weighting not in ("linear", "elbo", "none"):
+            raise ConfigError(f"time_weighting must be linear, elbo or none, got {self.time_weighting!r}")
+        for name in ("length", "diffusion_steps", "batch_size", "max_steps", "eval_every", "eval_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"minutes must be > 0, got {self.minutes}")
+        if self.per_solution is not None and self.per_solution < 1:
+            raise ConfigError(f"per_solution must be >= 1 (or None for every step order), got {self.per_solution}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MGDMConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def tokenizer_for(pairs) -> CharTokenizer:
+    """A character vocabulary covering every puzzle and answer (digits, ``+-*/``, ``=``, ``:``, space, newline)."""
+    text = "".join(p + a for p, a in pairs) + PAD + "0123456789+-*/=: "
+    return CharTokenizer.from_text(text)
+
+
+def encode(tok: CharTokenizer, pairs, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids (N, length), given (N, length) bool)``: prompt then answer, newline-padded; ``given``
+    marks the prompt (never masked). A pair longer than ``length`` is an error naming it."""
+    pad = tok.encode(PAD)[0]
+    ids = torch.full((len(pairs), length), pad, dtype=torch.long)
+    given = torch.zeros((len(pairs), length), dtype=torch.bool)
+    for i, (p, a) in enumerate(pairs):
+        x = tok.encode(p + a)
+        if len(x) > length:
+            raise ConfigError(f"{(p + a)!r} is {len(x)} characters, longer than length={length}: raise length")
+        ids[i, :len(x)] = torch.tensor(x)
+        given[i, :len(tok.encode(p))] = True
+    return ids, given
+
+
+def mgdm_loss(model, x: torch.Tensor, given: torch.Tensor, cfg: MGDMConfig, g: torch.Generator) -> torch.Tensor:
+    """MGDM's training loss on a batch: mask answer positions at a random discrete time, weight each
+    masked position's cross-entropy by the token and time weights, divide by the masked count."""
+    B, L = x.shape
+    T = cfg.diffusion_steps
+    t = torch.randint(0, T, (B,), generator=g)
+    u = torch.rand((B, L), generator=g)
+    masked = (u < ((t + 1).float() / T)[:, None]) & ~given
+    masked[:, -1] |= ~masked.any(1)  # a row with nothing masked still teaches something (the last pad)
+    x_t = torch.where(masked, torch.full_like(x, mask_id(model)), x)
+    logits, _ = denoiser_logits(model, x_t, masked_fraction(masked, given))
+    ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
+    ce = torch.where(masked, ce, torch.zeros_like(ce))
+    if cfg.token_weighting:
+        ce = cfg.alpha * (1.0 - torch.exp(-ce)) ** cfg.gamma * ce
+    if cfg.time_weighting == "linear":
+        w = (T - t).float()
+    elif cfg.time_weighting == "elbo":
+        w = T / (t + 1).float()
+    else:
+        w = torch.ones(B)
+    return (ce * w[:, None]).sum() / masked.sum()
+
+
+def masked_fraction(masked: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """(B,) the time input: the masked fraction of each row's answer positions."""
+    return (masked.sum(1).float() / (~given).sum(1).clamp(min=1).float()).clamp(1e-3, 1.0)
+
+
+def build_model(cfg: MGDMConfig, vocab_size: int):
+    """The denoiser for a vocabulary of ``vocab_size`` characters (``[MASK]`` added as the last id)."""
+    from ..models.transformer import Transformer
+
+    mc = ModelConfig(vocab_size=vocab_size + 1, block_size=cfg.length, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd, causal=False, time_conditioning=True)
+    return Transformer(mc).init_weights(torch.Generator().manual_seed(cfg.seed))
+
+
+def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
+               log: Callable[[dict], None] | None = None, force: bool = False) -> dict:
+    """Train a denoiser on the training puzzles' traces with MGDM's recipe; save ``out/best`` (the
+    checkpoint solving the most validation puzzles with one greedy decode) and ``out/latest``.
+
+    Returns the run's summary (also ``out/summary.json``); progress rows go to ``log`` and
+    ``out/metrics.jsonl``. The global RNG is not touched.
+    """
+    from ..training.checkpoint import save_checkpoint
+    from ..training.optim import lr_at, make_optimizer
+    from ..training.trainer import prepare_out_dir
+
+    out = Path(out)
+    prepare_out_dir(out, resume=False, force=force)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = examples(train_puzzles, per_solution=cfg.per_solution, seed=cfg.seed)
+    if not pairs:
+        raise ConfigError("no training puzzles with a solution: nothing to train on")
+    tok = tokenizer_for(pairs)
+    x_all, given_all = encode(tok, pairs, cfg.length)
+    model = build_model(cfg, tok.vocab_size).train()
+    tc = TrainConfig(objective="diffusion", batch_size=cfg.batch_size, max_steps=cfg.max_steps, lr=cfg.lr,
+                     min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                     grad_clip=cfg.grad_clip, seed=cfg.seed)
+    opt = make_optimizer(model, tc, torch.device("cpu"))
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    meta = {"mgdm": asdict(cfg), "train": asdict(tc), "data": f"{len(pairs)} traces of {len(train_puzzles)} "
+            "training puzzles (mot game24 train --kind mgdm)", "answer_format": "mgdm-answer/1"}
+    best, summary, t0, step = -1.0, {}, time.time(), 0
+    metrics = (out / "metrics.jsonl").open("w", encoding="utf-8")
+    running = []
+    try:
+        while step < cfg.max_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            idx = torch.randint(0, len(pairs), (cfg.batch_size,), generator=g)
+            loss = mgdm_loss(model, x_all[idx], given_all[idx], cfg, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            running.append(float(loss.detach()))
+            over = cfg.minutes is not None and time.time() - t0 > 60 * cfg.minutes
+            if step % cfg.eval_every == 0 or step == cfg.max_steps or over:
+                model.eval()
+                solved = solve_rate(Denoiser(model, tok, steps=cfg.eval_steps), val_puzzles)
+                model.train()
+                row = {"step": step, "train_loss": sum(running) / len(running), "val_solved": solved,
+                       "minutes": (time.time() - t0) / 60}
+                running = []
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                if log:
+                    log(row)
+                info = {**meta, "step": step, "val_solved": solved}
+                save_checkpoint(out / "latest", model, tok, objective="diffusion", meta=info)
+                if solved >= best:  # ties go to the later, longer-trained checkpoint
+                    best = solved
+                    save_checkpoint(out / "best", model, tok, objective="diffusion", meta=info)
+                    summary = {"best_step": step, "val_solved": solved}
+            if over:
+                break
+    finally:
+        metrics.close()
+    summary.update({"steps": step, "minutes": (time.time() - t0) / 60, "traces": len(pairs),
+                    "parameters": sum(p.numel() for p in model.parameters()), "config": asdict(cfg)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return summary
+
+
+# ------------------------------------------------------------------------------------ decoding
+
+
+class Denoiser:
+    """Writes answers to puzzles with MGDM's easy-first top-k decoding, several rows at once.
+
+    Args:
+        model, tokenizer: a checkpoint made by :func:`train_mgdm`.
+        steps: denoising steps ``S``; a row costs ``S * length`` positions (the model reads the whole
+            sequence at every step).
+        temperature: 0 takes each position's most likely token (theirs); above 0 samples it.
+        select_noise: the Gumbel scale on the choice of what to mask again (theirs: 0.5), times ``t / S``.
+    """
+
+    def __init__(self, model, tokenizer, *, steps: int = 8, temperature: float = 0.0, select_noise: float = 0.5):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"the denoising steps must be a positive integer, got {steps!r}")
+        if not temperature >= 0 or not select_noise >= 0:
+            raise ConfigError(f"temperature and select_noise must be >= 0, got {temperature}, {select_noise}")
+        self.model, self.tok = model.eval(), tokenizer
+        self.steps, self.temperature, self.select_noise = steps, float(temperature), float(select_noise)
+        self.length = model.config.block_size
+        self.dev = next(model.parameters()).device
+
+    @property
+    def cost(self) -> int:
+        """Positions one row costs: every position, at every step."""
+        return self.steps * self.length
+
+    @torch.no_grad()
+    def answers(self, puzzles, seeds: list[int]) -> list[str]:
+        """One answer per (puzzle, seed) row; a row's answer depends only on its puzzle and seed."""
+        x, given = encode(self.tok, [(prompt_of(p), "") for p in puzzles], self.length)
+        x, given = x.to(self.dev), given.to(self.dev)
+        tokens = self.decode(x, given, RowNoise(seeds, self.dev))
+        n = given.sum(1).tolist()
+        return [self.tok.decode(row[k:]) for row, k in zip(tokens.tolist(), n, strict=True)]
+
+    def decode(self, x: torch.Tensor, given: torch.Tensor, noise: RowNoise) -> torch.Tensor:
+        """(B, L) ids: the answer positions (``~given``) denoised in :attr:`steps` easy-first steps."""
+        S, M = self.steps, mask_id(self.model)
+        answer = ~given
+        n = answer.sum(1)
+        x = torch.where(answer, torch.full_like(x, M), x)
+        score = torch.zeros(x.shape, device=x.device)
+        positions = torch.arange(x.shape[1], device=x.device)
+        for i in range(S):
+            masked = x == M
+            logits, _ = denoiser_logits(self.model, x, masked_fraction(masked, given))
+            tok, conf = propose(logits, noise, i, positions, self.temperature)
+            x = torch.where(masked, tok, x)
+            score = torch.where(masked, conf.clamp_min(1e-30).log(), score)
+            if i == S - 1:
+                break
+            rate = (S - 1 - i) / S
+            k = (n.float() * rate).long()  # answer positions masked again for the next step
+            key = score
+            if self.select_noise > 0:
+                u = noise.uniform(stream_id(DIFFUSION, i & 0xFFFF, _SELECT), positions).to(x.device)
+                key = key - self.select_noise * rate * torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))
+            key = key.masked_fill(given, float("inf"))
+            rank = key.argsort(1).argsort(1)
+            x = torch.where(rank < k[:, None], torch.full_like(x, M), x)
+        return x
+
+
+def solve_rate(den: Denoiser, puzzles, *, batch: int = 100) -> float:
+    """The fraction of ``puzzles`` one decode (seed 0) solves."""
+    if not puzzles:
+        return float("nan")
+    hits = 0
+    for i in range(0, len(puzzles), batch):
+        chunk = puzzles[i:i + batch]
+        hits += sum(read_solution(p, a) is not None for p, a in zip(chunk, den.answers(chunk, [0] * len(chunk))))
+    return hits / len(puzzles)
+
+
+def max_length(puzzles) -> int:
+    """The longest prompt + answer of ``puzzles``' solutions (what ``length`` must hold)."""
+    return max((len(p + a) for p, a in examples(puzzles)), default=0)
+
+
+__all__ = ["MGDMConfig", "Denoiser", "examples", "replay", "read_solution", "train_mgdm", "solve_rate", "mgdm_loss",
+           "encode", "tokenizer_for", "step_line", "prompt_of", "answer_of", "max_length"]

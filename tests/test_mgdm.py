@@ -1,0 +1,241 @@
+"""Game of 24 by masked diffusion alone (MGDM's recipe): answers, the loss, training, decoding, the method."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixture_of_thoughts.errors import ConfigError
+from mixture_of_thoughts.experiments import game24_eval as E
+from mixture_of_thoughts.models.diffusion import mask_id
+from mixture_of_thoughts.tasks import game24 as g
+from mixture_of_thoughts.tasks import mgdm as M
+from mixture_of_thoughts.tasks import search as S
+from mixture_of_thoughts.training.checkpoint import load_checkpoint
+
+PUZZLES = [(4, 5, 6, 10), (1, 1, 4, 6), (3, 3, 8, 8), (2, 5, 8, 11), (1, 2, 4, 7), (1, 3, 4, 6), (2, 2, 6, 9),
+           (1, 4, 5, 6), (2, 3, 5, 12), (3, 4, 6, 8)]
+TINY = dict(n_layer=1, n_head=2, n_embd=32, max_steps=40, eval_every=20, eval_steps=2, batch_size=16,
+            warmup_steps=5, per_solution=1)
+
+
+def test_every_example_replays_to_a_solution_of_its_puzzle():
+    pairs = M.examples(PUZZLES)
+    assert len(pairs) == sum(len(seqs) for p in PUZZLES for seqs in g.solve(tuple(sorted(p))).values())
+    for prompt, answer in pairs:
+        puzzle = g.parse_puzzle(prompt.strip().rstrip(":"))
+        key = M.read_solution(puzzle, answer)
+        assert key in g.solve(tuple(sorted(puzzle)))
+        assert answer.count("\n") == 3 and "left" not in answer and "answer" not in answer
+    assert len(M.examples(PUZZLES, per_solution=1)) == sum(len(g.solve(tuple(sorted(p)))) for p in PUZZLES)
+
+
+@pytest.mark.parametrize("text", [
+    "10 - 6 = 4\n4 + 5 = 9\n9 * 4 = 36\n",  # valid steps, not 24
+    "10 - 6 = 5\n5 + 4 = 9\n",  # wrong arithmetic
+    "10 - 7 = 3\n",  # 7 is not among the numbers
+    "10 - 6 = 4\n4 * 6 = 24\n",  # uses 6 twice, leaves numbers unused
+    "5 + 4 = 9\n10 - 6 = 4\n9 * 4 = 36\n36 - 12 = 24\n",  # a step too many
+    "10 - 6 = 4\n4 + 5 = 9\n9 ^ 4 = 24\n",  # not an operator
+    "",
+])
+def test_read_solution_refuses_anything_but_a_valid_solution(text):
+    assert M.read_solution((4, 5, 6, 10), text) is None
+
+
+def test_read_solution_accepts_fractions_and_ignores_what_follows_a_blank_line():
+    text = "5 / 2 = 5/2\n3 - 5/2 = 1/2\n12 / 1/2 = 24\n\n\n7 + 7 = 14\n"
+    key = M.read_solution((2, 3, 5, 12), text)
+    assert key == g.canonical(g.parse_expression("12 / (3 - 5 / 2)"))
+    assert M.replay((2, 3, 5, 12), text).expression().text() == "12 / (3 - (5 / 2))"
+
+
+def test_encode_marks_the_prompt_and_pads_with_newlines():
+    tok = M.tokenizer_for(M.examples(PUZZLES))
+    ids, given = M.encode(tok, [("4 5 6 10:\n", "10 - 6 = 4\n")], 32)
+    assert tok.decode(ids[0].tolist()) == "4 5 6 10:\n10 - 6 = 4\n" + "\n" * 11
+    assert given[0].tolist() == [True] * 10 + [False] * 22
+    with pytest.raises(ConfigError, match="longer than length=8"):
+        M.encode(tok, [("4 5 6 10:\n", "10 - 6 = 4\n")], 8)
+
+
+@pytest.mark.parametrize("time_weighting", ["linear", "elbo", "none"])
+@pytest.mark.parametrize("token_weighting", [True, False])
+def test_the_loss_is_mgdms_weighted_cross_entropy(time_weighting, token_weighting):
+    cfg = M.MGDMConfig(**{**TINY, "time_weighting": time_weighting, "token_weighting": token_weighting,
+                          "length": 64})
+    pairs = M.examples(PUZZLES[:3])
+    tok = M.tokenizer_for(pairs)
+    x, given = M.encode(tok, pairs[:8], 64)
+    model = M.build_model(cfg, tok.vocab_size).eval()
+    loss = M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(5))
+    # the same draws, recomputed by hand
+    gen = torch.Generator().manual_seed(5)
+    T = cfg.diffusion_steps
+    t = torch.randint(0, T, (8,), generator=gen)
+    masked = (torch.rand((8, 64), generator=gen) < ((t + 1) / T)[:, None]) & ~given
+    assert masked.any(1).all() and not (masked & given).any()
+    xt = x.masked_fill(masked, mask_id(model))
+    frac = masked.sum(1) / (~given).sum(1)
+    logits = model(xt, time=frac).logits.float()
+    logits[..., mask_id(model)] = float("-inf")
+    ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")[masked]
+    if token_weighting:
+        ce = 0.25 * (1 - torch.exp(-ce)) ** 2 * ce
+    w = {"linear": (T - t).float(), "elbo": T / (t + 1).float(), "none": torch.ones(8)}[time_weighting]
+    expect = (ce * w[:, None].expand(8, 64)[masked]).sum() / masked.sum()
+    assert torch.allclose(loss, expect, rtol=1e-5)
+
+
+class Confident(torch.nn.Module):
+    """A fake denoiser: at every position the token ``7`` with a confidence that grows with the position;
+    it records the inputs it was given."""
+
+    def __init__(self, length=16, vocab=12):
+        super().__init__()
+        self.config = types.SimpleNamespace(vocab_size=vocab, block_size=length)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen = []
+
+    def forward(self, x, noise=None, creativity=None, time=None):
+        self.seen.append(x.clone())
+        B, L = x.shape
+        logits = torch.zeros(B, L, self.config.vocab_size)
+        logits[..., 7] = torch.arange(L, dtype=torch.float32) / 4
+        return types.SimpleNamespace(logits=logits)
+
+
+def test_decoding_reveals_the_most_confident_positions_first_on_mgdms_schedule():
+    model = Confident()
+    den = M.Denoiser(model, None, steps=4, select_noise=0.0)
+    given = torch.zeros(2, 16, dtype=torch.bool)
+    given[0, :4] = given[1, :6] = True
+    x = torch.where(given, torch.full((2, 16), 3), torch.zeros(2, 16, dtype=torch.long))
+    out = den.decode(x, given, S.RowNoise([0, 1]))
+    M_ = mask_id(model)
+    assert (out[given] == 3).all() and (out[~given] == 7).all()
+    assert len(model.seen) == 4
+    for i, seen in enumerate(model.seen):
+        masked = seen == M_
+        n = (~given).sum(1)
+        expect = n if i == 0 else (n.float() * (4 - i) / 4).long()
+        assert masked.sum(1).tolist() == expect.tolist()
+        if i:  # the least confident (leftmost) answer positions stay masked: easy first
+            for b in range(2):
+                cols = masked[b].nonzero().flatten().tolist()
+                start = int(given[b].sum())
+                assert cols == list(range(start, start + len(cols)))
+
+
+def test_a_row_depends_only_on_its_puzzle_and_seed():
+    cfg = M.MGDMConfig(**TINY)
+    pairs = M.examples(PUZZLES)
+    tok = M.tokenizer_for(pairs)
+    den = M.Denoiser(M.build_model(cfg, tok.vocab_size), tok, steps=3, temperature=1.0)
+    batch = den.answers([PUZZLES[0], PUZZLES[1], PUZZLES[0]], [4, 9, 5])
+    assert den.answers([PUZZLES[0]], [4]) == batch[:1]
+    assert den.answers([PUZZLES[1], PUZZLES[0]], [9, 5]) == batch[1:]
+    assert batch[0] != batch[2]  # another seed, another answer
+    assert den.cost == 3 * cfg.length
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mgdm") / "run"
+    before = torch.random.get_rng_state()
+    summary = M.train_mgdm(PUZZLES, PUZZLES[:4], M.MGDMConfig(**TINY), out)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global RNG is not touched
+    return out, summary
+
+
+def test_training_learns_saves_and_is_reproducible(tiny_run, tmp_path):
+    out, summary = tiny_run
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 40] and summary["steps"] == 40
+    first = M.train_mgdm(PUZZLES, PUZZLES[:4], M.MGDMConfig(**{**TINY, "max_steps": 1, "eval_every": 1}),
+                         tmp_path / "one")
+    assert rows[-1]["train_loss"] < 0.85 * json.loads((tmp_path / "one" / "metrics.jsonl").read_text())["train_loss"]
+    ck = load_checkpoint(out, expect="diffusion")
+    assert ck.meta["mgdm"]["n_embd"] == 32 and ck.meta["step"] == summary["best_step"]
+    again = M.train_mgdm(PUZZLES, PUZZLES[:4], M.MGDMConfig(**TINY), tmp_path / "again")
+    a, b = load_checkpoint(out, which="latest").model, load_checkpoint(tmp_path / "again", which="latest").model
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert again == {**summary, "minutes": again["minutes"]}
+    assert first["steps"] == 1
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="time_weighting"):
+        M.MGDMConfig(time_weighting="cosine")
+    with pytest.raises(ConfigError, match="length"):
+        M.MGDMConfig(length=0)
+    with pytest.raises(ConfigError, match="steps"):
+        M.Denoiser(Confident(), None, steps=0)
+
+
+class Oracle:
+    """A denoiser stand-in: every third seed writes a solution, the others a wrong answer."""
+
+    cost = 100
+
+    def answers(self, puzzles, seeds):
+        good = "10 - 6 = 4\n4 + 5 = 9\n9 * 4 = 36\n"
+        return ["5 + 4 = 9\n10 - 6 = 4\n9 - 4 = 5\n" if s % 3 else good for s in seeds]
+
+
+def test_denoised_answers_pays_per_row_and_is_anytime():
+    r = S.denoised_answers(Oracle(), (4, 5, 6, 10), S.Budget(1000), batch=4)
+    assert r.positions == 1000 and r.attempts == 10 and not r.solved  # 36 is not 24
+    steps, _ = next(iter(g.solve((4, 5, 6, 10)).values()))[0]
+
+    class Solving(Oracle):
+        def answers(self, puzzles, seeds):
+            return [M.answer_of(steps) if s == 6 else "nonsense" for s in seeds]
+
+    big = S.denoised_answers(Solving(), (4, 5, 6, 10), S.Budget(1000), batch=4)
+    assert big.solved and list(big.found.values()) == [700]
+    small = S.denoised_answers(Solving(), (4, 5, 6, 10), S.Budget(650), batch=4)
+    assert not small.solved and big.upto(650).solutions == small.solutions == {}
+
+
+def test_mgdm_in_the_evaluation_and_its_knob(tiny_run, tmp_path):
+    out, _ = tiny_run
+    assert E.parse_method("mgdm@0").knob == 0.0
+    with pytest.raises(ConfigError, match="temperature > 0"):
+        E.parse_method("sample@0")
+    cfg = E.Game24EvalConfig(mgdm_model=str(out), methods=("mgdm", "mgdm@1"), budgets=(128, 256),
+                             puzzles=PUZZLES[:2], out=str(tmp_path / "rep"), mgdm_steps=2)
+    res = E.run_eval(cfg)
+    rows = {(r["method"], r["budget"]): r for r in res["rows"]}
+    assert rows[("mgdm", 256)]["positions"] == 256 == 2 * 2 * M.MGDMConfig(**TINY).length
+    saved = json.loads((tmp_path / "rep" / "methods" / "mgdm_at_1.json").read_text())
+    assert saved["key"]["mgdm_steps"] == 2 and saved["key"]["temperature"] == 1.0
+    with pytest.raises(ConfigError, match="mgdm-steps"):
+        E.Game24EvalConfig(methods=("mgdm",), mgdm_steps=0)
+
+
+def test_cli_train_and_solve(tmp_path, capsys, monkeypatch):
+    from mixture_of_thoughts.cli import main
+
+    monkeypatch.setattr(g, "load_puzzles", lambda: [])
+    monkeypatch.setattr(g, "split", lambda ps: (PUZZLES[:6], PUZZLES[6:], []))
+    out = tmp_path / "m"
+    assert main(["game24", "train", "--kind", "mgdm", "--out", str(out), "--steps", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "step 2: loss" in text and "trained 2 steps" in text
+    assert load_checkpoint(out).meta["mgdm"]["max_steps"] == 2
+    assert main(["game24", "train", "--kind", "mgdm", "--out", str(out), "--steps", "2"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["game24", "train", "--kind", "mgdm", "--out", str(tmp_path / "x"), "--data", "t.txt"]) == 2
+    assert "drop --data" in capsys.readouterr().err
+    rc = main(["game24", "solve", "4 5 6 10", "--method", "mgdm", "--mgdm-model", str(out), "--budget", "600",
+               "--mgdm-steps", "2"])
+    assert rc in (0, 1)  # 1: nothing found (two training steps); either way a report line
+    assert "4 5 6 10: mgdm:" in capsys.readouterr().out
+    assert main(["game24", "solve", "4 5 6 10", "--method", "mgdm", "--mgdm-model", str(tmp_path / "none")]) == 2
+    assert main(["game24", "solve", "4 5 6 10", "--method", "mgdm"]) == 2  # no denoiser ships: it solves nothing
+    assert "--mgdm-model RUN" in capsys.readouterr().err
