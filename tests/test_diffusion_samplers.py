@@ -14,7 +14,6 @@ from mixture_of_thoughts.errors import ConfigError
 from mixture_of_thoughts.generation.diffusion import (
     DEFAULT_STEPS,
     SAMPLERS,
-    propose,
     _refresh_logits,
     _reveal_ancestral,
     _reveal_confident,
@@ -23,6 +22,7 @@ from mixture_of_thoughts.generation.diffusion import (
     denoise,
     generate,
     infill,
+    propose,
 )
 from mixture_of_thoughts.models.diffusion import EPS, LINEAR
 from mixture_of_thoughts.models.transformer import ModelOutput

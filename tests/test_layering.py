@@ -142,6 +142,87 @@ def test_checker_finds_no_cycle_in_a_tree(tmp_path):
     assert cycles(import_graph(tmp_path, "pkg")) == []
 
 
+# ----------------------------------------------------------------------------- floors
+
+# The package's floors (docs/architecture.md): a module may import from its own floor's package and
+# from any lower floor, never from a higher one. The root package (``mixture_of_thoughts``) is the
+# public entry point and may re-export from anywhere.
+FLOORS = {
+    "errors": 0, "units": 0,
+    "rng": 1, "device": 1, "config": 1,
+    "data": 2, "layers": 2,
+    "models": 3, "steering": 3,
+    "metrics": 4, "training": 4,
+    "generation": 5,
+    "tasks": 6, "hf": 6,
+    "experiments": 7, "serve": 7,
+    "cli": 8,
+}
+
+
+def floor_of(module: str, package: str = PACKAGE) -> tuple[str, int] | None:
+    """``(room, floor)`` of a dotted module name, or None for the root package itself."""
+    parts = module.split(".")[1:]
+    if not parts:
+        return None
+    return parts[0], FLOORS[parts[0]]
+
+
+def arrows_up(graph: dict[str, set[str]], package: str = PACKAGE) -> list[str]:
+    """Every import that reaches a higher floor, as ``a -> b (floor i -> j)``."""
+    out = []
+    for a, deps in sorted(graph.items()):
+        fa = floor_of(a, package)
+        for b in sorted(deps):
+            fb = floor_of(b, package)
+            if fa is None or fb is None or fa[0] == fb[0]:
+                continue
+            if fb[1] >= fa[1]:
+                out.append(f"{a} -> {b} (floor {fa[1]} -> {fb[1]})")
+    return out
+
+
+def test_the_floor_check_sees_an_arrow_up_and_across(tmp_path):
+    _write(tmp_path, {
+        f"{PACKAGE}/__init__.py": "from .cli import main\n",  # the root may re-export
+        f"{PACKAGE}/errors.py": "",
+        f"{PACKAGE}/metrics/__init__.py": "",
+        f"{PACKAGE}/metrics/semantic.py": "from ..hf._compat import x\nfrom ..errors import E\n",
+        f"{PACKAGE}/hf/__init__.py": "",
+        f"{PACKAGE}/hf/_compat.py": "from ..metrics import semantic\n",
+        f"{PACKAGE}/tasks/__init__.py": "",
+        f"{PACKAGE}/tasks/t.py": "def f():\n    from ..hf import _compat\n",
+        f"{PACKAGE}/cli/__init__.py": "",
+    })
+    found = arrows_up(import_graph(tmp_path, PACKAGE))
+    assert found == [f"{PACKAGE}.metrics.semantic -> {PACKAGE}.hf._compat (floor 4 -> 6)",
+                     f"{PACKAGE}.tasks.t -> {PACKAGE}.hf._compat (floor 6 -> 6)"]
+
+
+def test_every_room_has_a_floor():
+    rooms = {m.split(".")[1] for m in module_files() if m.count(".") >= 1}
+    assert rooms == set(FLOORS), f"add {sorted(rooms - set(FLOORS))} to FLOORS (and docs/architecture.md)"
+
+
+def test_no_arrow_runs_up():
+    """Nothing imports from a higher floor, or from another room of its own floor."""
+    found = arrows_up(import_graph())
+    assert not found, "imports that run up:\n    " + "\n    ".join(found)
+
+
+def test_the_floors_are_the_ones_docs_architecture_shows():
+    text = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for room, floor in FLOORS.items():
+        assert f"| {floor} |" in text and f"`{room}`" in text, room
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    shown = {}
+    for line in rows:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        for room in cells[1].replace("`", "").replace(",", " ").split():
+            shown[room] = int(cells[0])
+    assert shown == FLOORS
+
+
 # ----------------------------------------------------------------------------- the package
 
 

@@ -64,6 +64,8 @@ def test_sampling_spends_at_most_its_budget_and_verifies():
     for limit in (60, 500, 2000):
         r = S.sample_traces(ScriptedLM(valid=0.5), task, (4, 5, 6, 10), S.Budget(limit), batch=4, seed=1)
         assert r.positions <= limit and r.attempts * 20 <= limit
+        if limit >= 500:  # it stops only when the next row no longer fits: at most one trace (<= 160) unspent
+            assert r.positions > limit - 160
         for key, text in r.solutions.items():
             assert g.check_trace((4, 5, 6, 10), "4 5 6 10:\n" + text) == key
     bad = S.sample_traces(ScriptedLM(valid=0.0), task, (4, 5, 6, 10), S.Budget(2000), batch=4)

@@ -27,3 +27,16 @@ class CheckpointError(MotError):
 
 class TrainingDiverged(MotError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class MissingDependency(MotError):
+    """An optional dependency (transformers, a model package, the sentence embedder) is not installed;
+    the message says what to install."""
+
+
+class GraftError(MotError):
+    """A model that cannot be grafted, or a grafted directory that cannot be loaded."""
+
+
+class NoExpertsError(MotError):
+    """The model has no mixture-of-experts layer this package knows how to control."""

@@ -170,7 +170,8 @@ def _eval(args) -> int:
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
+                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps,
+                           methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
                            threshold=args.threshold, c_puct=args.c_puct,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from ..errors import MotError
+from ..errors import MissingDependency
 
 INSTALL_HINT = "pip install 'mixture-of-thoughts[hf]'"
-
-
-class MissingDependency(MotError):
-    """An optional dependency (``transformers``) is not installed."""
 
 
 def require_transformers():

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..config import ThoughtConfig
-from ..errors import CheckpointError, ConfigError, MotError
+from ..errors import CheckpointError, ConfigError, GraftError
 from ..layers.thoughts import ThoughtsFFN
 from ..rng import GeneratorNoise, RowNoise
 from ._compat import require_transformers
@@ -62,10 +62,6 @@ BRANCH_WEIGHTS = ("w_in", "w_up", "w_out", "b_in", "b_up", "b_out")
 # model_type -> (path of the decoder layer list, MLP form)
 SUPPORTED = {"gpt2": ("transformer.h", "gpt2"), "llama": ("model.layers", "gated"),
              "mistral": ("model.layers", "gated"), "qwen2": ("model.layers", "gated")}
-
-
-class GraftError(MotError):
-    """A model that cannot be grafted, or a grafted directory that cannot be loaded."""
 
 
 @dataclass

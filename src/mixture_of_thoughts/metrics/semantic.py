@@ -44,8 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.jsonl import parse_jsonl
-from ..errors import DataError
-from ..hf._compat import MissingDependency
+from ..errors import DataError, MissingDependency
 from .diversity import EIGENVALUE_FLOOR, _check_n, _check_texts, _ngram_counts, _units
 
 __all__ = [

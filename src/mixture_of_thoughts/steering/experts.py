@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import ConfigError, MotError
+from ..errors import ConfigError, NoExpertsError
 
 NEG_INF = float("-inf")
 ExpertSpec = Sequence[int] | Mapping[int, Sequence[int]] | None  # all MoE layers, or {layer: experts}
@@ -48,10 +48,6 @@ HF_MOE = {
     "olmoe": ("gate", "softmax_topk", "norm_topk_prob"),
     "gpt_oss": ("router", "topk_softmax", None),
 }
-
-
-class NoExpertsError(MotError):
-    """The model has no mixture-of-experts layer this package knows how to control."""
 
 
 @dataclass

@@ -385,7 +385,8 @@ def solve_rate(den: Denoiser, puzzles, *, batch: int = 100) -> float:
     hits = 0
     for i in range(0, len(puzzles), batch):
         chunk = puzzles[i:i + batch]
-        hits += sum(read_solution(p, a) is not None for p, a in zip(chunk, den.answers(chunk, [0] * len(chunk))))
+        answers = den.answers(chunk, [0] * len(chunk))
+        hits += sum(read_solution(p, a) is not None for p, a in zip(chunk, answers, strict=True))
     return hits / len(puzzles)
 
 
