@@ -199,3 +199,52 @@ def test_hull_saturation_gaps():
     assert sat[0]["mean_gap"] > sat[2]["mean_gap"] > 0 and sat[0]["coverage"] < 1
     assert hull_saturation(xs, ys, np.array([1.0]), reps=50, seed=0) == hull_saturation(
         xs, ys, np.array([1.0]), reps=50, seed=0)
+
+
+# ------------------------------------------------------------------------------------ the one matched statistic
+
+
+def _setting_and_baselines(seed=0, n_units=30, n_base=5, reps=200):
+    rng = np.random.default_rng(seed)
+    idx = stats.bootstrap_indices(n_units, reps, seed)
+    qual = np.linspace(1.0, 2.0, n_base)[None, :] + 0.2 * rng.normal(size=(n_units, n_base))
+    div = np.sqrt(qual - 0.5) + 0.2 * rng.normal(size=(n_units, n_base))
+    bx, by = stats.resampled_means(qual, idx), stats.resampled_means(div, idx)
+    sx = stats.resampled_means(1.5 + 0.2 * rng.normal(size=n_units), idx)
+    sy = stats.resampled_means(1.1 + 0.2 * rng.normal(size=n_units), idx)
+    return sx, sy, bx, by
+
+
+def test_matched_reads_the_line_or_the_hull_resample_by_resample():
+    sx, sy, bx, by = _setting_and_baselines()
+    line = stats.matched(sx, sy, bx, by, frontier="line")
+    hull = stats.matched(sx, sy, bx, by, frontier="hull")
+    by_hand = np.array([sy[r] - stats.interpolate_frontier(bx[r], by[r], sx[r]) for r in range(len(sx))])
+    assert line["delta"] == pytest.approx(by_hand[0]) and line["frontier"] == "line"
+    assert line["ci"] == pytest.approx(list(stats.interval(by_hand[1:])))
+    env = stats.hull_at(bx, by, sx)
+    assert hull["delta"] == pytest.approx(sy[0] - env[0]) and hull["baseline"] == pytest.approx(env[0])
+    # the hull is the best mixture, never below the line through the same points
+    assert hull["baseline"] >= line["baseline"] - 1e-12 and hull["delta"] <= line["delta"] + 1e-12
+    assert line["covered"] == 1.0 and hull["covered"] == 1.0
+
+
+def test_matched_has_one_nan_policy():
+    sx, sy, bx, by = _setting_and_baselines()
+    assert stats.matched(sx + 10.0, sy, bx, by) is None  # outside the baselines' range: no comparison
+    edge = sx - sx[0] + bx[0].max() - 0.01  # inside on all units, outside on some resamples
+    m = stats.matched(edge, sy, bx, by, frontier="line")
+    outside = ~np.isfinite([stats.interpolate_frontier(bx[r], by[r], edge[r]) for r in range(1, len(edge))])
+    assert 0 < m["covered"] < 1 and m["covered"] == pytest.approx(1 - outside.mean())
+    assert np.isfinite(m["ci"]).all()  # the interval is over the resamples that have a comparison
+    lower = stats.matched(sx, sy, bx, by, upper=False)
+    assert lower["baseline"] <= stats.matched(sx, sy, bx, by)["baseline"]
+    with pytest.raises(ValueError, match="frontier"):
+        stats.matched(sx, sy, bx, by, frontier="spline")
+
+
+def test_resampled_means_leave_out_units_without_a_value():
+    per = np.array([1.0, np.nan, 3.0, 5.0])
+    idx = np.array([[0, 1, 1, 2], [1, 1, 1, 1]])
+    out = stats.resampled_means(per, idx)
+    assert out[0] == pytest.approx(3.0) and out[1] == pytest.approx(2.0) and np.isnan(out[2])

@@ -318,17 +318,13 @@ def summarise(cfg, base_settings, mot_settings, val_bpc, human, calibrated, mech
     temp_pts = [s for s in base_settings if s.top_p is None]
 
     def matched(s: Setting, metric: str) -> dict:
-        """MoT minus baseline ``metric`` at the MoT setting's quality, on the baseline temperature frontier."""
-        def delta(sel):
-            bx = np.array([b.per_prompt["ref_bpc"][sel].mean() for b in temp_pts])
-            by = np.array([b.per_prompt[metric][sel].mean() for b in temp_pts])
-            x = s.per_prompt["ref_bpc"][sel].mean()
-            return s.per_prompt[metric][sel].mean() - stats.interpolate_frontier(bx, by, x)
+        """MoT minus baseline ``metric`` at the MoT setting's quality, on the baseline temperature line."""
+        def means(setting, key):
+            return stats.resampled_means(setting.per_prompt[key], idx)
 
-        point = delta(np.arange(n_units))
-        boots = np.array([delta(i) for i in idx])
-        lo, hi = stats.interval(boots) if np.isfinite(point) else (float("nan"), float("nan"))
-        return {"delta": float(point), "ci": [lo, hi]}
+        m = stats.matched(means(s, "ref_bpc"), means(s, metric), np.stack([means(b, "ref_bpc") for b in temp_pts], 1),
+                          np.stack([means(b, metric) for b in temp_pts], 1), frontier="line")
+        return {"delta": float("nan"), "ci": [float("nan")] * 2} if m is None else {"delta": m["delta"], "ci": m["ci"]}
 
     def compared(items):
         rows = []

@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -581,9 +580,7 @@ def baseline_lines(contenders: Iterable[Contender]) -> dict[str, list[Contender]
 
 def _resampled(per: dict, idx: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric's mean over all prompts (entry 0) and over each bootstrap resample (entries 1..R)."""
-    with warnings.catch_warnings():  # a prompt whose every continuation was empty has NaN NLL
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return {k: np.concatenate([[np.nanmean(v)], np.nanmean(v[idx], 1)]) for k, v in per.items()}
+    return {k: stats.resampled_means(v, idx) for k, v in per.items()}  # an all-empty prompt's NaN NLL is left out
 
 
 def matched_quality_lines(res_means: dict[Contender, dict], lines: dict[str, list[Contender]], c: Contender) -> dict:
@@ -594,25 +591,15 @@ def matched_quality_lines(res_means: dict[Contender, dict], lines: dict[str, lis
     Returns ``{"delta", "ci", "best_line"}`` (NaN where no line reaches ``c``'s NLL).
     """
     me = res_means[c]
-    R = me["ref_nll"].shape[0]
-    env = np.full(R, np.nan)
-    best_line = None
-    for r in range(R):  # which line is best at c's NLL, resample by resample
-        x = me["ref_nll"][r]
-        for g, ms in lines.items():
-            xs = np.array([res_means[m]["ref_nll"][r] for m in ms])
-            ys = np.array([res_means[m]["semantic_distance"][r] for m in ms])
-            ok = np.isfinite(xs) & np.isfinite(ys)
-            if ok.sum() < 2 or not math.isfinite(x):
-                continue
-            y = stats.interpolate_frontier(xs[ok], ys[ok], x)
-            if math.isfinite(y) and not y <= env[r]:
-                env[r] = y
-                if r == 0:
-                    best_line = g
+    envs = np.stack([stats.frontier_at(np.stack([res_means[m]["ref_nll"] for m in ms], 1),
+                                       np.stack([res_means[m]["semantic_distance"] for m in ms], 1),
+                                       me["ref_nll"], frontier="line") for ms in lines.values()], 1)  # (R, lines)
+    reached = np.isfinite(envs).any(1)
+    env = np.where(reached, np.max(np.where(np.isfinite(envs), envs, -np.inf), 1), np.nan)
     d = me["semantic_distance"] - env
     if not math.isfinite(d[0]):
         return {"delta": float("nan"), "ci": [float("nan")] * 2, "best_line": None}
+    best_line = list(lines)[int(np.nanargmax(envs[0]))]
     return {"delta": float(d[0]), "ci": list(stats.interval(d[1:])), "best_line": best_line}
 
 
@@ -635,16 +622,17 @@ def matched_quality(res_means: dict[Contender, dict], baselines: list[Contender]
     out = {"hull_edge": [baselines[i].label for i in dict.fromkeys(edge)] if edge else None}
     for metric in VERDICT_METRICS:
         ys = np.stack([res_means[b][metric] for b in baselines], 1)
-        env = stats.hull_at(xs, ys, me["ref_nll"], upper=metric not in LOWER_IS_BETTER)
+        upper = metric not in LOWER_IS_BETTER
+        m = stats.matched(me["ref_nll"], me[metric], xs, ys, frontier="hull", upper=upper)
         if metric == "semantic_distance":
-            out["covered"] = float(np.isfinite(env[1:]).mean())
-        d = me[metric] - env
-        if not math.isfinite(d[0]):
+            out["covered"] = m["covered"] if m else float(np.isfinite(
+                stats.frontier_at(xs, ys, me["ref_nll"], upper=upper)[1:]).mean())
+        if m is None:
             out[metric] = None
             continue
-        c_ci, e_ci = stats.interval(me[metric][1:]), stats.interval(env[1:])
-        out[metric] = {"delta": float(d[0]), "ci": list(stats.interval(d[1:])), "setting": float(me[metric][0]),
-                       "setting_ci": list(c_ci), "baseline": float(env[0]), "baseline_ci": list(e_ci),
+        c_ci, e_ci = stats.interval(me[metric][1:]), m["baseline_ci"]
+        out[metric] = {"delta": m["delta"], "ci": m["ci"], "setting": float(me[metric][0]),
+                       "setting_ci": list(c_ci), "baseline": m["baseline"], "baseline_ci": e_ci,
                        "disjoint_above": bool(c_ci[0] > e_ci[1]), "disjoint_below": bool(c_ci[1] < e_ci[0])}
     return out
 

@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
 from .report import finite_json, write_json_atomic
-from .stats import bootstrap_indices, interpolate_frontier, interval
+from .stats import bootstrap_indices, matched, resampled_means
 
 MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
@@ -414,25 +414,21 @@ def goals(records: dict[str, list[dict]], budgets: list[int], rows: list[dict], 
 
 def _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed) -> list[dict]:
     """Per thought setting and budget: its distinct correct solutions per puzzle minus the temperature
-    line's at the same success rate (:func:`.stats.interpolate_frontier`; no comparison outside the
-    line's range), with a 95% paired bootstrap interval over puzzles."""
+    line's at the same success rate (:func:`.stats.matched` on the temperature line; no comparison
+    outside the line's range), with a 95% paired bootstrap interval over puzzles and the fraction of
+    resamples that had a comparison (``covered``: the statistics module's NaN policy)."""
     idx = bootstrap_indices(len(next(iter(records.values()))), resamples, seed)
     res = []
     for b in budgets:
-        per = {lab: np.array([at_budget(r, b)[:2] for r in records[lab]], float) for lab in temps + thoughts}
-        line = np.array([per[t].mean(axis=0) for t in temps])  # (temps, [success, distinct])
-        boot = {lab: per[lab][idx].mean(axis=1) for lab in per}  # (resamples, 2)
+        means = {lab: resampled_means(np.array([at_budget(r, b)[:2] for r in records[lab]], float), idx)
+                 for lab in temps + thoughts}  # (resamples + 1, [success, distinct])
+        line = np.stack([means[t] for t in temps], 1)  # (resamples + 1, temps, 2)
         for th in thoughts:
-            success, distinct = per[th].mean(axis=0)
-            ref = interpolate_frontier(line[:, 0], line[:, 1], success)
-            entry = {"setting": th, "budget": b, "success": float(success), "distinct": float(distinct),
-                     "temperature_line": None if np.isnan(ref) else ref}
-            if not np.isnan(ref):
-                deltas = np.array([boot[th][i, 1] - interpolate_frontier(np.array([boot[t][i, 0] for t in temps]),
-                                                                         np.array([boot[t][i, 1] for t in temps]),
-                                                                         boot[th][i, 0]) for i in range(resamples)])
-                entry["delta"] = float(distinct - ref)
-                entry["ci"] = list(interval(deltas)) if np.isfinite(deltas).mean() >= 0.9 else None
+            m = matched(means[th][:, 0], means[th][:, 1], line[..., 0], line[..., 1], frontier="line")
+            entry = {"setting": th, "budget": b, "success": float(means[th][0, 0]),
+                     "distinct": float(means[th][0, 1]), "temperature_line": None if m is None else m["baseline"]}
+            if m is not None:
+                entry |= {"delta": m["delta"], "ci": m["ci"], "covered": m["covered"]}
             res.append(entry)
     return res
 
@@ -529,6 +525,8 @@ def _goals_markdown(g: dict) -> list[str]:
                          "line's range: no matched comparison.")
             else:
                 ci = f" [{e['ci'][0]:+.2f}, {e['ci'][1]:+.2f}]" if e.get("ci") else ""
+                if e.get("covered", 1.0) < 1.0:
+                    ci += f" (compared in {e['covered']:.0%} of the resamples)"
                 L.append(f"  - {e['setting']} @ {e['budget']}: {e['distinct']:.2f} vs {e['temperature_line']:.2f} "
                          f"at success {e['success']:.2f}: {e['delta']:+.2f}{ci}")
     if "above_floor" in g:

@@ -1,11 +1,19 @@
-"""Small statistics for the experiments: paired bootstrap intervals and correlations.
+"""Small statistics for the experiments: paired bootstrap intervals, correlations, and the one
+matched-quality comparison every report's verdict uses (:func:`matched`).
 
-Bootstrap (Efron & Tibshirani 1993): prompts are the resampling unit, and every contender is
-resampled with the *same* prompt indices, so differences between contenders are paired.
+Bootstrap (Efron & Tibshirani 1993): prompts (or puzzles) are the resampling unit, and every
+contender is resampled with the *same* indices, so differences between contenders are paired.
 Percentile intervals at 95%.
+
+**NaN policy** (one for every report): a resample where the setting's quality lies outside the
+baselines' range has no comparison (NaN) and is left out of the interval; :func:`matched` reports the
+fraction of resamples that had one (``covered``), and no comparison at all (None) when the setting's
+point estimate lies outside the range.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -85,6 +93,73 @@ def hull_at(xs: np.ndarray, ys: np.ndarray, x: np.ndarray | float, upper: bool =
     val = np.where(valid, val, fill)
     best = val.max((1, 2)) if upper else val.min((1, 2))
     return np.where(np.isfinite(best), best, np.nan)
+
+
+FRONTIERS = ("hull", "line")
+
+
+def frontier_at(xs: np.ndarray, ys: np.ndarray, x: np.ndarray, *, frontier: str = "hull",
+                upper: bool = True) -> np.ndarray:
+    """The baselines' frontier at quality ``x``, per resample.
+
+    Args:
+        xs, ys: (R, N) the N baseline settings' quality and metric in each of R resamples.
+        x: (R,) the quality to read the frontier at.
+        frontier: ``"hull"``, the upper concave (``upper``) or lower convex hull of all the points
+            pooled (:func:`hull_at`: what a mixture of baseline settings reaches), or ``"line"``, the
+            piecewise-linear curve through the points in order of quality (one family's line:
+            :func:`interpolate_frontier`).
+    Returns:
+        (R,) the frontier's value, NaN where ``x`` lies outside the points' range.
+    """
+    if frontier not in FRONTIERS:
+        raise ValueError(f"frontier must be one of {FRONTIERS}, got {frontier!r}")
+    xs, ys = np.atleast_2d(np.asarray(xs, float)), np.atleast_2d(np.asarray(ys, float))
+    x = np.broadcast_to(np.asarray(x, float), (xs.shape[0],))
+    if frontier == "hull":
+        return hull_at(xs, ys, x, upper=upper)
+    out = np.full(xs.shape[0], np.nan)
+    for r in range(xs.shape[0]):
+        ok = np.isfinite(xs[r]) & np.isfinite(ys[r])
+        if ok.sum() >= 2 and np.isfinite(x[r]):
+            out[r] = interpolate_frontier(xs[r][ok], ys[r][ok], x[r])
+    return out
+
+
+def matched(x: np.ndarray, y: np.ndarray, base_x: np.ndarray, base_y: np.ndarray, *, frontier: str = "hull",
+            upper: bool = True) -> dict | None:
+    """A setting's metric minus the baselines' frontier at the setting's own quality, paired over resamples.
+
+    Args:
+        x, y: (R + 1,) the setting's quality and metric: entry 0 over all units, entries 1..R over
+            each bootstrap resample (the same resamples as the baselines').
+        base_x, base_y: (R + 1, N) the same for N baseline settings.
+        frontier, upper: see :func:`frontier_at`.
+    Returns:
+        None when entry 0 of ``x`` lies outside the baselines' range (no comparison); otherwise
+        ``{"delta", "ci", "baseline", "baseline_ci", "covered", "frontier"}``: the point difference,
+        its 95% interval over the resamples that have a comparison (the module's NaN policy), the
+        frontier's value and interval, and the fraction of resamples with a comparison.
+    """
+    env = frontier_at(base_x, base_y, x, frontier=frontier, upper=upper)
+    d = np.asarray(y, float) - env
+    if not np.isfinite(d[0]):
+        return None
+    defined = np.isfinite(d[1:])
+    ci = list(interval(d[1:])) if defined.any() else [float("nan"), float("nan")]
+    e_ci = list(interval(env[1:])) if defined.any() else [float("nan"), float("nan")]
+    return {"delta": float(d[0]), "ci": ci, "baseline": float(env[0]), "baseline_ci": e_ci,
+            "covered": float(defined.mean()), "frontier": frontier}
+
+
+def resampled_means(per_unit: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """(R + 1, ...) the mean of ``per_unit`` (units first) over all units (entry 0) and over each
+    resample of ``idx`` (R, n_units): the input :func:`matched` takes. Units without a value (NaN)
+    are left out of each mean (NaN only where no unit has one)."""
+    per_unit = np.asarray(per_unit, float)
+    with warnings.catch_warnings():  # a unit without a value (NaN: e.g. an empty text) is left out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.concatenate([np.nanmean(per_unit, 0, keepdims=True), np.nanmean(per_unit[idx], 1)])
 
 
 def hull_vertices(xs: np.ndarray, ys: np.ndarray, x: float) -> tuple[int, int] | None:
