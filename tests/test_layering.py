@@ -155,8 +155,9 @@ FLOORS = {
     "metrics": 4, "training": 4,
     "generation": 5,
     "tasks": 6, "hf": 6,
-    "experiments": 7, "serve": 7,
-    "cli": 8,
+    "api": 7,
+    "experiments": 8, "serve": 8,
+    "cli": 9,
 }
 
 

@@ -283,6 +283,40 @@ PRESETS["shakespeare-char-mot"] = {"model": {**PRESETS["shakespeare-char"]["mode
                                    "train": dict(PRESETS["shakespeare-char"]["train"])}
 
 
+LAYER_SETS = ("all", "lower", "upper")
+
+
+def layer_set(spec: str | list[int], n_layer: int) -> list[int]:
+    """The decoder layers a ``--layers`` value names, for a model of ``n_layer`` layers: ``all``,
+    ``lower`` (the first half), ``upper`` (the second half), ``topN`` (the last N), comma-separated
+    indices (``0,2,5``) or a list of indices. The one parser behind every ``--layers`` (``mot think``,
+    ``mot graft``, ``mot train-branches``, the comparison's grid); an empty set or an index out of
+    range is a :class:`ConfigError`."""
+    if isinstance(spec, str):
+        spec = spec.strip().lower()
+        if spec.startswith("top"):
+            n = int(spec[3:]) if spec[3:].isdigit() else 0
+            if not 1 <= n <= n_layer:
+                raise ConfigError(f"layers {spec!r}: topN needs N in [1, {n_layer}]")
+            return list(range(n_layer - n, n_layer))
+        if spec == "all":
+            return list(range(n_layer))
+        if spec == "lower":
+            return list(range(n_layer // 2))
+        if spec == "upper":
+            return list(range(n_layer // 2, n_layer))
+        try:
+            spec = [int(v) for v in spec.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"layers must be all, lower, upper, topN or comma-separated indices like 0,2,5; "
+                              f"got {spec!r}") from None
+    idx = sorted({int(i) for i in spec})
+    bad = [i for i in idx if not 0 <= i < n_layer]
+    if bad or not idx:
+        raise ConfigError(f"layers must be all, lower, upper, topN or indices in [0, {n_layer - 1}], got {spec!r}")
+    return idx
+
+
 def preset(name: str) -> dict[str, dict[str, Any]]:
     """A deep copy of preset ``name`` as ``{"model": {...}, "train": {...}}``."""
     if name not in PRESETS:

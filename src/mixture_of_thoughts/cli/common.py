@@ -9,7 +9,6 @@ Heavy imports (torch, transformers) stay inside the functions, so ``mot --help``
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -104,25 +103,11 @@ def load_run(run, *, expect=None, which="best", device=None):
     return load_checkpoint(run or DEFAULT_MODEL, which=which, device=resolve_device(device), expect=expect)
 
 
-def is_hf_dir(p: Path) -> bool:
-    """A Hugging Face model directory: its config.json names a ``model_type``."""
-    try:
-        return "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-
-
 def load_hf(path: str, device: str | None = None):
     """(model, tokenizer) from a mixture_of_thoughts run, or any model ``hf.registry.load_pretrained``
-    takes (a registry name such as smollm2, a grafted or Hugging Face directory, a hub id)."""
-    from ..hf.graft import is_grafted_dir
-    from ..training.checkpoint import is_checkpoint, is_run
+    takes (a registry name such as smollm2, a grafted or Hugging Face directory, a hub id), as
+    :func:`..api.load` loads it without grafting."""
+    from ..api import is_char_model, load
 
-    p = Path(path)
-    if p.is_dir() and not is_grafted_dir(p) and (is_run(p) or (is_checkpoint(p) and not is_hf_dir(p))):
-        ck = load_run(p, device=device or "cpu")
-        return ck.model.eval(), ck.tokenizer
-    from ..hf.registry import load_pretrained
-
-    model, tok, _ = load_pretrained(path, device)
-    return model, tok
+    th = load(path, graft=None, device=device or ("cpu" if is_char_model(path) else None))
+    return th.model, th.tokenizer

@@ -192,9 +192,9 @@ def think_pretrained(args, branch_seeds, creativity):
     ``None`` when neither is given (then ``mot think`` loads a char run as usual). An ungrafted model is
     grafted on the fly, training-free (every branch a copy of the MLP, router zero), on ``--layers``.
     With ``--learned DIR`` the model (default: the one the branches were trained on) decodes with them."""
+    from ..api import load
     from ..hf.generate import think_hf, uses_chat
-    from ..hf.graft import graft, is_grafted_dir
-    from ..hf.registry import load_pretrained
+    from ..hf.graft import is_grafted_dir
 
     if args.learned:
         return _think_learned(args, branch_seeds, creativity)
@@ -203,10 +203,9 @@ def think_pretrained(args, branch_seeds, creativity):
         return None
     if args.compile:
         raise ConfigError("--compile decodes the project's own models (a run directory); drop it for --model")
-    model, tok, src = load_pretrained(name, args.device)
-    kind = f"{src.kind} {model.config.model_type}"
-    if not hasattr(model, "mot_graft"):
-        graft(model, graft_layers(args.layers, model.config.num_hidden_layers), noise_mode=args.noise_mode)
+    th = load(name, graft=args.layers, noise_mode=args.noise_mode, device=args.device)
+    model, tok, kind = th.model, th.tokenizer, th.source
+    if th.grafted_now:
         kind += f", grafted on the fly on {args.layers} layers, {args.noise_mode} noise"
     chat = uses_chat(tok, False if args.no_chat else None)
     kw = dict(branches=args.branches, seed=args.seed, branch_seeds=branch_seeds, creativity=creativity,
@@ -261,18 +260,6 @@ def _think_learned(args, branch_seeds, creativity):
     kind = (f"{src.kind} {model.config.model_type}, {B} learned branches from {args.learned} on layers "
             f"{','.join(map(str, module.layers))} (row i: branch i mod {B})")
     return res, name, kind + (", chat template" if chat else "")
-
-
-def graft_layers(spec: str, n_layer: int):
-    """``--layers`` of a graft: all, lower (first half), upper (second half), or indices like 0,2,5."""
-    if spec == "lower":
-        return list(range(n_layer // 2))
-    if spec == "upper":
-        return list(range(n_layer // 2, n_layer))
-    parsed = parse_layers(spec)
-    if parsed == "none":
-        raise ConfigError("--layers none grafts nothing: use all, lower, upper or indices")
-    return parsed
 
 
 def _top_branches(load: list[float], n: int = 2) -> str:

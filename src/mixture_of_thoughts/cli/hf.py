@@ -12,18 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
-from .common import DATA_HELP, load_hf, parse_layers, read_corpus
-
-
-def _graft_layers(s: str):
-    """``--layers``: ``all`` or comma-separated indices (the syntax of ``mot train --thought-layers``)."""
-    try:
-        layers = None if s == "none" else parse_layers(s)
-    except argparse.ArgumentTypeError:
-        layers = None
-    if layers is None or layers == []:
-        raise ConfigError(f"--layers must be 'all' or comma-separated layer indices, got {s!r}")
-    return layers
+from .common import DATA_HELP, load_hf, read_corpus
 
 
 def _read_lines(path: str, what: str) -> list[str]:
@@ -128,9 +117,8 @@ def cmd_graft(args) -> int:
     if args.steps < 1 or args.log_every < 1:
         raise ConfigError("--steps and --log-every must be >= 1")
     text = read_corpus(args.data)  # resolved as by every --data: a path or 'shakespeare'
-    layers = _graft_layers(args.layers)
     model, tok, _ = load_pretrained(args.model, args.device)
-    graft(model, layers, n_branches=args.branches, k=args.k, creativity=args.creativity,
+    graft(model, args.layers, n_branches=args.branches, k=args.k, creativity=args.creativity,
           route=args.route, noise_init=args.noise_init, seed=args.seed)
     trainable, total = freeze_except_thoughts(model, branches=args.train_branches)
     ids = _token_ids(tok, text, args.data)
@@ -321,7 +309,7 @@ def _graft_flags(g) -> None:
 
     g.add_argument("--model", default=DEFAULT,
                    help=f"a causal LM: {DEFAULT} (offline, the default), a local Hugging Face directory or a hub id")
-    g.add_argument("--layers", default="all", help="all, or comma-separated layer indices")
+    g.add_argument("--layers", default="all", help="decoder layers to graft: all, lower, upper, or 0,2,5")
     g.add_argument("--branches", type=int, default=4, help="E, branches per grafted layer")
     g.add_argument("--k", type=int, default=2, help="branches active per token")
     g.add_argument("--creativity", type=float, default=1.0,

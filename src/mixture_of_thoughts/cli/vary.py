@@ -42,13 +42,13 @@ def cmd_vary(args) -> int:
     ways = args.ways
     resolve_ways(ways, load_ways(args.ways_file))  # a bad file or way is reported before the model loads
 
-    from ..hf.registry import load_pretrained
+    from ..api import load
 
-    model, tok, _ = load_pretrained(args.model, args.device)
-    if args.creativity > 0 and not hasattr(model, "mot_graft"):
-        from ..hf.graft import graft
-
-        graft(model, "all")
+    th = load(args.model, graft="all" if args.creativity > 0 else None, device=args.device)
+    if th.kind != "hf":
+        raise ConfigError(f"--model {args.model}: mot vary rewrites with a pretrained instruct model (e.g. smollm2), "
+                          "not a character run")
+    model, tok = th.model, th.tokenizer
     res = vary(model, tok, args.text, ways, variants=args.variants, creativity=args.creativity, seed=args.seed,
                max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                top_p=args.top_p, min_p=args.min_p, ways_file=args.ways_file, chat=False if args.no_chat else None)

@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..config import ThoughtConfig
-from ..errors import CheckpointError, ConfigError, GraftError
+from ..config import ThoughtConfig, layer_set
+from ..errors import CheckpointError, GraftError
 from ..layers.thoughts import ThoughtsFFN
 from ..rng import GeneratorNoise, RowNoise
 from ._compat import require_transformers
@@ -300,7 +300,8 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
 
     Args:
         model: a Hugging Face causal LM of a supported architecture (see ``SUPPORTED``).
-        layers: ``"all"`` or decoder layer indices.
+        layers: ``"all"``, ``"lower"``, ``"upper"``, ``"0,2,5"`` or decoder layer indices
+            (:func:`..config.layer_set`).
         n_branches, k, creativity, route, noise_init, noise_scale, noise_mode: the :class:`ThoughtConfig` fields
             (ignored when ``thoughts`` is given). The default noise is relative: at creativity c a
             branch's input and hidden pre-activation get Gaussian noise of std ``c * noise_init`` times
@@ -318,13 +319,7 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
         raise GraftError("this model is already grafted")
     blocks = _get(model, path)
     n = len(blocks)
-    if layers == "all":
-        idx = list(range(n))
-    else:
-        idx = sorted({int(i) for i in layers})
-        bad = [i for i in idx if not 0 <= i < n]
-        if bad or not idx:
-            raise ConfigError(f"layers must be 'all' or indices in [0, {n - 1}], got {layers!r}")
+    idx = layer_set(layers, n)
     cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
                                     noise_init=noise_init, noise_scale=noise_scale, noise_mode=noise_mode,
                                     balance_coef=0.01, z_coef=1e-3)

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import layer_set
 from ..errors import CheckpointError, ConfigError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, ThinkResult, decode, left_pad
@@ -143,27 +144,9 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 def resolve_layers(spec: str | Sequence[int], n_layers: int) -> list[int]:
-    """``topN`` (the last N decoder layers), ``all``, or indices (``"26,27"`` or a list), checked."""
-    if isinstance(spec, str):
-        s = spec.strip().lower()
-        if s == "all":
-            return list(range(n_layers))
-        if s.startswith("top"):
-            try:
-                n = int(s[3:])
-            except ValueError:
-                n = 0
-            if not 1 <= n <= n_layers:
-                raise ConfigError(f"layers {spec!r}: topN needs N in [1, {n_layers}]")
-            return list(range(n_layers - n, n_layers))
-        try:
-            spec = [int(v) for v in s.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"layers must be topN, all or comma-separated indices, got {spec!r}") from None
-    idx = sorted({int(i) for i in spec})
-    if not idx or not all(0 <= i < n_layers for i in idx):
-        raise ConfigError(f"layers must be indices in [0, {n_layers - 1}], got {list(spec)!r}")
-    return idx
+    """``topN`` (the last N decoder layers), ``all``, ``lower``, ``upper`` or indices, checked
+    (:func:`..config.layer_set`)."""
+    return layer_set(spec, n_layers)
 
 
 def new_branches(model: nn.Module, branches: int, layers: str | Sequence[int] = "top4", *, model_name: str = "",

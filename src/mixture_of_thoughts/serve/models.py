@@ -60,43 +60,17 @@ class ServedModel:
         return d
 
 
-def _char_model(name: str, path: Path, device) -> ServedModel:
-    from ..device import resolve_device
-    from ..training.checkpoint import load_checkpoint
+def _served(name: str, spec, device) -> ServedModel:
+    """A model as :func:`..api.load` loads it (a pretrained one grafted on all layers, as ``mot think``)."""
+    from ..api import load
 
-    ck = load_checkpoint(path, device=resolve_device(device))
-    cfg = ck.model.config
-    layers = [b.layer_idx for b in ck.model.blocks if b.is_thought]
-    E = cfg.thoughts.n_branches if layers else 0
-    return ServedModel(name, "diffusion" if ck.objective == "diffusion" else "ar", ck.model.eval(), ck.tokenizer,
-                       str(path), layers, E)
+    th = load(spec, device=device)
+    chat = False
+    if th.kind == "hf":
+        from ..hf.generate import uses_chat
 
-
-def _hf_model(name: str, spec: str, device) -> ServedModel:
-    from ..hf.generate import uses_chat
-    from ..hf.graft import graft
-    from ..hf.registry import load_pretrained
-
-    model, tok, _ = load_pretrained(spec, device)
-    if not hasattr(model, "mot_graft"):
-        graft(model, "all")  # training-free, as `mot think --model NAME` grafts on the fly
-    layers = list(model.mot_graft.spec.layers)
-    E = model.mot_graft.spec.thoughts.n_branches
-    return ServedModel(name, "hf", model, tok, spec, layers, E, chat=uses_chat(tok, None))
-
-
-def _is_char_checkpoint(p: Path) -> bool:
-    from ..training.checkpoint import is_checkpoint, is_run
-
-    if not p.is_dir():
-        return False
-    try:
-        import json
-
-        hf = "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        hf = False
-    return is_run(p) or (is_checkpoint(p) and not hf)
+        chat = uses_chat(th.tokenizer, None)
+    return ServedModel(name, th.kind, th.model, th.tokenizer, str(spec), th.thought_layers, th.n_branches, chat=chat)
 
 
 def _short_name(spec: str) -> str:
@@ -127,15 +101,12 @@ def load_models(specs: list[str] | None = None, *, device: str | None = None,
         out[name] = load(name)
 
     if include_shipped:
-        add(SHIPPED_NAME, lambda n: _char_model(n, SHIPPED, device))
+        add(SHIPPED_NAME, lambda n: _served(n, SHIPPED, device))
     for spec in specs or []:
         p = Path(spec).expanduser()
-        if _is_char_checkpoint(p):
-            add(_short_name(spec), lambda n, p=p: _char_model(n, p, device))
-        elif p.exists() and not p.is_dir():
+        if p.exists() and not p.is_dir():
             raise ConfigError(f"--model {spec}: a file, not a run or model directory")
-        else:
-            add(_short_name(spec), lambda n, s=spec: _hf_model(n, s, device))
+        add(_short_name(spec), lambda n, s=spec: _served(n, s, device))
     if not out:
         raise ConfigError("no model to serve")
     return out
