@@ -220,10 +220,10 @@ def test_zero_vectors_decode_like_the_plain_model(model, tok):
     zero = L.new_branches(model, 3, "all")
     ids_list = [_enc(tok, "the cat"), _enc(tok, "a")]
     got = L.generate_learned(model, tok, zero, ids_list, [5, 6, 7], max_new_tokens=8, temperature=1.0)
-    plain = L._decode_rows(model, tok, [ids for ids in ids_list for _ in range(3)], [5, 6, 7] * 2,
+    plain = L.decode_rows(model, tok, [ids for ids in ids_list for _ in range(3)], [5, 6, 7] * 2,
                            max_new_tokens=8, temperature=1.0)
     assert [g[0] for g in got] == [p[0] for p in plain] and len(got) == 6
-    shared = L._decode_rows(model, tok, [ids for ids in ids_list for _ in range(3)], [5, 6, 7] * 2,
+    shared = L.decode_rows(model, tok, [ids for ids in ids_list for _ in range(3)], [5, 6, 7] * 2,
                             max_new_tokens=8, temperature=1.0, shared=3)  # each prompt prefilled once
     assert [x[0] for x in shared] == [p[0] for p in plain]
     assert [x[2] for x in shared] == pytest.approx([p[2] for p in plain], abs=1e-5)
@@ -268,7 +268,7 @@ def test_build_branch_data_filters_and_counts(model, tok, tmp_path):
     resp = r0["responses"][0]
     j = resp["seed"] - 7 - 1000 * i
     assert 0 <= j < 4
-    (alone,) = L._decode_rows(model, tok, [r0["prompt_ids"]], [resp["seed"]], max_new_tokens=6, temperature=1.0)
+    (alone,) = L.decode_rows(model, tok, [r0["prompt_ids"]], [resp["seed"]], max_new_tokens=6, temperature=1.0)
     assert alone[0] == resp["ids"] and alone[2] == pytest.approx(resp["nll"], abs=1e-3)
     # a strict NLL bound drops everything, and the prompts with it
     none, st = D.build_branch_data(model, tok, prompts, responses=2, max_new_tokens=4, max_nll=0.01, embedder=None)

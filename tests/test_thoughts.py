@@ -331,10 +331,10 @@ def test_route_argument_equals_the_configured_route():
 
 @pytest.mark.parametrize("chunk", [512, 3])  # 3: the 7 rows' dot products in chunks of 3, 3 and 1
 def test_custom_autograd_pieces_pass_gradcheck(monkeypatch, chunk):
-    from mixture_of_thoughts.layers import thoughts
-    from mixture_of_thoughts.layers.thoughts import _AddScaledNoise, _ScaleRows, _SlicedMM
+    from mixture_of_thoughts.layers import kernels
+    from mixture_of_thoughts.layers.kernels import _AddScaledNoise, _ScaleRows, _SlicedMM
 
-    monkeypatch.setattr(thoughts, "ROW_DOTS_CHUNK", chunk)
+    monkeypatch.setattr(kernels, "ROW_DOTS_CHUNK", chunk)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
     w = torch.randn(4, 5, 3, dtype=torch.float64, generator=g, requires_grad=True)
@@ -351,18 +351,18 @@ def test_custom_autograd_pieces_pass_gradcheck(monkeypatch, chunk):
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 11])
 def test_row_dots_in_chunks_equals_the_row_sums_of_the_product(monkeypatch, rows):
-    from mixture_of_thoughts.layers import thoughts
+    from mixture_of_thoughts.layers import kernels
 
-    monkeypatch.setattr(thoughts, "ROW_DOTS_CHUNK", 4)  # 11 rows: two full chunks and a remainder
+    monkeypatch.setattr(kernels, "ROW_DOTS_CHUNK", 4)  # 11 rows: two full chunks and a remainder
     g = torch.Generator().manual_seed(3)
     a, b = (torch.randn(rows, 6, dtype=torch.float64, generator=g) for _ in range(2))
-    got = thoughts.row_dots(a, b)
+    got = kernels.row_dots(a, b)
     assert got.shape == (rows,) and got.dtype == torch.float64
     torch.testing.assert_close(got, (a * b).sum(-1), rtol=0, atol=1e-12)
     # a strided gradient (a transposed view) and a float32 pair
     at = torch.randn(6, rows, dtype=torch.float64, generator=g).t()
-    torch.testing.assert_close(thoughts.row_dots(at, b), (at * b).sum(-1), rtol=0, atol=1e-12)
-    torch.testing.assert_close(thoughts.row_dots(a.float(), b.float()), (a * b).sum(-1).float())
+    torch.testing.assert_close(kernels.row_dots(at, b), (at * b).sum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(kernels.row_dots(a.float(), b.float()), (a * b).sum(-1).float())
 
 
 def test_aux_off_keeps_the_output_and_the_routing_statistics():

@@ -387,13 +387,13 @@ def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[i
         if texts is None:
             raise ConfigError("vary needs the prompts' texts")
         rows, row_seeds = _vary_rows(model, tok, c, ids_list, texts, seeds, max_new_tokens, dev)
-        return _decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
+        return decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
     if c.family == "temperature" and c.temperature == 0 and len(seeds) > 1:
         one = _generate(model, tok, c, ids_list, seeds[:1], max_new_tokens, dev)
         return [r for r in one for _ in seeds]
     rows = [ids for ids in ids_list for _ in seeds]
     row_seeds = [s for _ in ids_list for s in seeds]
-    return _decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
+    return decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
 
 
 def _vary_rows(model, tok, c: Contender, ids_list, texts, seeds, max_new_tokens, dev):
@@ -417,7 +417,7 @@ def _vary_rows(model, tok, c: Contender, ids_list, texts, seeds, max_new_tokens,
 
 
 @torch.no_grad()
-def _decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list[int], max_new_tokens: int,
+def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list[int], max_new_tokens: int,
                  dev) -> list[tuple[list[int], str, float]]:
     """Each row (prompt ids) decoded with its own seed under ``c``'s sampling and thought noise, in one
     left-padded pass: ``(continuation ids, text, mean NLL under the decoding model)`` per row."""
@@ -425,10 +425,10 @@ def _decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: lis
     from ..generation.decoder import Sampling, decode
     from ..hf.generate import stop_token_ids
     from ..hf.graft import thought_noise
-    from ..hf.vary import RowPositionNoise, _pad_id, left_pad, padded_hf_step
+    from ..hf.vary import RowPositionNoise, left_pad, pad_token_id, padded_hf_step
     from ..rng import RowNoise
 
-    ids, mask = left_pad(rows, _pad_id(tok), dev)
+    ids, mask = left_pad(rows, pad_token_id(tok), dev)
     look = min(LOOKAHEAD, max_new_tokens)
     noise = RowPositionNoise(RowNoise(row_seeds, dev), ids.shape[1] - mask.sum(-1), lookahead=look)
     hot = c.family == "two-phase"
@@ -757,9 +757,9 @@ def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
                   ylabel: str = "mean pairwise semantic distance (higher = more diverse)") -> None:
     """``metric`` against reference NLL with 95% intervals on both axes: the hull of all baseline points
     pooled (thick grey), each baseline family's points (thin lines), each contender group's points."""
-    from .report import _plt
+    from .report import agg_pyplot
 
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
     curve = res.get("hull", {}).get("curve", {})
     if metric in curve:
@@ -860,7 +860,7 @@ def _learned_section(res: dict, out: Path) -> list[str]:
     """For each learned setting's branches: the training data's counts, the loss curves and branch usage
     (``history.json`` and ``data.stats.json`` beside the branches), plotted to ``learned-<name>.png``."""
     from ..hf.learned import branches_dir
-    from .report import _plt
+    from .report import agg_pyplot
 
     L = []
     for name in dict.fromkeys(r["setting"]["learned"] for r in res["rows"] if r["family"] == "learned"):
@@ -873,7 +873,7 @@ def _learned_section(res: dict, out: Path) -> list[str]:
         data = {}
         if (d / "data.stats.json").is_file():
             data = json.loads((d / "data.stats.json").read_text(encoding="utf-8"))
-        plt = _plt()
+        plt = agg_pyplot()
         fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
         steps = h["steps"]
         a.plot([s["step"] for s in steps], [s["mixture_nll"] for s in steps], lw=0.8, label="train mixture NLL (step)")

@@ -437,11 +437,11 @@ def _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed)
 
 
 def write_report(res: dict, out: Path) -> None:
-    from .report import _plt
+    from .report import agg_pyplot
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(finite_json(res), indent=1), encoding="utf-8")
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for m in dict.fromkeys(r["method"] for r in res["rows"]):
         rs = [r for r in res["rows"] if r["method"] == m]

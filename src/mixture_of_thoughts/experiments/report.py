@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def agg_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def _plt():
 
 
 def plot_frontier(res: dict, path: Path, metric: str = "self_bleu", ylabel: str = "self-BLEU-4 (lower = more diverse)"):
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
 
     def draw(rows, label, fmt):
@@ -59,7 +59,7 @@ def plot_frontier(res: dict, path: Path, metric: str = "self_bleu", ylabel: str 
 
 
 def plot_mechanism(res: dict, path: Path):
-    plt = _plt()
+    plt = agg_pyplot()
     layers = res["mechanism"]["layers"]
     names = sorted(layers, key=int)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
@@ -85,7 +85,7 @@ def plot_mechanism(res: dict, path: Path):
 
 
 def plot_training(res: dict, path: Path):
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, recs in res["training_curves"].items():
         if recs:

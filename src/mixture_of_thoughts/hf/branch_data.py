@@ -21,7 +21,7 @@ from torch import nn
 from ..data.jsonl import parse_jsonl
 from ..errors import ConfigError, DataError
 from .generate import prompt_ids, uses_chat
-from .learned import Progress, _check_int, _decode_rows
+from .learned import Progress, check_int, decode_rows
 
 # Response j of prompt i is sampled with seed ``seed + i * RESPONSE_SEED_STRIDE + j``: every response
 # has its own seed, reproducible alone, and adding prompts changes no earlier response.
@@ -63,9 +63,9 @@ def build_branch_data(model: nn.Module, tokenizer, prompts: Sequence[dict], *, r
     from ..metrics.semantic import degenerate
 
     t0 = time.perf_counter()
-    _check_int("responses", responses, 2, RESPONSE_SEED_STRIDE)
-    _check_int("max_new_tokens", max_new_tokens, 1)
-    _check_int("batch_prompts", batch_prompts, 1)
+    check_int("responses", responses, 2, RESPONSE_SEED_STRIDE)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    check_int("batch_prompts", batch_prompts, 1)
     if not max_nll > 0:
         raise ConfigError(f"max_nll must be > 0 nats, got {max_nll}")
     if not prompts:
@@ -84,7 +84,7 @@ def build_branch_data(model: nn.Module, tokenizer, prompts: Sequence[dict], *, r
     for start in range(0, P, batch_prompts):
         chunk = list(range(start, min(P, start + batch_prompts)))
         seeds = [seed + i * RESPONSE_SEED_STRIDE + j for i in chunk for j in range(R)]
-        res = _decode_rows(model, tokenizer, [ids_list[i] for i in chunk for _ in range(R)], seeds,
+        res = decode_rows(model, tokenizer, [ids_list[i] for i in chunk for _ in range(R)], seeds,
                            max_new_tokens=max_new_tokens, temperature=temperature, shared=R)
         texts = [r[1] for r in res]
         if embedder is not None:

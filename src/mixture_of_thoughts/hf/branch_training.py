@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
-from .learned import LearnedBranches, Progress, _check_int, apply_branches, new_branches, resolve_layers
+from .learned import LearnedBranches, Progress, apply_branches, check_int, new_branches, resolve_layers
 
 OBJECTIVES = ("soft-em", "wta")
 RMS_PROMPTS = 8  # prompt groups on which the hidden-state RMS is measured
@@ -93,10 +93,10 @@ class BranchTrainConfig:
     max_steps: int | None = None  # stop early (smoke runs)
 
     def __post_init__(self):
-        _check_int("branches", self.branches, 1)
-        _check_int("tokens", self.tokens, 1)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_prompts", self.batch_prompts, 1)
+        check_int("branches", self.branches, 1)
+        check_int("tokens", self.tokens, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("batch_prompts", self.batch_prompts, 1)
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("lr", "init_scale"):
@@ -109,7 +109,7 @@ class BranchTrainConfig:
         if not 0 <= self.val_frac < 1:
             raise ConfigError(f"val_frac must be in [0, 1), got {self.val_frac}")
         if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1)
+            check_int("max_steps", self.max_steps, 1)
 
 
 @dataclass

@@ -50,7 +50,7 @@ from ..generation.decoder import left_pad
 from ..generation.sampling import sample_tokens
 from ..rng import RowNoise
 from .generate import check_context, stop_token_ids
-from .vary import PaddedLM, RowPositionNoise, _pad_id
+from .vary import PaddedLM, RowPositionNoise, pad_token_id
 
 __all__ = ["coordinated_generate", "WINDOWS"]
 
@@ -248,7 +248,7 @@ def coordinated_generate(model: nn.Module, tokenizer, ids_list: list[list[int]],
     P, B = len(ids_list), len(seeds)
     W = group_width if temperature == 0 else 1
     rows = [list(ids) for ids in ids_list for _ in range(B * W)]
-    pad_id = _pad_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     ids, mask = left_pad(rows, pad_id, dev)
     T0 = ids.shape[1]
     check_context(model, T0, max_new_tokens)

@@ -22,7 +22,7 @@ from ..rng import RowNoise
 from .graft import thought_noise
 
 
-def _cache_of(out):
+def cache_of(out):
     """The KV cache of an HF output (``cache`` in transformers >= 5.2x, ``past_key_values`` before)."""
     c = getattr(out, "cache", None)
     return c if c is not None else out.past_key_values
@@ -43,7 +43,7 @@ def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | N
             out = model(input_ids=tokens[:, :length], use_cache=True)
         else:
             out = model(input_ids=tokens[:, length - 1:length], use_cache=True, **{cache_kw: past})
-        past = _cache_of(out)
+        past = cache_of(out)
         return Step(out.logits[:, -1, :], routing() if routing is not None else {})
 
     return step

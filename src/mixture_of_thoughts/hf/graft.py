@@ -46,7 +46,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..config import ThoughtConfig, layer_set
 from ..errors import CheckpointError, GraftError
-from ..layers.thoughts import ThoughtsFFN
+from ..layers.thoughts import BRANCH_WEIGHTS, ThoughtsFFN
 from ..rng import GeneratorNoise, RowNoise
 from ._compat import require_transformers
 
@@ -58,7 +58,6 @@ SPEC_FORMAT = 1
 # perturbed by 10% of its RMS. Measured on SmolLM2-135M (greedy, 8 branches): 0.05 already gives 8
 # different texts, 0.1 different openings that stay fluent, 0.4 breaks the language.
 GRAFT_NOISE_INIT = 0.1
-BRANCH_WEIGHTS = ("w_in", "w_up", "w_out", "b_in", "b_up", "b_out")
 # model_type -> (path of the decoder layer list, MLP form)
 SUPPORTED = {"gpt2": ("transformer.h", "gpt2"), "llama": ("model.layers", "gated"),
              "mistral": ("model.layers", "gated"), "qwen2": ("model.layers", "gated")}
@@ -259,7 +258,7 @@ class GraftedThoughts(ThoughtsFFN):
         return out.y
 
 
-def _get(obj, dotted: str):
+def get_path(obj, dotted: str):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
@@ -317,7 +316,7 @@ def graft(model: nn.Module, layers: str | list[int] = "all", *, n_branches: int 
     mtype, path, form = _arch(model)
     if hasattr(model, "mot_graft"):
         raise GraftError("this model is already grafted")
-    blocks = _get(model, path)
+    blocks = get_path(model, path)
     n = len(blocks)
     idx = layer_set(layers, n)
     cfg = thoughts or ThoughtConfig(n_branches=n_branches, k=k, creativity=creativity, route=route,
@@ -352,7 +351,7 @@ def grafted_layers(model: nn.Module) -> dict[int, GraftedThoughts]:
     if not hasattr(model, "mot_graft"):
         raise GraftError("this model is not grafted: call graft(model, ...) first")
     _, path, _ = _arch(model)
-    blocks = _get(model, path)
+    blocks = get_path(model, path)
     return {i: blocks[i].mlp for i in model.mot_graft.spec.layers}
 
 
@@ -417,7 +416,7 @@ def is_grafted_dir(path: str | Path) -> bool:
 def _original_mlps(model):
     """Temporarily put the original MLPs back (to save the base architecture's weights)."""
     _, path, _ = _arch(model)
-    blocks = _get(model, path)
+    blocks = get_path(model, path)
     layers = grafted_layers(model)
     try:
         for i in layers:

@@ -52,9 +52,9 @@ from ..errors import CheckpointError, ConfigError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, ThinkResult, decode, left_pad
 from ..rng import RowNoise
-from .generate import _cache_of, check_context, sample_branches, stop_token_ids
-from .graft import SUPPORTED, _get
-from .vary import RowPositionNoise, _pad_id, padded_hf_step
+from .generate import cache_of, check_context, sample_branches, stop_token_ids
+from .graft import SUPPORTED, get_path
+from .vary import RowPositionNoise, pad_token_id, padded_hf_step
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "branches.json"
@@ -67,7 +67,7 @@ Progress = Callable[[str, int, int, dict], None]  # progress(stage, done, total,
 
 
 
-def _check_int(name: str, v, lo: int, hi: int | None = None) -> None:
+def check_int(name: str, v, lo: int, hi: int | None = None) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
         raise ConfigError(f"{name} must be an integer {rng}, got {v!r}")
@@ -171,7 +171,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     mtype = getattr(model.config, "model_type", None)
     if mtype not in SUPPORTED:
         raise ConfigError(f"learned branches need one of {', '.join(sorted(SUPPORTED))}, got {mtype!r}")
-    return _get(model, SUPPORTED[mtype][0])
+    return get_path(model, SUPPORTED[mtype][0])
 
 
 @contextlib.contextmanager
@@ -320,13 +320,13 @@ def _shared_prefill_step(model: nn.Module, mask: torch.Tensor, shared: int) -> S
         if past is None:
             out = model(input_ids=tokens[::shared, :length], attention_mask=full[::shared, :length],
                         position_ids=pos[::shared, :length], use_cache=True, **keep)
-            past = _cache_of(out)
+            past = cache_of(out)
             past.batch_repeat_interleave(shared)
             logits = out.logits[:, -1, :].repeat_interleave(shared, 0)
         else:
             out = model(input_ids=tokens[:, seen:length], attention_mask=full[:, :length],
                         position_ids=pos[:, seen:length], use_cache=True, **keep, **{cache_kw: past})
-            past, logits = _cache_of(out), out.logits[:, -1, :]
+            past, logits = cache_of(out), out.logits[:, -1, :]
         seen = length
         return Step(logits, {})
 
@@ -334,7 +334,7 @@ def _shared_prefill_step(model: nn.Module, mask: torch.Tensor, shared: int) -> S
 
 
 @torch.no_grad()
-def _decode_rows(model, tokenizer, rows: list[list[int]], seeds: list[int], *, max_new_tokens: int,
+def decode_rows(model, tokenizer, rows: list[list[int]], seeds: list[int], *, max_new_tokens: int,
                  temperature: float, top_p: float | None = None, min_p: float | None = None,
                  branches: LearnedBranches | None = None, row_branch: Sequence[int] | None = None,
                  shared: int = 1):
@@ -345,7 +345,7 @@ def _decode_rows(model, tokenizer, rows: list[list[int]], seeds: list[int], *, m
                        or any(rows[i] != rows[i - i % shared] for i in range(len(rows)))):
         raise ValueError("shared prefill needs runs of equal prompts and no branches")
     dev = next(model.parameters()).device
-    ids, mask = left_pad(rows, _pad_id(tokenizer), dev)
+    ids, mask = left_pad(rows, pad_token_id(tokenizer), dev)
     check_context(model, ids.shape[1], max_new_tokens)
     look = min(LOOKAHEAD, max_new_tokens)
     noise = RowPositionNoise(RowNoise(seeds, dev), ids.shape[1] - mask.sum(-1), lookahead=look)
@@ -376,7 +376,7 @@ def generate_learned(model: nn.Module, tokenizer, branches: LearnedBranches, ids
     if len(branch_of) != len(seeds):
         raise ConfigError(f"branch_of has {len(branch_of)} entries for {len(seeds)} seeds")
     rows = [list(ids) for ids in ids_list for _ in seeds]
-    return _decode_rows(model, tokenizer, rows, [s for _ in ids_list for s in seeds], max_new_tokens=max_new_tokens,
+    return decode_rows(model, tokenizer, rows, [s for _ in ids_list for s in seeds], max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, min_p=min_p, branches=branches,
                         row_branch=[b for _ in ids_list for b in branch_of])
 

@@ -35,7 +35,7 @@ from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
 from ..rng import RowNoise
-from .generate import _cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
+from .generate import cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
 
 WAYS_FILE = Path(__file__).parent.parent / "assets" / "vary_ways.json"
 DEFAULT_WAYS = ("style", "angle", "constraint", "example")
@@ -144,7 +144,7 @@ class PaddedLM:
         kw = {self.cache_kw: self.past} if self.past is not None else {}
         out = self.model(input_ids=tokens[:, self.seen:length], attention_mask=full[:, :length],
                          position_ids=pos[:, self.seen:length], use_cache=True, **self.keep, **kw)
-        self.past, self.seen = _cache_of(out), length
+        self.past, self.seen = cache_of(out), length
         last = out.logits[:, -1, :]
         return last.float() if as_float else last
 
@@ -276,7 +276,7 @@ class VaryResult:
         return "\n".join(lines)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_token_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
         if tid is not None:
             return int(tid)
@@ -327,7 +327,7 @@ def vary(model: nn.Module, tokenizer, text: str, ways: str | Sequence[str] = DEF
             rows.append(ids)
             seeds.append(seed + j)
             labels.append(way)
-    ids, mask = left_pad(rows, _pad_id(tokenizer), dev)
+    ids, mask = left_pad(rows, pad_token_id(tokenizer), dev)
     check_context(model, ids.shape[1], max_new_tokens)
     model.eval()
 

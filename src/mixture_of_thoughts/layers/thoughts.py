@@ -22,8 +22,8 @@ then gathered into dispatch order, so a row's draws never depend on the other ro
 (:class:`~mixture_of_thoughts.rng.GeneratorNoise`, used in training, promises no per-row reproducibility,
 so its branch-noise normals are drawn directly in dispatch order: same distribution, no gather.)
 
-Dispatch sorts the (token, slot) pairs by branch and runs ``F.grouped_mm`` where it works (probed once:
-CUDA, bfloat16), else at most E matmuls on contiguous slices of the sorted rows.
+Dispatch sorts the (token, slot) pairs by branch and runs the branches' matmuls on contiguous slices of
+the sorted rows (:mod:`.kernels`: ``F.grouped_mm`` where it works, else at most E matmuls).
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ from torch import Tensor, nn
 from .. import rng
 from ..config import ThoughtConfig
 from .ffn import activation
+from .kernels import add_scaled_noise, grouped_mm_works, row_dots, row_rms, scale_rows, sliced_mm  # noqa: F401
 
 INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT)
 TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
 COMBINE_DIM_DIVISOR = 4  # the attention combiner's query/key width is d / 4: cheap next to a branch
+# the per-branch stacked weights of a thought layer (w_up and b_up: the gate of a grafted gated MLP only)
+BRANCH_WEIGHTS = ("w_in", "w_up", "w_out", "b_in", "b_up", "b_out")
 DEFAULT_INIT_SEED = 0  # seeds a layer's default init when no generator is given
-SMALL_DISPATCH = 64  # at most this many (token, slot) rows (decoding): one padded bmm instead of E mm calls
-_GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 
 class ThoughtOutput(NamedTuple):
@@ -139,134 +140,6 @@ def branch_cosine(outputs: Tensor, active: Tensor) -> Tensor:
     return (per_token * has).sum() / has.sum().clamp(min=1)
 
 
-def _grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Probe once per (device type, dtype) whether ``F.grouped_mm`` runs forward and backward."""
-    key = (device.type, dtype)
-    if key not in _GROUPED_MM_OK:
-        ok = device.type == "cuda" and dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
-        if ok:
-            try:
-                a = torch.ones(32, 16, device=device, dtype=dtype, requires_grad=True)
-                b = torch.ones(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
-                offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
-                F.grouped_mm(a, b, offs=offs).sum().backward()
-            except (RuntimeError, TypeError, NotImplementedError):
-                ok = False
-        _GROUPED_MM_OK[key] = ok
-    return _GROUPED_MM_OK[key]
-
-
-class _SlicedMM(torch.autograd.Function):
-    """``a[rows of branch e] @ w[e]`` for rows sorted by branch, one ``mm`` per non-empty branch.
-
-    Every product is written with ``out=`` into its slice of one preallocated output, and the backward
-    writes ``grad_a`` and ``grad_w`` the same way: no ``cat`` of the parts and no zero-filled buffers
-    (what ``split`` + ``cat`` under autograd costs). The values are those of ``a_e @ w[e]``.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
-        out = a.new_empty(a.shape[0], w.shape[-1])
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                torch.mm(a[start:start + n], w[e], out=out[start:start + n])
-            start += n
-        if ctx is not None:
-            ctx.save_for_backward(a, w)
-            ctx.counts = counts
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, w = ctx.saved_tensors
-        grad = grad.contiguous()
-        ga = a.new_empty(a.shape) if ctx.needs_input_grad[0] else None
-        gw = None
-        if ctx.needs_input_grad[1]:
-            empty = [e for e, n in enumerate(ctx.counts) if not n]
-            gw = w.new_empty(w.shape)
-            if empty:
-                gw[empty] = 0
-        start = 0
-        for e, n in enumerate(ctx.counts):
-            if n:
-                rows = slice(start, start + n)
-                if ga is not None:
-                    torch.mm(grad[rows], w[e].t(), out=ga[rows])
-                if gw is not None:
-                    torch.mm(a[rows].t(), grad[rows], out=gw[e])
-            start += n
-        return ga, gw, None
-
-
-ROW_DOTS_CHUNK = 512  # rows of the scratch product in row_dots: 512 x 768 floats (1.5 MB) stay in L2
-
-
-def row_dots(a: Tensor, b: Tensor) -> Tensor:
-    """``(M,)``: ``<a[r], b[r]>`` for every row of two ``(M, W)`` tensors.
-
-    The product is formed in chunks of :data:`ROW_DOTS_CHUNK` rows in one scratch buffer that stays in
-    cache, each chunk summed into its slice of the result. A batched matmul of ``M`` 1 x 1 products
-    (the obvious way, and ``einsum``'s) took 20 ms for 16384 x 768 on the machines of
-    ``BENCHMARKS.md``, a full-size ``(a * b).sum(-1)`` 17 ms (mostly first-touch page faults on a
-    50 MB temporary); this takes ~6 ms.
-    """
-    M, W = a.shape
-    out = a.new_empty(M, dtype=torch.promote_types(a.dtype, b.dtype))
-    if M <= ROW_DOTS_CHUNK:
-        return torch.sum(a * b, -1, out=out)
-    buf = out.new_empty(ROW_DOTS_CHUNK, W)
-    for s in range(0, M, ROW_DOTS_CHUNK):  # M / 512 chunks: a few dozen ops for a training batch
-        e = min(s + ROW_DOTS_CHUNK, M)
-        torch.sum(torch.mul(a[s:e], b[s:e], out=buf[:e - s]), -1, out=out[s:e])
-    return out
-
-
-class _AddScaledNoise(torch.autograd.Function):
-    """``x += a[:, None] * n``, in place, for a per-row scale ``a`` (M,) and constant noise ``n`` (M, W).
-
-    In place because ``x`` is always a fresh buffer no backward needs (a gather or a matmul output):
-    a new tensor of this size (tens of MB in training) costs more in first-touch page faults than the
-    addition itself (17 against 3 ms for 16384 x 768 on the machines of ``BENCHMARKS.md``).
-    ``addcmul``'s own backward reduces ``grad * n`` (a full-size product) to the scale's shape; here
-    the per-row dot products ``grad_a[r] = <grad[r], n[r]>`` are :func:`row_dots`, and ``grad_x`` is
-    ``grad`` itself.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor, n: Tensor) -> Tensor:
-        ctx.save_for_backward(n)
-        ctx.mark_dirty(x)
-        return x.addcmul_(a.unsqueeze(1), n)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (n,) = ctx.saved_tensors
-        ga = None
-        if ctx.needs_input_grad[1]:
-            ga = row_dots(grad, n)
-        return grad, ga, None
-
-
-class _ScaleRows(torch.autograd.Function):
-    """``x * a[:, None]`` with the per-row dot products of the backward by :func:`row_dots`."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, a: Tensor) -> Tensor:
-        ctx.save_for_backward(x, a)
-        return x * a.unsqueeze(1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, a = ctx.saved_tensors
-        gx = grad * a.unsqueeze(1) if ctx.needs_input_grad[0] else None
-        ga = None
-        if ctx.needs_input_grad[1]:
-            ga = row_dots(grad, x)
-        return gx, ga
-
-
 def scaled_logits(logits: Tensor, tau: Tensor) -> Tensor:
     """``z = logits / tau``, keeping ``-inf`` (banned branches) without dividing it: d(-inf / tau)/d tau
     would be NaN."""
@@ -322,57 +195,6 @@ def orthogonal_rows(n: Tensor) -> Tensor:
     sign = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).masked_fill(torch.diagonal(r, dim1=-2, dim2=-1) == 0, 1.0)
     q = q * sign.unsqueeze(1)
     return (q.permute(2, 0, 1) * W**0.5).to(n.dtype)
-
-
-def _row_rms(x: Tensor) -> Tensor:
-    """Root mean square of each row, ``(M,)``, without gradient (a noise scale, not a path)."""
-    with torch.no_grad():
-        return x.float().pow(2).mean(1).sqrt().to(x.dtype)
-
-
-def _needs_graph(*tensors: Tensor) -> bool:
-    """Whether autograd must record: ``autograd.Function.apply`` costs ~0.1 ms a call, a lot per decode step."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors if torch.is_tensor(t))
-
-
-def sliced_mm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
-    """:class:`_SlicedMM` (through autograd only when a gradient is needed)."""
-    if _needs_graph(a, w):
-        return _SlicedMM.apply(a, w, counts)
-    if a.shape[0] <= SMALL_DISPATCH:
-        return _padded_bmm(a, w, counts)
-    return _SlicedMM.forward(None, a, w, counts)
-
-
-def _padded_bmm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
-    """The same products as one batched matmul over the branches' rows padded to the largest count.
-
-    A decoding step has a few rows per branch, where E separate ``mm`` calls cost their overhead
-    E times; here it is one gather, one ``bmm`` and one gather back.
-    """
-    E, m = len(counts), max(counts)
-    cnt = torch.tensor(counts, device=a.device)
-    starts = torch.cumsum(cnt, 0) - cnt
-    slot = torch.arange(m, device=a.device)
-    valid = slot[None, :] < cnt[:, None]  # (E, m)
-    src = (starts[:, None] + slot[None, :]).masked_fill(~valid, 0)  # (E, m) row of a for each slot
-    out = torch.bmm(a[src.reshape(-1)].view(E, m, -1), w)  # (E, m, N)
-    return out.reshape(E * m, -1)[valid.reshape(-1)]
-
-
-def add_scaled_noise(x: Tensor, a: Tensor, n: Tensor) -> Tensor:
-    """``x += a[:, None] * n`` in place, for a fresh ``x`` that nothing else holds (a gather or matmul
-    output): see :class:`_AddScaledNoise`, used when a gradient is needed."""
-    if _needs_graph(x, a):
-        return _AddScaledNoise.apply(x, a, n)
-    return x.addcmul_(a.unsqueeze(1), n)
-
-
-def scale_rows(x: Tensor, a: Tensor) -> Tensor:
-    """``x * a[:, None]`` (:class:`_ScaleRows` when a gradient is needed)."""
-    if _needs_graph(x, a):
-        return _ScaleRows.apply(x, a)
-    return x * a.unsqueeze(1)
 
 
 class ThoughtsFFN(nn.Module):
@@ -497,14 +319,14 @@ class ThoughtsFFN(nn.Module):
             c_pair = c if isinstance(c, float) else c.view(B).repeat_interleave(T * self.cfg.k)[dp.pairs]
             n1 = self._pair_normal(noise, rng.INPUT_NOISE, positions, d, dp, x)  # (M, d)
             a1 = (c_pair * self.s_in[dp.branches]).reshape(-1)
-            xin = add_scaled_noise(xin, a1 * _row_rms(xin) if relative else a1, n1)
+            xin = add_scaled_noise(xin, a1 * row_rms(xin) if relative else a1, n1)
         hid = self._grouped(xin, self.w_in, dp.counts)  # (M, h)
         if self.b_in is not None:
             hid = hid + self._per_branch(self.b_in, dp.branches)
         if noise is not None:
             n2 = self._pair_normal(noise, rng.HIDDEN_NOISE, positions, self.hidden, dp, x)  # (M, h)
             a2 = (c_pair * self.s_hid[dp.branches]).reshape(-1)
-            hid = add_scaled_noise(hid, a2 * _row_rms(hid) if relative else a2, n2)
+            hid = add_scaled_noise(hid, a2 * row_rms(hid) if relative else a2, n2)
         out = self._grouped(self._activate(hid, xin, dp.counts), self.w_out, dp.counts)  # (M, d)
         return out + self._per_branch(self.b_out, dp.branches) if self.b_out is not None else out
 
@@ -649,7 +471,7 @@ class ThoughtsFFN(nn.Module):
         Weights shared by all branches (``w`` of shape ``(1, K, N)``, a tied graft) take one matmul."""
         if w.shape[0] == 1:
             return a @ w[0]
-        if _grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
+        if grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
             offs = counts.cumsum(0).to(torch.int32)
             return F.grouped_mm(a, w, offs=offs)
         # fallback: at most E matmuls on contiguous slices of the sorted rows, each written straight

@@ -49,7 +49,7 @@ BLEU_MAX = 100.0
 EIGENVALUE_FLOOR = 0.0
 
 
-def _check_texts(texts: Sequence[str], *, min_count: int = 1, what: str = "texts") -> list[str]:
+def check_texts(texts: Sequence[str], *, min_count: int = 1, what: str = "texts") -> list[str]:
     """Return ``texts`` as a list after checking it is a non-empty list (or tuple) of strings."""
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
         raise TypeError(f"{what} must be a list of strings (one per branch), got {type(texts).__name__}")
@@ -63,13 +63,13 @@ def _check_texts(texts: Sequence[str], *, min_count: int = 1, what: str = "texts
     return list(texts)
 
 
-def _check_n(n: int, name: str = "n") -> int:
+def check_n(n: int, name: str = "n") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{name} must be a positive integer, got {n!r}")
     return n
 
 
-def _units(text: str, unit: str) -> list[str] | str:
+def text_units(text: str, unit: str) -> list[str] | str:
     if unit == "word":
         return text.split()
     if unit == "char":
@@ -79,11 +79,11 @@ def _units(text: str, unit: str) -> list[str] | str:
 
 def _ngrams(text: str, n: int, unit: str) -> Iterable[tuple[str, ...]]:
     """The n-grams of one text, in order; empty when the text has fewer than n units."""
-    toks = _units(text, unit)
+    toks = text_units(text, unit)
     return (tuple(toks[i:i + n]) for i in range(len(toks) - n + 1))
 
 
-def _ngram_counts(texts: Sequence[str], n: int, unit: str) -> Counter:
+def ngram_counts(texts: Sequence[str], n: int, unit: str) -> Counter:
     """Pooled n-gram counts over all texts (n-grams do not cross text boundaries)."""
     counts: Counter = Counter()
     for t in texts:
@@ -105,9 +105,9 @@ def distinct_n(texts: Sequence[str], n: int, unit: str = "word") -> float:
     Returns:
         A float in [0, 1]; 0.0 when no text has n units.
     """
-    texts = _check_texts(texts)
-    n = _check_n(n)
-    counts = _ngram_counts(texts, n, unit)
+    texts = check_texts(texts)
+    n = check_n(n)
+    counts = ngram_counts(texts, n, unit)
     total = sum(counts.values())
     return len(counts) / total if total else 0.0
 
@@ -152,8 +152,8 @@ def self_bleu(texts: Sequence[str], n: int = 4) -> float:
     Raises:
         ValueError: if fewer than two texts are given (there would be no references).
     """
-    texts = _check_texts(texts, min_count=2)
-    bleu = _bleu(_check_n(n))
+    texts = check_texts(texts, min_count=2)
+    bleu = _bleu(check_n(n))
     scores = [bleu.sentence_score(hyp, texts[:i] + texts[i + 1:]).score for i, hyp in enumerate(texts)]
     # sacrebleu's arithmetic can land a few ulps above 100 for exact matches.
     return float(min(sum(scores) / len(scores), BLEU_MAX))
@@ -174,9 +174,9 @@ def ngram_entropy(texts: Sequence[str], n: int = 2, unit: str = "word") -> float
     Returns:
         A float >= 0 (bits); 0.0 when there are no n-grams.
     """
-    texts = _check_texts(texts)
-    n = _check_n(n)
-    counts = np.fromiter(_ngram_counts(texts, n, unit).values(), dtype=np.float64)
+    texts = check_texts(texts)
+    n = check_n(n)
+    counts = np.fromiter(ngram_counts(texts, n, unit).values(), dtype=np.float64)
     if counts.size == 0:
         return 0.0
     p = counts / counts.sum()
@@ -197,7 +197,7 @@ def compression_ratio(texts: Sequence[str]) -> float:
     Returns:
         A float > 0 (0.0 only if every text is empty and N == 1).
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     raw = "\n".join(texts).encode("utf-8")
     return len(raw) / len(gzip.compress(raw, compresslevel=GZIP_LEVEL, mtime=0))
 
@@ -241,12 +241,12 @@ def vendi_score(texts: Sequence[str], n: int | Sequence[int] = (1, 2, 3), unit: 
     Returns:
         A float in [1, N].
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     ns = (n,) if isinstance(n, int) else tuple(n)
     if not ns:
         raise ValueError("n must be a positive integer or a non-empty sequence of them")
     for k in ns:
-        _check_n(k)
+        check_n(k)
     X = _ngram_features(texts, ns, unit)  # (N, V + 1), every row non-zero
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     K = X @ X.T  # (N, N) cosine similarities, diagonal 1
@@ -269,7 +269,7 @@ def diversity_report(texts: Sequence[str]) -> dict[str, float]:
     Returns:
         A dict from metric name to float.
     """
-    texts = _check_texts(texts, min_count=2)
+    texts = check_texts(texts, min_count=2)
     report = {f"distinct_{n}": d for n, d in distinct_ns(texts, (1, 2, 3, 4), unit="word").items()}
     report["self_bleu"] = self_bleu(texts, n=4)
     report["ngram_entropy"] = ngram_entropy(texts, n=2, unit="word")

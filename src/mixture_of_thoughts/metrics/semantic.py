@@ -45,7 +45,7 @@ import numpy as np
 
 from ..data.jsonl import parse_jsonl
 from ..errors import DataError, MissingDependency
-from .diversity import EIGENVALUE_FLOOR, _check_n, _check_texts, _ngram_counts, _units
+from .diversity import EIGENVALUE_FLOOR, check_n, check_texts, ngram_counts, text_units
 
 __all__ = [
     "DEFAULT_OFFTOPIC",
@@ -155,7 +155,7 @@ class Embedder:
     def __init__(self, device: str = "cpu", batch_size: int = BATCH_SIZE):
         self.path = model_dir()
         self.device = device
-        self.batch_size = _check_n(batch_size, "batch_size")
+        self.batch_size = check_n(batch_size, "batch_size")
         self.model = _load_model(str(self.path), device)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -170,7 +170,7 @@ class Embedder:
         Returns:
             An (N, 384) float32 array; row i is the embedding of ``texts[i]``.
         """
-        texts = _check_texts(texts, min_count=0)
+        texts = check_texts(texts, min_count=0)
         if not texts:
             return np.zeros((0, EMBED_DIM), dtype=np.float32)
         index: dict[str, int] = {}
@@ -435,10 +435,10 @@ def ead(texts: Sequence[str], n: int = 2, vocab_size: int = EAD_VOCAB_SIZE, unit
     Returns:
         A float >= 0; 0.0 when no text has n units.
     """
-    texts = _check_texts(texts)
-    n = _check_n(n)
-    V = _check_n(vocab_size, "vocab_size")
-    counts = _ngram_counts(texts, n, unit)
+    texts = check_texts(texts)
+    n = check_n(n)
+    V = check_n(vocab_size, "vocab_size")
+    counts = ngram_counts(texts, n, unit)
     C = sum(counts.values())
     if C == 0:
         return 0.0
@@ -506,9 +506,9 @@ def degenerate(texts: Sequence[str], prompt_emb=None, texts_emb=None, *, min_cha
     Returns:
         A list of N reasons (str) or None.
     """
-    texts = _check_texts(texts, min_count=0)
-    loop_n = _check_n(loop_n, "loop_n")
-    loop_repeats = _check_n(loop_repeats, "loop_repeats")
+    texts = check_texts(texts, min_count=0)
+    loop_n = check_n(loop_n, "loop_n")
+    loop_repeats = check_n(loop_repeats, "loop_repeats")
     loop_frac = _check_threshold(loop_frac, "loop_frac")
     if isinstance(min_chars, bool) or not isinstance(min_chars, int) or min_chars < 0:
         raise ValueError(f"min_chars must be a non-negative integer, got {min_chars!r}")
@@ -516,7 +516,7 @@ def degenerate(texts: Sequence[str], prompt_emb=None, texts_emb=None, *, min_cha
     for i, t in enumerate(texts):
         if len(t.strip()) < min_chars:
             reasons[i] = "empty"
-        elif _loop_coverage(_units(t, "word"), loop_n, loop_repeats) >= loop_frac:
+        elif _loop_coverage(text_units(t, "word"), loop_n, loop_repeats) >= loop_frac:
             reasons[i] = "loop"
     if prompt_emb is None or not texts:
         return reasons
@@ -572,7 +572,7 @@ def set_report(texts: Sequence[str], prompt: str | None, *, threshold: float = D
     Returns:
         A dict from name to float (int for the counts and distinct_k).
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     embedder = embedder or get_embedder()
     E = embedder.embed(texts + ([prompt] if prompt is not None else []))
     E, prompt_emb = (E[:-1], E[-1]) if prompt is not None else (E, None)

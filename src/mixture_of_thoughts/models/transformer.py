@@ -24,10 +24,9 @@ from ..config import ModelConfig
 from ..layers.attention import KVCache, SelfAttention, rope_angles
 from ..layers.ffn import DenseFFN
 from ..layers.norm import RMSNorm
-from ..layers.thoughts import ThoughtsFFN
+from ..layers.thoughts import BRANCH_WEIGHTS, ThoughtsFFN
 
 NORM_EPS = 1e-6
-BRANCH_PARAMS = ("w_in", "w_up", "w_out", "b_in", "b_out")  # per-branch stacked tensors of a thought layer
 
 
 class ModelOutput(NamedTuple):
@@ -191,7 +190,7 @@ def count_parameters(model: Transformer) -> tuple[int, int]:
     for block in model.blocks:
         if block.is_thought:
             E, k = block.ffn.cfg.n_branches, block.ffn.cfg.k
-            branch_params = [p for n, p in block.ffn.named_parameters() if n.startswith(BRANCH_PARAMS)]
+            branch_params = [p for n, p in block.ffn.named_parameters() if n.split(".")[0] in BRANCH_WEIGHTS]
             per_branch = sum(p.numel() for p in branch_params) // E
             inactive += (E - k) * per_branch
     return total, total - inactive

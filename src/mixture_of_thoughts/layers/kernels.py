@@ -1,0 +1,205 @@
+"""The thought layer's kernels: its dispatch matmuls and noise arithmetic with hand-written gradients.
+
+:mod:`.thoughts` reads top-down (router, branches, combiner); what makes it fast lives here:
+
+* :func:`sliced_mm`: the branches' matmuls on rows sorted by branch, as ``F.grouped_mm`` where it
+  works (probed once: CUDA, bfloat16), one padded ``bmm`` for a few rows (decoding), else at most E
+  matmuls on contiguous slices, with a backward that never materialises per-row weights;
+* :func:`add_scaled_noise` and :func:`scale_rows`: ``x + a * n`` and ``a * x`` per row, with
+  gradients computed from saved inputs (no intermediate tensor of the noise's size is kept);
+* :func:`row_dots`: the per-row dot products the scale gradients need, chunked to stay in cache.
+
+Each is tested against plain PyTorch autograd (``tests/test_thoughts.py``), outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SMALL_DISPATCH = 64  # at most this many (token, slot) rows (decoding): one padded bmm instead of E mm calls
+_GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Probe once per (device type, dtype) whether ``F.grouped_mm`` runs forward and backward."""
+    key = (device.type, dtype)
+    if key not in _GROUPED_MM_OK:
+        ok = device.type == "cuda" and dtype == torch.bfloat16 and hasattr(F, "grouped_mm")
+        if ok:
+            try:
+                a = torch.ones(32, 16, device=device, dtype=dtype, requires_grad=True)
+                b = torch.ones(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
+                offs = torch.tensor([16, 32], device=device, dtype=torch.int32)
+                F.grouped_mm(a, b, offs=offs).sum().backward()
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _GROUPED_MM_OK[key] = ok
+    return _GROUPED_MM_OK[key]
+
+
+class _SlicedMM(torch.autograd.Function):
+    """``a[rows of branch e] @ w[e]`` for rows sorted by branch, one ``mm`` per non-empty branch.
+
+    Every product is written with ``out=`` into its slice of one preallocated output, and the backward
+    writes ``grad_a`` and ``grad_w`` the same way: no ``cat`` of the parts and no zero-filled buffers
+    (what ``split`` + ``cat`` under autograd costs). The values are those of ``a_e @ w[e]``.
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+        out = a.new_empty(a.shape[0], w.shape[-1])
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                torch.mm(a[start:start + n], w[e], out=out[start:start + n])
+            start += n
+        if ctx is not None:
+            ctx.save_for_backward(a, w)
+            ctx.counts = counts
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, w = ctx.saved_tensors
+        grad = grad.contiguous()
+        ga = a.new_empty(a.shape) if ctx.needs_input_grad[0] else None
+        gw = None
+        if ctx.needs_input_grad[1]:
+            empty = [e for e, n in enumerate(ctx.counts) if not n]
+            gw = w.new_empty(w.shape)
+            if empty:
+                gw[empty] = 0
+        start = 0
+        for e, n in enumerate(ctx.counts):
+            if n:
+                rows = slice(start, start + n)
+                if ga is not None:
+                    torch.mm(grad[rows], w[e].t(), out=ga[rows])
+                if gw is not None:
+                    torch.mm(a[rows].t(), grad[rows], out=gw[e])
+            start += n
+        return ga, gw, None
+
+
+ROW_DOTS_CHUNK = 512  # rows of the scratch product in row_dots: 512 x 768 floats (1.5 MB) stay in L2
+
+
+def row_dots(a: Tensor, b: Tensor) -> Tensor:
+    """``(M,)``: ``<a[r], b[r]>`` for every row of two ``(M, W)`` tensors.
+
+    The product is formed in chunks of :data:`ROW_DOTS_CHUNK` rows in one scratch buffer that stays in
+    cache, each chunk summed into its slice of the result. A batched matmul of ``M`` 1 x 1 products
+    (the obvious way, and ``einsum``'s) took 20 ms for 16384 x 768 on the machines of
+    ``BENCHMARKS.md``, a full-size ``(a * b).sum(-1)`` 17 ms (mostly first-touch page faults on a
+    50 MB temporary); this takes ~6 ms.
+    """
+    M, W = a.shape
+    out = a.new_empty(M, dtype=torch.promote_types(a.dtype, b.dtype))
+    if M <= ROW_DOTS_CHUNK:
+        return torch.sum(a * b, -1, out=out)
+    buf = out.new_empty(ROW_DOTS_CHUNK, W)
+    for s in range(0, M, ROW_DOTS_CHUNK):  # M / 512 chunks: a few dozen ops for a training batch
+        e = min(s + ROW_DOTS_CHUNK, M)
+        torch.sum(torch.mul(a[s:e], b[s:e], out=buf[:e - s]), -1, out=out[s:e])
+    return out
+
+
+class _AddScaledNoise(torch.autograd.Function):
+    """``x += a[:, None] * n``, in place, for a per-row scale ``a`` (M,) and constant noise ``n`` (M, W).
+
+    In place because ``x`` is always a fresh buffer no backward needs (a gather or a matmul output):
+    a new tensor of this size (tens of MB in training) costs more in first-touch page faults than the
+    addition itself (17 against 3 ms for 16384 x 768 on the machines of ``BENCHMARKS.md``).
+    ``addcmul``'s own backward reduces ``grad * n`` (a full-size product) to the scale's shape; here
+    the per-row dot products ``grad_a[r] = <grad[r], n[r]>`` are :func:`row_dots`, and ``grad_x`` is
+    ``grad`` itself.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor, n: Tensor) -> Tensor:
+        ctx.save_for_backward(n)
+        ctx.mark_dirty(x)
+        return x.addcmul_(a.unsqueeze(1), n)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (n,) = ctx.saved_tensors
+        ga = None
+        if ctx.needs_input_grad[1]:
+            ga = row_dots(grad, n)
+        return grad, ga, None
+
+
+class _ScaleRows(torch.autograd.Function):
+    """``x * a[:, None]`` with the per-row dot products of the backward by :func:`row_dots`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, a: Tensor) -> Tensor:
+        ctx.save_for_backward(x, a)
+        return x * a.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, a = ctx.saved_tensors
+        gx = grad * a.unsqueeze(1) if ctx.needs_input_grad[0] else None
+        ga = None
+        if ctx.needs_input_grad[1]:
+            ga = row_dots(grad, x)
+        return gx, ga
+
+
+def row_rms(x: Tensor) -> Tensor:
+    """Root mean square of each row, ``(M,)``, without gradient (a noise scale, not a path)."""
+    with torch.no_grad():
+        return x.float().pow(2).mean(1).sqrt().to(x.dtype)
+
+
+def _needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd must record: ``autograd.Function.apply`` costs ~0.1 ms a call, a lot per decode step."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors if torch.is_tensor(t))
+
+
+def sliced_mm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+    """:class:`_SlicedMM` (through autograd only when a gradient is needed)."""
+    if _needs_graph(a, w):
+        return _SlicedMM.apply(a, w, counts)
+    if a.shape[0] <= SMALL_DISPATCH:
+        return _padded_bmm(a, w, counts)
+    return _SlicedMM.forward(None, a, w, counts)
+
+
+def _padded_bmm(a: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+    """The same products as one batched matmul over the branches' rows padded to the largest count.
+
+    A decoding step has a few rows per branch, where E separate ``mm`` calls cost their overhead
+    E times; here it is one gather, one ``bmm`` and one gather back.
+    """
+    E, m = len(counts), max(counts)
+    cnt = torch.tensor(counts, device=a.device)
+    starts = torch.cumsum(cnt, 0) - cnt
+    slot = torch.arange(m, device=a.device)
+    valid = slot[None, :] < cnt[:, None]  # (E, m)
+    src = (starts[:, None] + slot[None, :]).masked_fill(~valid, 0)  # (E, m) row of a for each slot
+    out = torch.bmm(a[src.reshape(-1)].view(E, m, -1), w)  # (E, m, N)
+    return out.reshape(E * m, -1)[valid.reshape(-1)]
+
+
+def add_scaled_noise(x: Tensor, a: Tensor, n: Tensor) -> Tensor:
+    """``x += a[:, None] * n`` in place, for a fresh ``x`` that nothing else holds (a gather or matmul
+    output): see :class:`_AddScaledNoise`, used when a gradient is needed."""
+    if _needs_graph(x, a):
+        return _AddScaledNoise.apply(x, a, n)
+    return x.addcmul_(a.unsqueeze(1), n)
+
+
+def scale_rows(x: Tensor, a: Tensor) -> Tensor:
+    """``x * a[:, None]`` (:class:`_ScaleRows` when a gradient is needed)."""
+    if _needs_graph(x, a):
+        return _ScaleRows.apply(x, a)
+    return x * a.unsqueeze(1)
+
+
+__all__ = ["grouped_mm_works", "row_rms", "sliced_mm", "add_scaled_noise", "scale_rows", "row_dots",
+           "SMALL_DISPATCH", "ROW_DOTS_CHUNK"]
