@@ -49,7 +49,6 @@ from . import stats
 log = logging.getLogger(__name__)
 CHAR_CLASSES = ("lower", "upper", "digit", "punct", "space", "newline")
 PRIMARY = {"temperature": 1.0, "creativity": 1.0, "route": "token"}
-SEED_STRIDE = 10_000_019  # keeps the row seeds of different sweep seeds apart
 
 
 @dataclass
@@ -166,7 +165,7 @@ def _run_setting(s: Setting, model, ref, tok, prompts: torch.Tensor, cfg: Compar
     if s.contender != "diffusion":
         metrics["own_loglik"] = []
     for seed in range(cfg.seeds):
-        noise = RowNoise([seed * SEED_STRIDE + r for r in range(P * N)], dev)
+        noise = RowNoise([seed * stats.SEED_STRIDE + r for r in range(P * N)], dev)
         if s.contender == "diffusion":
             tokens = diffusion_generate(model, rows, T0 + cfg.new_tokens, noise, sampler="ancestral",
                                         steps=cfg.diffusion_steps, temperature=s.temperature).tokens

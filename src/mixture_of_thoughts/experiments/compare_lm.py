@@ -57,11 +57,9 @@ from . import stats
 from .report import finite_json, format_ci, write_json_atomic
 
 log = logging.getLogger(__name__)
-SEED_STRIDE = 10_000_019  # keeps the row seeds of different sweep seeds apart
 LAYER_SETS = ("all", "lower", "upper")
 NOISE_MODES = ("token", "persistent", "orthogonal")
 # the thought setting the default report's verdict is about, declared before the run (the pilots' best)
-PRIMARY_LABEL = "thoughts (greedy, persistent, all layers) creativity=2"
 EXAMPLE_PROMPTS, EXAMPLE_BRANCHES = 3, 4  # texts kept in metrics.json per setting
 METRICS = ("ref_nll", "semantic_distance", "vendi_semantic", "distinct_k", "ead_2", "degenerate_frac",
            "effective_semantic_distance", "effective_vendi_semantic", "effective_distinct_k", "distinct_2",
@@ -156,6 +154,10 @@ def setting_key(c: Contender) -> dict:
     defaults: the cache key of every setting run before them stays the same."""
     d = dataclasses.asdict(c)
     return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
+# the thought setting declared before the full run as the one the verdict is about (the pilots' best)
+PRIMARY = Contender("thoughts", "creativity", temperature=0.0, creativity=2.0, noise_mode="persistent", layers="all")
 
 
 def _sweep(family, knob, values, **fixed) -> list[Contender]:
@@ -288,7 +290,7 @@ class LMCompareConfig:
     branches: int = 8
     max_new_tokens: int = 32
     seeds: int = 2
-    primary: str = PRIMARY_LABEL  # the setting the verdict is about, declared before the run
+    primary: str = PRIMARY.label  # the setting the verdict is about, declared before the run
     first_seed: int = 0  # branch j of seed s has the seed first_seed + s * SEED_STRIDE + j (another = fresh draws)
     out: str = "reports/smollm2"
     contenders: tuple[Contender, ...] = field(default_factory=default_contenders)
@@ -505,7 +507,7 @@ def _run_contender(c: Contender, model, ref, tok, prompts: list[dict], ids_list:
             for k in METRICS:
                 acc[k][si] = acc[k][0]
             continue
-        seeds = [cfg.first_seed + si * SEED_STRIDE + j for j in range(cfg.branches)]
+        seeds = [cfg.first_seed + si * stats.SEED_STRIDE + j for j in range(cfg.branches)]
         for start in range(0, P, chunk):
             sub = ids_list[start:start + chunk]
             res = _generate(model, tok, c, sub, seeds, cfg.max_new_tokens, dev,
@@ -548,8 +550,6 @@ def _vs_temperature(means: dict[Contender, dict], temps: list[Contender], c: Con
     return {"delta": m["delta"], "ci": m["ci"]}
 
 
-# the thought setting declared before the full run as the one the verdict is about (the pilots' best)
-PRIMARY = Contender("thoughts", "creativity", temperature=0.0, creativity=2.0, noise_mode="persistent", layers="all")
 BASELINES = ("temperature", "top-p", "min-p", "two-phase", "diverse-beam")
 CONTENDERS = ("thoughts", "repel", "vary", "learned")  # the families judged against the baselines' hull
 LOWER_IS_BETTER = ("degenerate_frac",)
@@ -753,11 +753,11 @@ def _verdicts(rows: list[dict], primary_label: str) -> list[dict]:
     return out
 
 
-def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
+def plot_lm_frontier(res: dict, path: Path, metric: str = "semantic_distance",
                   ylabel: str = "mean pairwise semantic distance (higher = more diverse)") -> None:
     """``metric`` against reference NLL with 95% intervals on both axes: the hull of all baseline points
     pooled (thick grey), each baseline family's points (thin lines), each contender group's points."""
-    from .report import agg_pyplot
+    from .report import agg_pyplot, errorbar_series
 
     plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -769,17 +769,12 @@ def plot_frontier(res: dict, path: Path, metric: str = "semantic_distance",
     for r in res["rows"]:
         groups.setdefault(r["group"], []).append(r)
     for g, rows in groups.items():
-        rows = sorted(rows, key=lambda r: r["ref_nll"]["mean"])
-        xs = np.array([r["ref_nll"]["mean"] for r in rows])
-        ys = np.array([r[metric]["mean"] for r in rows])
-        xe = np.abs(np.array([r["ref_nll"]["ci"] for r in rows]).T - xs)
-        ye = np.abs(np.array([r[metric]["ci"] for r in rows]).T - ys)
         fam = rows[0]["family"]
         fmt = {"temperature": "o-", "top-p": "s--", "min-p": "v--", "two-phase": "D:", "diverse-beam": "P:",
                "repel": "X-", "vary": "*-", "learned": "h-"}.get(fam, "^-")
         primary = [r for r in rows if r["label"] == res.get("primary")]
-        ax.errorbar(xs, ys, xerr=xe, yerr=ye, fmt=fmt, label=g, alpha=0.85, capsize=2, ms=4 if fam in BASELINES else 7,
-                    lw=0.8 if fam in BASELINES else 1.3, elinewidth=0.6)
+        errorbar_series(ax, rows, "ref_nll", metric, fmt=fmt, label=g, alpha=0.85, capsize=2,
+                        ms=4 if fam in BASELINES else 7, lw=0.8 if fam in BASELINES else 1.3, elinewidth=0.6)
         for r in primary:
             ax.scatter([r["ref_nll"]["mean"]], [r[metric]["mean"]], s=200, facecolors="none", edgecolors="k",
                        zorder=5, label="primary setting (declared before the run)")
@@ -937,8 +932,8 @@ def _fmt_match(m: dict | None, metric: str, f: str = "+.3f") -> str:
 def write_report(res: dict, out: Path) -> None:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plot_frontier(res, out / "frontier.png")
-    plot_frontier(res, out / "frontier_distinct_k.png", "distinct_k",
+    plot_lm_frontier(res, out / "frontier.png")
+    plot_lm_frontier(res, out / "frontier_distinct_k.png", "distinct_k",
                   "distinct-k: equivalence classes among the branches")
     (out / "metrics.json").write_text(json.dumps(finite_json(res), indent=1, default=str), encoding="utf-8")
     c = res["config"]

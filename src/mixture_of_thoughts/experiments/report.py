@@ -22,20 +22,24 @@ def agg_pyplot():
     return plt
 
 
+def errorbar_series(ax, rows: list[dict], x: str, y: str, **kw) -> None:
+    """One series of report rows (``{"mean", "ci"}`` per metric) as points with 95% intervals on both
+    axes, in order of ``x``: what every frontier plot draws (``kw`` goes to ``ax.errorbar``)."""
+    rows = sorted(rows, key=lambda r: r[x]["mean"])
+    xs = np.array([r[x]["mean"] for r in rows])
+    ys = np.array([r[y]["mean"] for r in rows])
+    xe = np.abs(np.array([r[x]["ci"] for r in rows], float).reshape(-1, 2).T - xs)
+    ye = np.abs(np.array([r[y]["ci"] for r in rows], float).reshape(-1, 2).T - ys)
+    ax.errorbar(xs, ys, xerr=xe, yerr=ye, **kw)
+
+
 def plot_frontier(res: dict, path: Path, metric: str = "self_bleu", ylabel: str = "self-BLEU-4 (lower = more diverse)"):
+    """The character comparison's frontier: each family's settings against reference bpc."""
     plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
 
     def draw(rows, label, fmt):
-        xs = [r["ref_bpc"]["mean"] for r in rows]
-        ys = [r[metric]["mean"] for r in rows]
-        xerr = np.array([[r["ref_bpc"]["mean"] - r["ref_bpc"]["ci"][0], r["ref_bpc"]["ci"][1] - r["ref_bpc"]["mean"]]
-                         for r in rows]).T
-        yerr = np.array([[r[metric]["mean"] - r[metric]["ci"][0], r[metric]["ci"][1] - r[metric]["mean"]]
-                         for r in rows]).T
-        order = np.argsort(xs)
-        ax.errorbar(np.array(xs)[order], np.array(ys)[order], xerr=xerr[:, order], yerr=yerr[:, order], fmt=fmt,
-                    label=label, capsize=2, alpha=0.85)
+        errorbar_series(ax, rows, "ref_bpc", metric, fmt=fmt, label=label, capsize=2, alpha=0.85)
 
     temp = [r for r in res["baseline"] if r["top_p"] is None]
     draw(temp, "baseline: temperature sweep", "o-")

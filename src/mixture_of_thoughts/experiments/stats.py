@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 CONFIDENCE = 0.95
+SEED_STRIDE = 10_000_019  # a sweep's seed s starts its rows at s * SEED_STRIDE: seeds of different sweeps never meet
 
 
 def bootstrap_indices(n_units: int, reps: int, seed: int) -> np.ndarray:
