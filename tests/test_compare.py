@@ -23,7 +23,7 @@ def quick_report(tmp_path_factory):
     data = d / "corpus.txt"
     data.write_text(make_text(seed=1, n_sentences=2500), encoding="utf-8")  # ~60 KB: blocks of 64 fit both splits
     out = d / "report"
-    assert main(["compare", "--quick", "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert main(["compare", "char", "--quick", "--data", str(data), "--out", str(out), "--quiet"]) == 0
     return out
 
 

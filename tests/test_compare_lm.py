@@ -22,7 +22,7 @@ def quick_run(tiny_dir, tmp_path_factory):
     from mixture_of_thoughts.cli import main
 
     out = tmp_path_factory.mktemp("lm_report")
-    assert main(["compare", "--model", str(tiny_dir), "--quick", "--quiet", "--out", str(out)]) == 0
+    assert main(["compare", "lm", "--model", str(tiny_dir), "--quick", "--quiet", "--out", str(out)]) == 0
     return out
 
 
@@ -114,7 +114,7 @@ def test_bad_input_one_line_error(tiny_dir, tmp_path, capsys, lines, args, match
         args = ["--prompts", str(f), *args]
     else:
         args = [a.replace("MISSING", str(tmp_path / "nope.jsonl")) for a in args]
-    code = main(["compare", "--model", str(tiny_dir), "--quick", "--quiet", "--out", str(tmp_path / "o"), *args])
+    code = main(["compare", "lm", "--model", str(tiny_dir), "--quick", "--quiet", "--out", str(tmp_path / "o"), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("mot: error:") and match in err and len(err.splitlines()) == 1
@@ -369,3 +369,28 @@ def test_learned_contender_is_scored_under_the_plain_model(tiny_dir, tmp_path):
         want = np.nanmean(reference_nll(ref, ids[q], [r[0] for r in rows], "cpu"))
         assert out["per_prompt"]["ref_nll"][q] == pytest.approx(want, abs=1e-5)
         assert out["per_prompt"]["ref_nll"][q] != pytest.approx(np.nanmean([r[2] for r in rows]), abs=1e-4)
+
+
+@pytest.mark.parametrize("argv,hint", [
+    (["compare", "--model", "smollm2", "--limit", "3"], "mot compare lm --model smollm2 --limit 3"),
+    (["compare", "--quick", "--data", "x.txt"], "mot compare char --quick --data x.txt"),
+    (["compare"], "mot compare char"),
+])
+def test_the_old_spelling_gets_a_one_line_hint(argv, hint, capsys):
+    from mixture_of_thoughts.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"mot: error: mot compare now names its experiment first: {hint}"
+
+
+def test_each_experiment_has_its_own_flags(capsys):
+    from mixture_of_thoughts.cli import build_parser
+
+    p = build_parser()
+    assert p.parse_args(["compare", "char", "--prompts", "12"]).prompts == 12  # a count here
+    assert p.parse_args(["compare", "lm", "--model", "m", "--prompts", "held-out"]).prompts == "held-out"  # a set
+    for argv in (["compare", "char", "--model", "m"], ["compare", "lm", "--model", "m", "--reuse"],
+                 ["compare", "lm"], ["compare", "char", "--prompts", "tuning"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)

@@ -78,6 +78,12 @@ def _discard_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .experiments import legacy_hint
+
+    hint = legacy_hint(sys.argv[1:] if argv is None else list(argv))
+    if hint:
+        print(f"mot: error: {hint}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")

@@ -1,4 +1,4 @@
-"""``mot compare``: do thought branches beat temperature?  (DESIGN §5)
+"""``mot compare char``: do thought branches beat temperature?  (DESIGN §5)
 
 Three models are trained on the same corpus with the same data order and steps: the dense
 baseline, the MoT model with the same *active* parameters per token, and a reference dense model

@@ -1,4 +1,4 @@
-"""``mot compare --model``: thought branches against sampling knobs on a real LM, by *semantic* diversity.
+"""``mot compare lm --model``: thought branches against sampling knobs on a real LM, by *semantic* diversity.
 
 For every open-ended prompt of a prompt set (``tuning``: ``assets/prompts/open_ended.jsonl``, the
 default; ``held-out``: ``assets/prompts/held_out.jsonl``; or any JSONL with a ``"prompt"`` field), each
