@@ -108,7 +108,7 @@ def test_one_branch_regenerated_alone_from_its_seed_is_the_same(client):
 # ----------------------------------------------------------------------------- diffusion
 
 def test_diffuse_streams_the_denoising_from_masks_to_text(client, served):
-    from mixture_of_thoughts.generation.search import branch_search
+    from mixture_of_thoughts.generation.denoise_search import branch_search
     from mixture_of_thoughts.serve.generate import MASK
 
     m = served["tiny-diff"]
@@ -127,7 +127,7 @@ def test_diffuse_streams_the_denoising_from_masks_to_text(client, served):
 
 
 def test_diffuse_with_keep_ranks_the_kept_and_forked_branches_as_mot_diffuse(client, served):
-    from mixture_of_thoughts.generation.search import branch_search
+    from mixture_of_thoughts.generation.denoise_search import branch_search
 
     m = served["tiny-diff"]
     events = post_events(client, "diffuse", {"model": "tiny-diff", "prompt": "the", "branches": 3, "length": 20,
@@ -140,7 +140,7 @@ def test_diffuse_with_keep_ranks_the_kept_and_forked_branches_as_mot_diffuse(cli
 
 
 def test_renoise_streams_variants_of_the_text(client, served):
-    from mixture_of_thoughts.generation.search import renoise
+    from mixture_of_thoughts.generation.denoise_search import renoise
 
     m = served["tiny-diff"]
     text = "the cat sat on a red dot."

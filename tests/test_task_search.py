@@ -407,7 +407,7 @@ def test_export_half_is_half_the_size_and_loads(tmp_path, tiny_model_factory):
 
 def test_task_evaluator_scores_traces_for_branch_search(tiny_model_factory):
     from mixture_of_thoughts.config import ModelConfig
-    from mixture_of_thoughts.generation.search import branch_search
+    from mixture_of_thoughts.generation.denoise_search import branch_search
     from mixture_of_thoughts.models.transformer import Transformer
 
     ev = S.TaskEvaluator(S.Game24Task(), (4, 5, 6, 10))

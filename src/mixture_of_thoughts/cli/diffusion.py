@@ -30,7 +30,7 @@ def _creativity(args):
 
 
 def _evaluator(args, ck):
-    from ..generation.search import ARLikelihoodEvaluator, DiversityEvaluator, ElboEvaluator, WeightedEvaluator
+    from ..generation.denoise_search import ARLikelihoodEvaluator, DiversityEvaluator, ElboEvaluator, WeightedEvaluator
 
     if args.evaluator == "ar":
         if not args.judge:
@@ -93,7 +93,7 @@ def cmd_diffuse(args) -> int:
     With --keep M, at each --points noise level the branches are scored (--evaluator), the best M
     kept, and each forked into N/M by re-masking that fraction of its text. Output is ranked.
     """
-    from ..generation.search import branch_search
+    from ..generation.denoise_search import branch_search
 
     ck = load_run(args.run, expect="diffusion", which=args.checkpoint, device=args.device)
     want_traj = bool(args.show_steps or args.animate)
@@ -142,7 +142,7 @@ def cmd_renoise(args) -> int:
     With --draft-from AR_RUN the text is first drafted by that autoregressive run from --prompt, and
     only the drafted part is re-noised (unless --span says otherwise).
     """
-    from ..generation.search import renoise
+    from ..generation.denoise_search import renoise
 
     if not 0.0 <= args.noise <= 1.0:
         raise ConfigError(f"--noise must be in [0, 1] (the fraction of characters to mask), got {args.noise}")

@@ -2,8 +2,8 @@
 
 Every job calls the same function as its command, with the same arguments, so the page shows what
 the command prints: :func:`~mixture_of_thoughts.generation.autoregressive.think` (``mot think``),
-:func:`~mixture_of_thoughts.generation.search.branch_search` (``mot diffuse``) and
-:func:`~mixture_of_thoughts.generation.search.renoise` (``mot renoise``). Nothing in the decoding
+:func:`~mixture_of_thoughts.generation.denoise_search.branch_search` (``mot diffuse``) and
+:func:`~mixture_of_thoughts.generation.denoise_search.renoise` (``mot renoise``). Nothing in the decoding
 loops changed for the server; it listens from outside:
 
 * ``think``'s ``on_token`` callback gives each step's new tokens;
@@ -176,7 +176,7 @@ def _frames(m: ServedModel, trajectory: list[torch.Tensor]) -> list[tuple[int, l
 def run_diffuse(m: ServedModel, req: DiffuseRequest, job: Job, embedder=None) -> None:
     """``mot diffuse`` for the page: ``start``, the first round's denoising as ``frame`` events, ``result``
     (branches ranked by the ELBO evaluator, as the command prints them)."""
-    from ..generation.search import branch_search
+    from ..generation.denoise_search import branch_search
 
     ids = prepare_prompt(m.tokenizer, req.prompt, None)
     seeds = [req.seed + i for i in range(req.branches)]
@@ -200,7 +200,7 @@ def _emit_frames(m: ServedModel, job: Job, trajectory) -> None:
 
 def run_renoise(m: ServedModel, req: RenoiseRequest, job: Job, embedder=None) -> None:
     """``mot renoise`` for the page: ``start``, the variants' denoising as ``frame`` events, ``result``."""
-    from ..generation.search import renoise
+    from ..generation.denoise_search import renoise
 
     seeds = [req.seed + i for i in range(req.variants)]
     job.emit("start", {"mode": "renoise", "model": m.name, "prompt": req.text, "seeds": seeds,

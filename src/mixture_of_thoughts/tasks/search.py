@@ -28,7 +28,7 @@ Methods:
   (the floor any model must beat); :func:`exact` is the ceiling (the solver: no model).
 
 :class:`TaskEvaluator` puts the same interface under the diffusion multi-branch search
-(:func:`..generation.search.branch_search`): the task's verifier scores the branches.
+(:func:`..generation.denoise_search.branch_search`): the task's verifier scores the branches.
 """
 
 from __future__ import annotations
@@ -550,7 +550,7 @@ def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget
 
 
 class TaskEvaluator:
-    """A task's verifier as an evaluator of :func:`..generation.search.branch_search` (``score(texts,
+    """A task's verifier as an evaluator of :func:`..generation.denoise_search.branch_search` (``score(texts,
     prompt) -> (N,)``, higher is better), so multi-branch denoising searches any :class:`Task`:
 
     1 for a trace that states a verified solution; otherwise partial credit for its leading valid step

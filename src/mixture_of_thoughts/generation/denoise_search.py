@@ -23,7 +23,9 @@ and denoises them: p = 0 returns the text, p = 1 a new text of the same length.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -39,6 +41,15 @@ _CHOOSE = 2  # sub-stream of the re-masking draws (0 and 1 are the samplers')
 
 
 # ----------------------------------------------------------------------------- evaluators
+
+
+class Evaluator(Protocol):
+    """What :func:`branch_search` ranks branches with (and ``tasks.search.TaskEvaluator`` provides)."""
+
+    def score(self, texts: Sequence[str], prompt: str) -> torch.Tensor:
+        """(N,) one score per text, higher is better."""
+        ...
+
 
 class ElboEvaluator:
     """Negative ELBO bits per character of ``prompt + text`` under a diffusion model.
@@ -224,7 +235,7 @@ class RankedBranch:
 
 
 @dataclass
-class SearchResult:
+class BranchSearchResult:
     prompt: str
     branches: list[RankedBranch]  # best first
     best_per_round: list[float]
@@ -290,8 +301,8 @@ def _fork(model, pool: _Pool, top: list[int], src: list[int], first_seed: int, g
 
 
 def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int = 8, keep: int | None = None,
-                  points=(0.5,), seed: int = 0, evaluator=None, unknown_chars: str = "error",
-                  trajectory: bool = False, **sampler_kw) -> SearchResult:
+                  points=(0.5,), seed: int = 0, evaluator: Evaluator | None = None, unknown_chars: str = "error",
+                  trajectory: bool = False, **sampler_kw) -> BranchSearchResult:
     """Multi-branch denoising with keep-best-and-fork at chosen noise levels.
 
     Args:
@@ -305,7 +316,7 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
         evaluator: anything with ``score(texts, prompt)``; default :class:`ElboEvaluator`.
         sampler_kw: see :func:`generation.diffusion.denoise`.
     Returns:
-        :class:`SearchResult`, branches ranked best first with their final scores.
+        :class:`BranchSearchResult`, branches ranked best first with their final scores.
     """
     points = _check_search(branches, keep, points)
     ids = prepare_prompt(tokenizer, prompt, None, unknown_chars)  # diffusion continues long prompts block by block
@@ -332,9 +343,9 @@ def branch_search(model, tokenizer, prompt: str, *, length: int, branches: int =
     best_per_round.append(float(scores.max()))
     ranked = [RankedBranch(texts[i], pool.seeds[i], float(scores[i]), pool.parents[i], pool.rounds[i])
               for i in scores.argsort(descending=True).tolist()]
-    return SearchResult(prompt, ranked, best_per_round, out.trajectory)
+    return BranchSearchResult(prompt, ranked, best_per_round, out.trajectory)
 
 
 __all__ = ["ElboEvaluator", "ARLikelihoodEvaluator", "DiversityEvaluator", "WeightedEvaluator",
-           "choose_positions", "renoise", "RenoiseResult", "Variant", "branch_search", "SearchResult",
-           "RankedBranch"]
+           "choose_positions", "renoise", "RenoiseResult", "Variant", "branch_search", "BranchSearchResult",
+           "Evaluator", "RankedBranch"]

@@ -1,4 +1,4 @@
-"""Re-noising, evaluators and multi-branch search (``generation/search.py``)."""
+"""Re-noising, evaluators and multi-branch search (``generation/denoise_search.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mixture_of_thoughts.errors import ConfigError
-from mixture_of_thoughts.generation.diffusion import generate
-from mixture_of_thoughts.generation.search import (
+from mixture_of_thoughts.generation.denoise_search import (
     ARLikelihoodEvaluator,
     DiversityEvaluator,
     ElboEvaluator,
@@ -21,6 +20,7 @@ from mixture_of_thoughts.generation.search import (
     choose_positions,
     renoise,
 )
+from mixture_of_thoughts.generation.diffusion import generate
 from mixture_of_thoughts.metrics.quality import text_bpc
 from mixture_of_thoughts.models.diffusion import diffusion_bpc
 from mixture_of_thoughts.rng import RowNoise
