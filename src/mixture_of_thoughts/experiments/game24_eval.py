@@ -41,7 +41,7 @@ from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
 from .report import finite_json, write_json_atomic
-from .stats import bootstrap_indices, matched, resampled_means
+from .stats import bootstrap_indices, matched, resampled_means, wilson
 
 MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
@@ -346,7 +346,7 @@ def budget_rows(label: str, recs: list[dict], budgets) -> list[dict]:
         per = [at_budget(r, b) for r in recs]
         found = sum(s for s, _, _, _ in per)
         n = len(per)
-        rows.append({"method": label, "budget": b, "success": found / n, "ci": list(S.wilson(found, n)),
+        rows.append({"method": label, "budget": b, "success": found / n, "ci": list(wilson(found, n)),
                      "distinct_correct": sum(d for _, d, _, _ in per) / n, "positions": sum(p for *_, p, _ in per) / n,
                      "seconds": sum(t for *_, t in per) / n})
     return rows

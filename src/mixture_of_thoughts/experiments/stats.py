@@ -13,6 +13,7 @@ point estimate lies outside the range.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -203,3 +204,14 @@ def hull_saturation(xs: np.ndarray, ys: np.ndarray, queries: np.ndarray, reps: i
                     "max_gap": float(np.nanmax(gap)) if defined.any() else float("nan"),
                     "coverage": float(defined.mean())})
     return out
+
+
+def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95% interval of a success rate."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -1,0 +1,301 @@
+"""The methods, each anytime over one budget: sampling, beam search, MCTS, the diffusion-alone and
+hybrid methods, the random floor and the exact ceiling."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from .. import game24
+from .base import BLOCK_SEP, Budget, SearchResult, StateValue, Task, judge
+from .models import Infiller, LineModel
+
+TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this (or in the model's block)
+
+
+def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: int = 16, seed: int = 0,
+                  method: str = "sample") -> SearchResult:
+    """Whole traces, ``batch`` rows at a time, until the budget is spent; best-of-N by the verifier."""
+    res = SearchResult(method)
+    start = task.start(puzzle)
+    prompt = BLOCK_SEP + start.prompt()
+    k, room = 0, min(TRACE_CHARS, lm.block_size - len(prompt))
+    while budget.left > 0:
+        rows = lm.continue_([prompt] * batch, [seed + k + i for i in range(batch)], room, "\n\n")
+        k += batch
+        used = budget.take([r[2] for r in rows])
+        for (text, _, _), at in zip(rows[:used], budget.marks, strict=True):
+            res.add(task.check_text(start.puzzle, start.prompt() + text), text, at)
+        res.attempts += used
+        if used < len(rows):
+            break
+    return res.finish(budget)
+
+
+LINE_CHARS = 40  # one step line
+
+
+def beam_schedule(width: int, proposals: int):
+    """``(width, proposals)`` of each beam pass: 1 state x 4 proposals first, doubling up to the cap."""
+    i = 0
+    while True:
+        yield min(width, 2 ** i), min(proposals, 4 * 2 ** i)
+        i += 1
+
+
+def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 5, proposals: int = 8,
+                seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
+    """Breadth-first search over steps (Tree of Thoughts' BFS), restarted with new seeds while the
+    budget lasts: each kept state gets ``proposals`` sampled next lines, the valid distinct children
+    are ranked by the model's log-likelihood of their lines so far, the best ``width`` are kept.
+
+    With a ``value`` (Tree of Thoughts' state evaluator, here learned: :mod:`.value`), every child is
+    read by it (the reads charged to the budget), children below the threshold are pruned and the rest
+    ranked by the value, the model's log-likelihood breaking ties.
+
+    The passes widen (:func:`beam_schedule`: 1 x 4, 2 x 8, 4 x 8, then ``width`` x ``proposals``), so
+    a small budget buys a narrow finished pass rather than an unfinished wide one, and the method
+    stays anytime (what it does never depends on the budget's size).
+    """
+    res = SearchResult("beam" if value is None else "beam-value")
+    cut = None if value is None else (value.threshold if threshold is None else threshold)
+    root = task.start(puzzle)
+    k = 0
+    for w, n in beam_schedule(width, proposals):
+        frontier: list[tuple[float, game24.State]] = [(0.0, root)]
+        while frontier and not frontier[0][1].done:
+            prompts, owners = [], []
+            for i, (_, s) in enumerate(frontier):
+                prompts += [BLOCK_SEP + s.text()] * n
+                owners += [i] * n
+            rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
+            k += len(prompts)
+            if budget.take([r[2] for r in rows]) < len(rows):  # the budget is spent within this level
+                return res.finish(budget)
+            children: dict[tuple, tuple[float, game24.State]] = {}
+            for (text, ll, _), i in zip(rows, owners, strict=True):
+                score, s = frontier[i]
+                move = task.parse_line(s, text.strip("\n"))
+                if move is None:
+                    continue
+                child = task.apply(s, move)
+                key = (child.numbers, tuple(sorted(map(str, child.exprs))))
+                if key not in children or children[key][0] < score + ll:
+                    children[key] = (score + ll, child)
+            ranked = sorted(children.values(), key=lambda x: -x[0])
+            if value is not None:
+                p = judge(value, [c for _, c in ranked], budget)
+                if p is None:
+                    return res.finish(budget)
+                order = sorted((i for i in range(len(ranked)) if p[i] >= cut), key=lambda i: -p[i])  # stable: ll ties
+                ranked = [ranked[i] for i in order]
+            frontier = ranked[:w]
+        for _, s in frontier:
+            res.attempts += 1
+            res.add(task.solution(s), s.text(), budget.spent)
+    raise AssertionError("unreachable: the schedule never ends")
+
+
+FREE_SIMULATIONS = 200  # simulations in a row that expand nothing: the tree is exhausted, stop
+
+
+@dataclass
+class _Node:
+    state: game24.State
+    prior: float = 1.0
+    visits: int = 0
+    value: float = 0.0
+    children: dict = field(default_factory=dict)  # move -> _Node
+    counts: dict = field(default_factory=dict)  # move -> proposals that named it
+    asked: int = 0  # batches of proposals so far
+    worth: float = 1.0  # the value's P(solvable) (1 without a value)
+    pruned: set = field(default_factory=set)  # moves the value ruled out
+
+    def ucb(self, parent_visits: int, c: float) -> float:
+        q = self.value / self.visits if self.visits else 0.0
+        return q + c * self.prior * math.sqrt(parent_visits + 1) / (1 + self.visits)
+
+    def wants_proposals(self) -> bool:
+        """Progressive widening: a first batch, then another each time the visits reach 4 x batches^2
+        (or at once while no proposal so far was valid)."""
+        return self.asked == 0 or not self.children or self.visits >= 4 * self.asked ** 2
+
+
+def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 8, c_puct: float = 1.5,
+         seed: int = 0, value: StateValue | None = None, threshold: float | None = None) -> SearchResult:
+    """Monte Carlo tree search over steps (PUCT with progressive widening), until the budget is spent.
+
+    Expanding a state asks the model for ``proposals`` next lines; the distinct valid moves among them
+    are its children, with the share of proposals that named each as the prior (the model's step
+    probabilities, estimated by sampling). Often-visited states ask again (progressive widening), so
+    moves the first batch missed can still appear. A simulation descends by PUCT, expands at most one
+    state on its way, and from the state it reaches the model writes the rest of the trace in one
+    rollout (the classic simulation step; without it a small budget is spent on expansions before any
+    trace is finished); the verifier's reward is 1 for a solution not found before, else 0, so
+    visits drift from solutions already found to unexplored branches. The search stops when the
+    budget is spent (or after many simulations in a row that cost nothing: an exhausted tree).
+
+    With a ``value`` (:mod:`.value`), each newly proposed child is read once (charged to the budget):
+    a child below the threshold is pruned (never entered, never read again), the others' priors are
+    the proposal shares weighted by their values.
+    """
+    res = SearchResult("mcts" if value is None else "mcts-value")
+    cut = None if value is None else (value.threshold if threshold is None else threshold)
+    root = _Node(task.start(puzzle))
+    k, free = 0, 0
+    while budget.left > 0 and free < FREE_SIMULATIONS:
+        path, node, spent, before, expanded = [root], root, False, budget.spent, False
+        while not node.state.done:
+            if node.wants_proposals():
+                if expanded:
+                    break  # one expansion a simulation: a rollout from here
+                expanded = True
+                rows = lm.continue_([BLOCK_SEP + node.state.text()] * proposals,
+                                    [seed + k + j for j in range(proposals)], LINE_CHARS, "\n")
+                k += proposals
+                if budget.take([r[2] for r in rows]) < len(rows):
+                    spent = True
+                    break
+                node.asked += 1
+                new = {}
+                for text, _, _ in rows:
+                    move = task.parse_line(node.state, text.strip("\n"))
+                    if move is not None:
+                        node.counts[move] = node.counts.get(move, 0) + 1
+                        if move not in node.children and move not in node.pruned and move not in new:
+                            new[move] = _Node(task.apply(node.state, move))
+                if value is not None and new:
+                    p = judge(value, [ch.state for ch in new.values()], budget)
+                    if p is None:
+                        spent = True
+                        break
+                    for (m, ch), q in zip(list(new.items()), p, strict=True):
+                        ch.worth = q
+                        if q < cut:
+                            node.pruned.add(m)
+                            del new[m]
+                node.children.update(new)
+                weights = {m: node.counts[m] * ch.worth for m, ch in node.children.items()}
+                total = sum(weights.values())
+                for m, ch in node.children.items():
+                    ch.prior = weights[m] / total if total > 0 else 1.0 / len(node.children)
+            if not node.children:
+                break  # no valid proposal yet: reward 0, asked again when reached again
+            node = max(node.children.values(), key=lambda ch: ch.ucb(node.visits, c_puct))
+            path.append(node)
+        if spent:
+            break
+        if node.state.done:
+            res.attempts += 1
+            reward = float(res.add(task.solution(node.state), node.state.text(), budget.spent))
+        else:  # the rollout: the model writes the rest of the trace, the verifier scores it
+            prompt = BLOCK_SEP + node.state.text()
+            text, _, cost = lm.continue_([prompt], [seed + k], min(TRACE_CHARS, lm.block_size - len(prompt)),
+                                         "\n\n")[0]
+            k += 1
+            if budget.take([cost]) < 1:
+                break
+            res.attempts += 1
+            trace = node.state.text() + text
+            reward = float(res.add(task.check_text(root.state.puzzle, trace), trace.split("\n\n")[0], budget.spent))
+        for n in path:
+            n.visits += 1
+            n.value += reward
+        free = free + 1 if budget.spent == before else 0
+    return res.finish(budget)
+
+
+def denoised_answers(den, puzzle, budget: Budget, *, batch: int = 8, seed: int = 0,
+                     method: str = "mgdm") -> SearchResult:
+    """Answers written by a masked-diffusion model alone (:class:`.mgdm.Denoiser`), ``batch`` rows at a
+    time until the budget is spent; each row costs ``steps x length`` positions; best-of-N by the
+    verifier, which replays every step (:func:`.mgdm.read_solution`)."""
+    from .. import mgdm
+
+    res = SearchResult(method)
+    puzzle = tuple(puzzle)
+    k = 0
+    while budget.left > 0:
+        texts = den.answers([puzzle] * batch, [seed + k + i for i in range(batch)])
+        k += batch
+        used = budget.take([den.cost] * batch)
+        for text, at in zip(texts[:used], budget.marks, strict=True):
+            res.add(mgdm.read_solution(puzzle, text), text.split(mgdm.PAD * 2)[0].strip(), at)
+        res.attempts += used
+        if used < batch:
+            break
+    return res.finish(budget)
+
+
+REST_CHARS = 96  # what diffusion writes after the first step: two step lines and the answer line
+
+
+def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget, *, proposals: int = 8,
+           batch: int = 8, rest: int = REST_CHARS, seed: int = 0) -> SearchResult:
+    """The search + diffusion hybrid: the search picks first steps, diffusion writes the rest.
+
+    The autoregressive model proposes ``proposals`` first lines (the search's first level); the
+    distinct valid ones are the directions, tried in proportion to how often the model proposed each.
+    For each direction the diffusion model infills the rest of the trace (``rest`` positions after
+    the longest prompt: the two remaining steps and the answer fit); the verifier scores it.
+    Proposals are asked again (new seeds) when none was valid.
+    """
+    res = SearchResult("hybrid")
+    root = task.start(puzzle)
+    k, firsts = 0, []
+    while not firsts:
+        rows = lm.continue_([BLOCK_SEP + root.text()] * proposals, [seed + k + j for j in range(proposals)],
+                            LINE_CHARS, "\n")
+        k += proposals
+        if budget.take([r[2] for r in rows]) < len(rows):
+            return res.finish(budget)
+        firsts = [task.apply(root, m) for m in (task.parse_line(root, t.strip("\n")) for t, _, _ in rows) if m]
+    i = 0
+    while True:
+        states = [firsts[(i + j) % len(firsts)] for j in range(batch)]  # proportional to the proposals
+        prompts = [BLOCK_SEP + s.text() for s in states]
+        length = min(infiller.model.config.block_size, max(map(len, prompts)) + rest)
+        done = infiller.complete(prompts, [seed + 7919 * (i + j) + 1 for j in range(batch)], length)
+        i += batch
+        used = budget.take([c for _, c in done])
+        for s, (text, _), at in zip(states[:used], done[:used], budget.marks, strict=True):
+            res.attempts += 1
+            res.add(task.check_text(root.puzzle, s.text() + text), s.text() + text.split("\n\n")[0], at)
+        if used < len(done):
+            break
+    return res.finish(budget)
+
+
+def trace_cost(puzzle) -> int:
+    """Token positions of one typical whole trace (prompt and a solver trace, or 3 step lines)."""
+    sols = game24.solve(tuple(sorted(puzzle)))
+    if sols:
+        steps, expr = next(iter(sols.values()))[0]
+        return len(BLOCK_SEP + game24.trace_of(puzzle, steps, expr)) + 1
+    return len(BLOCK_SEP + game24.State.start(puzzle).prompt()) + 4 * 30
+
+
+def random_steps(task: Task, puzzle, budget: Budget, *, seed: int = 0) -> SearchResult:
+    """Uniform random valid moves to the end, as many attempts as the budget buys whole traces."""
+    import random
+
+    res = SearchResult("random")
+    rng = random.Random(seed)
+    per = trace_cost(puzzle)
+    res.attempts = budget.take([per] * (budget.limit // per))
+    for at in budget.marks:
+        s = task.start(puzzle)
+        while not s.done:
+            s = task.apply(s, rng.choice(task.moves(s)))
+        res.add(task.solution(s), s.text(), at)
+    return res.finish(budget)
+
+
+def exact(puzzle) -> SearchResult:
+    """The solver: every distinct solution, no model, no budget (the ceiling)."""
+    t0 = time.time()
+    sols = game24.solve(tuple(sorted(puzzle)))
+    res = SearchResult("solver", {k: game24.trace_of(puzzle, *v[0]) for k, v in sols.items()})
+    res.attempts, res.seconds = sum(len(v) for v in sols.values()), time.time() - t0
+    return res

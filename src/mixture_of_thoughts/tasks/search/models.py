@@ -1,0 +1,117 @@
+"""The model side of search: a line model continuing several prompts at once, a diffusion infiller."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import ConfigError
+from ...generation.decoder import left_pad
+from ...rng import RowNoise
+
+
+class LineModel:
+    """A character-level causal model continuing several prompts at once (thought branches included).
+
+    Prompts of different lengths are left-padded with newlines, which the training text has between
+    traces; a row's cost is its own prompt plus what it writes.
+    """
+
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, creativity: float | None = None):
+        self.model, self.tok = model.eval(), tokenizer
+        self.temperature, self.creativity = float(temperature), creativity
+        self.dev = next(model.parameters()).device
+        self.pad = tokenizer.encode("\n")[0]
+        self.block_size = model.config.block_size
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Rows with the same prompt read it once: true for a dense model (a thought model's prompt
+        activations depend on each row's noise, so each of its rows reads its own prompt)."""
+        return not self.model.config.has_thoughts
+
+    @torch.no_grad()
+    def continue_(self, prompts: list[str], seeds: list[int], max_chars: int,
+                  stop: str) -> list[tuple[str, float, int]]:
+        """Per prompt: ``(text written up to and including stop, its log-likelihood, positions used)``.
+
+        With :attr:`shares_prompts`, each distinct prompt is read once and its KV cache copied to its
+        rows; its positions are charged to its first row, the others pay for what they write only.
+        """
+        from ...generation.autoregressive import LOOKAHEAD, generate
+        from ...generation.decoder import Sampling, decode
+
+        ids = [self.tok.encode(p, unknown="replace") for p in prompts]
+        block = self.model.config.block_size
+        T0 = max(len(x) for x in ids)
+        if T0 + max_chars > block:
+            raise ConfigError(f"a prompt of {T0} characters plus {max_chars} new ones is longer than the model's "
+                              f"block size {block}")
+        batch, _ = left_pad(ids, self.pad, self.dev)
+        noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
+        stops = [self.tok.encode(stop)]
+        if self.shares_prompts:
+            gen = decode(_shared_prompt_step(self.model), batch, max_chars, noise, Sampling(self.temperature),
+                         stop_sequences=stops)
+        else:
+            c = None if self.creativity is None else torch.full((len(ids),), float(self.creativity), device=self.dev)
+            gen = generate(self.model, batch, max_chars, noise, temperature=self.temperature, creativity=c,
+                           stop_ids=stops[0])
+        first = {}
+        for b, p in enumerate(prompts):
+            first.setdefault(p, b)
+        new = gen.tokens[:, T0:].tolist()
+        lls = gen.logprobs.cumsum(-1)
+        out = []
+        for b, L in enumerate(gen.lengths.tolist()):
+            read = len(ids[b]) if not self.shares_prompts or first[prompts[b]] == b else 0
+            out.append((self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, read + L))
+        return out
+
+
+def _shared_prompt_step(model):
+    """A decoder step function for a dense causal model that reads each distinct prompt row once."""
+    from ...generation.decoder import Step
+
+    cache = None
+
+    def step(tokens: torch.Tensor, length: int) -> Step:
+        nonlocal cache
+        if cache is None:
+            uniq, inv = torch.unique(tokens[:, :length], dim=0, return_inverse=True)
+            cache = model.new_cache(uniq.shape[0])
+            out = model(uniq, cache=cache, last_only=True)
+            cache.k, cache.v = cache.k[:, inv], cache.v[:, inv]
+            return Step(out.logits[inv, -1, :], {})
+        out = model(tokens[:, length - 1:length], cache=cache, last_only=True)
+        return Step(out.logits[:, -1, :], {})
+
+    return step
+
+
+class Infiller:
+    """A masked-diffusion model writing the rest of several traces at once (the hybrid's second half).
+
+    Each row's prompt is kept; the model denoises ``length`` positions in all with ``steps`` top-k
+    steps. A row's cost is what the model reads: ``length`` positions at every step.
+    """
+
+    def __init__(self, model, tokenizer, *, steps: int = 16, temperature: float = 1.0):
+        self.model, self.tok = model.eval(), tokenizer
+        self.steps, self.temperature = int(steps), float(temperature)
+        self.dev = next(model.parameters()).device
+        self.pad = tokenizer.encode("\n")[0]
+
+    @torch.no_grad()
+    def complete(self, prompts: list[str], seeds: list[int], length: int) -> list[tuple[str, int]]:
+        from ...generation.diffusion import generate
+
+        ids = [self.tok.encode(p, unknown="replace") for p in prompts]
+        T0 = max(len(x) for x in ids)
+        if length > self.model.config.block_size or length <= T0:
+            raise ConfigError(f"the infill length {length} must exceed the longest prompt ({T0}) and fit the "
+                              f"diffusion model's block size {self.model.config.block_size}")
+        batch, _ = left_pad(ids, self.pad, self.dev)
+        out = generate(self.model, batch, length, RowNoise(seeds, self.dev), sampler="topk",
+                       steps=self.steps, temperature=self.temperature)
+        texts = [self.tok.decode(row[T0:]) for row in out.tokens.tolist()]
+        return [(t, out.steps * length) for t in texts]
