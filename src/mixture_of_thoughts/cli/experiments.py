@@ -67,17 +67,17 @@ def _compare_lm(args, command: str) -> int:
           "seeds": args.seeds, "out": args.out, "device": args.device, "command": command,
           "first_seed": args.first_seed, "report_only": args.report_only or None}
     if args.grid is not None:
-        from ..experiments.compare_lm import GRIDS
+        from ..experiments.lm_grid import GRIDS
 
         if args.grid not in GRIDS:
             raise ConfigError(f"unknown --grid {args.grid!r}: choose one of {', '.join(GRIDS)}")
         kw["contenders"] = GRIDS[args.grid]()
         if args.grid == "confirm":  # the confirmation is about the setting it confirms
-            from ..experiments.compare_lm import CONFIRM
+            from ..experiments.lm_grid import CONFIRM
 
             kw["primary"] = CONFIRM.label
         if args.grid == "heldout":  # the primary frozen in code before the run, on the held-out prompts
-            from ..experiments.compare_lm import HELDOUT_PRIMARY
+            from ..experiments.lm_grid import HELDOUT_PRIMARY
 
             kw["primary"] = HELDOUT_PRIMARY.label
             kw["prompts"] = kw.get("prompts") or "held-out"
