@@ -68,7 +68,7 @@ class Block(nn.Module):
         else:
             self.ffn = DenseFFN(cfg.n_embd, cfg.dense_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
-    def forward(self, x, positions, cache=None, noise=None, creativity=None, costly_stats=False, rope=None,
+    def forward(self, x, positions, *, cache=None, noise=None, creativity=None, costly_stats=False, rope=None,
                 route=None, aux=True):
         x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope)
         h = self.norm2(x)
@@ -157,7 +157,8 @@ class Transformer(nn.Module):
         stats: dict[int, dict[str, torch.Tensor]] = {}
         rope = rope_angles(positions, self.config.head_size, self.config.rope_base)  # once for all layers
         for block in self.blocks:
-            x, a, s = block(x, positions, cache, noise, creativity, costly_stats, rope, route, aux)
+            x, a, s = block(x, positions, cache=cache, noise=noise, creativity=creativity, costly_stats=costly_stats,
+                            rope=rope, route=route, aux=aux)
             if a is not None:
                 aux_loss = aux_loss + a
                 stats[block.layer_idx] = s
