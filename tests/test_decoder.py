@@ -129,3 +129,23 @@ def test_stop_strings_match_the_text_whatever_tokens_spelled_it():
     assert gen.lengths.tolist() == [3, 2, 4]
     with pytest.raises(ValueError, match="detokenize"):
         decode(step, torch.zeros(3, 1, dtype=torch.long), 4, RowNoise([0, 1, 2]), Sampling(), stop_strings=["x"])
+
+
+def test_two_phase_sampling_is_the_hot_run_then_the_cold_run():
+    """``Sampling(first=(hot, m))``: the first m tokens at the hot temperature, the rest at the cold one.
+    With logits that depend only on the step, each phase equals the one-temperature run there."""
+    table = torch.randn(6, V, generator=torch.Generator().manual_seed(1)) * 3
+
+    def step(tokens, length):
+        return Step(table[length - 1].expand(tokens.shape[0], V), {})
+
+    def run(s):
+        return decode(step, torch.zeros(4, 1, dtype=torch.long), 6, RowNoise([3, 4, 5, 6]), s).tokens[:, 1:]
+
+    hot, cold = run(Sampling(2.0)), run(Sampling(0.3))
+    two = run(Sampling(0.3, first=(2.0, 2)))
+    assert torch.equal(two[:, :2], hot[:, :2]) and torch.equal(two[:, 2:], cold[:, 2:])
+    assert not torch.equal(hot, cold)
+    assert torch.equal(run(Sampling(0.3, first=(0.3, 4))), cold)
+    with pytest.raises(ConfigError):
+        Sampling(0.3, first=(-1.0, 2)).validate()

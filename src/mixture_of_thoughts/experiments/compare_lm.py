@@ -240,12 +240,8 @@ def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list
     ids, mask = left_pad(rows, pad_token_id(tok), dev)
     look = min(LOOKAHEAD, max_new_tokens)
     noise = RowPositionNoise(RowNoise(row_seeds, dev), ids.shape[1] - mask.sum(-1), lookahead=look)
-    hot = c.family == "two-phase"
-    sampling = Sampling(c.hot_temperature if hot else c.temperature, None, c.top_p, c.min_p)
-
-    def on_token(i, nxt, done):
-        if hot and i == c.hot_tokens - 1:
-            sampling.temperature = c.temperature  # read by the decoder at every step
+    first = (c.hot_temperature, c.hot_tokens) if c.family == "two-phase" else None
+    sampling = Sampling(c.temperature, None, c.top_p, c.min_p, first=first)
 
     if _graft_key(c):
         kw = {}
@@ -257,7 +253,7 @@ def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list
         ctx = contextlib.nullcontext()
     with ctx:
         gen = decode(padded_hf_step(model, mask), ids, max_new_tokens, noise, sampling,
-                     stop_ids=stop_token_ids(tok, model), on_token=on_token if hot else None)
+                     stop_ids=stop_token_ids(tok, model))
     T0 = ids.shape[1]
     toks = gen.tokens[:, T0:].tolist()
     lp = gen.logprobs.cpu()

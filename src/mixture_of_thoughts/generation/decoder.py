@@ -75,9 +75,16 @@ class Sampling:
     top_k: int | None = None
     top_p: float | None = None
     min_p: float | None = None
+    first: tuple[float, int] | None = None  # (hot temperature, m): the first m new tokens at that temperature
 
     def validate(self) -> None:
         validate_sampling(float(torch.as_tensor(self.temperature).min()), self.top_k, self.top_p, self.min_p)
+        if self.first is not None:
+            validate_sampling(float(self.first[0]), self.top_k, self.top_p, self.min_p)
+
+    def temperature_at(self, i: int):
+        """The temperature of new token ``i`` (0-based): two-phase sampling reads ``first`` before ``m``."""
+        return self.first[0] if self.first is not None and i < self.first[1] else self.temperature
 
 
 class _Stopper:
@@ -153,7 +160,7 @@ def decode(step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int, noise: R
     for i in range(max_new_tokens):
         pos = T0 + i
         logits = out.logits
-        nxt = sample_tokens(logits, noise, pos, s.temperature, s.top_k, s.top_p, s.min_p)
+        nxt = sample_tokens(logits, noise, pos, s.temperature_at(i), s.top_k, s.top_p, s.min_p)
         tokens[:, pos] = nxt
         logprobs[:, i] = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
         if i > 0:  # routing of the step that read the previous generated token
