@@ -35,7 +35,7 @@ The package: :mod:`.base` (the task, budget and result types, the value protocol
 """
 
 from ...rng import RowNoise  # noqa: F401  (search.RowNoise: the noise a LineModel's rows draw from)
-from .base import BLOCK_SEP, Budget, Game24Task, SearchResult, StateValue, Task, judge
+from .base import BLOCK_SEP, Budget, Game24Task, SearchResult, StateValue, Task, TaskState, judge
 from .evaluator import TaskEvaluator
 from .methods import (
     FREE_SIMULATIONS,
@@ -56,7 +56,7 @@ from .models import Infiller, LineModel
 
 __all__ = [
     "BLOCK_SEP", "Budget", "FREE_SIMULATIONS", "Game24Task", "Infiller", "LINE_CHARS", "LineModel",
-    "REST_CHARS", "SearchResult", "StateValue", "TRACE_CHARS", "Task", "TaskEvaluator", "beam_schedule",
+    "REST_CHARS", "SearchResult", "StateValue", "TRACE_CHARS", "Task", "TaskEvaluator", "TaskState", "beam_schedule",
     "beam_search", "denoised_answers", "exact", "hybrid", "judge", "mcts", "random_steps", "sample_traces",
     "trace_cost",
 ]

@@ -13,10 +13,25 @@ from .. import game24
 BLOCK_SEP = "\n"  # the training text separates traces by a blank line: a prompt starts after one
 
 
-class Task(Protocol):
-    """A step task: what the search methods need of it."""
+class TaskState(Protocol):
+    """What the methods read of a task's state (``game24.State`` is one)."""
 
-    def start(self, puzzle) -> game24.State: ...
+    puzzle: tuple
+
+    @property
+    def done(self) -> bool: ...
+
+    def prompt(self) -> str:
+        """The trace's first line (what a model is prompted with)."""
+
+    def text(self) -> str:
+        """The trace so far: the prompt and one line per step."""
+
+
+class Task(Protocol):
+    """A step task: what the search methods need of it (Game of 24 is :class:`Game24Task`)."""
+
+    def start(self, puzzle) -> TaskState: ...
 
     def moves(self, state) -> list: ...
 
@@ -26,6 +41,9 @@ class Task(Protocol):
         """The canonical key of the solution ``state`` reaches, or None."""
 
     def parse_line(self, state, line: str): ...
+
+    def state_key(self, state):
+        """A hashable key equal for states a search need not keep twice."""
 
     def check_text(self, puzzle, text: str) -> str | None:
         """The canonical key of the solution a generated trace states, or None."""
@@ -48,6 +66,10 @@ class Game24Task:
 
     def parse_line(self, state: game24.State, line: str) -> game24.Step | None:
         return game24.parse_step(state, line)
+
+    def state_key(self, state: game24.State):
+        """The numbers left and the expressions they stand for (step order does not matter)."""
+        return state.numbers, tuple(sorted(map(str, state.exprs)))
 
     def check_text(self, puzzle, text: str) -> str | None:
         return game24.check_trace(puzzle, text)

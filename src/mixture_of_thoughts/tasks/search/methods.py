@@ -80,7 +80,7 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                 if move is None:
                     continue
                 child = task.apply(s, move)
-                key = (child.numbers, tuple(sorted(map(str, child.exprs))))
+                key = task.state_key(child)
                 if key not in children or children[key][0] < score + ll:
                     children[key] = (score + ll, child)
             ranked = sorted(children.values(), key=lambda x: -x[0])
