@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mixture_of_thoughts.config import TrainConfig
 from mixture_of_thoughts.errors import ConfigError
 from mixture_of_thoughts.experiments import game24_eval as E
 from mixture_of_thoughts.models.diffusion import mask_id
@@ -19,8 +21,8 @@ from mixture_of_thoughts.training.checkpoint import load_checkpoint
 
 PUZZLES = [(4, 5, 6, 10), (1, 1, 4, 6), (3, 3, 8, 8), (2, 5, 8, 11), (1, 2, 4, 7), (1, 3, 4, 6), (2, 2, 6, 9),
            (1, 4, 5, 6), (2, 3, 5, 12), (3, 4, 6, 8)]
-TINY = dict(n_layer=1, n_head=2, n_embd=32, max_steps=40, eval_every=20, eval_steps=2, batch_size=16,
-            warmup_steps=5, per_solution=1)
+TINY = dict(n_layer=1, n_head=2, n_embd=32, eval_every=20, eval_steps=2, per_solution=1,
+            train=TrainConfig(objective="diffusion", max_steps=40, batch_size=16, warmup_steps=5))
 
 
 def test_every_example_replays_to_a_solution_of_its_puzzle():
@@ -156,8 +158,8 @@ def test_training_learns_saves_and_is_reproducible(tiny_run, tmp_path):
     out, summary = tiny_run
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [20, 40] and summary["steps"] == 40
-    first = M.train_mgdm(PUZZLES, PUZZLES[:4], M.MGDMConfig(**{**TINY, "max_steps": 1, "eval_every": 1}),
-                         tmp_path / "one")
+    one_step = M.MGDMConfig(**{**TINY, "train": dataclasses.replace(TINY["train"], max_steps=1), "eval_every": 1})
+    first = M.train_mgdm(PUZZLES, PUZZLES[:4], one_step, tmp_path / "one")
     assert rows[-1]["train_loss"] < 0.85 * json.loads((tmp_path / "one" / "metrics.jsonl").read_text())["train_loss"]
     ck = load_checkpoint(out, expect="diffusion")
     assert ck.meta["mgdm"]["n_embd"] == 32 and ck.meta["step"] == summary["best_step"]
@@ -227,7 +229,7 @@ def test_cli_train_and_solve(tmp_path, capsys, monkeypatch):
     assert main(["game24", "train", "--kind", "mgdm", "--out", str(out), "--steps", "2"]) == 0
     text = capsys.readouterr().out
     assert "step 2: loss" in text and "trained 2 steps" in text
-    assert load_checkpoint(out).meta["mgdm"]["max_steps"] == 2
+    assert load_checkpoint(out).meta["mgdm"]["train"]["max_steps"] == 2
     assert main(["game24", "train", "--kind", "mgdm", "--out", str(out), "--steps", "2"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["game24", "train", "--kind", "mgdm", "--out", str(tmp_path / "x"), "--data", "t.txt"]) == 2

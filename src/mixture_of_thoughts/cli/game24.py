@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -86,7 +87,9 @@ def _train_mgdm(args) -> int:
         raise ConfigError("--out is required (the run directory to create)")
     if args.data:
         raise ConfigError("--kind mgdm makes its own traces from the training puzzles: drop --data")
-    cfg = MGDMConfig(seed=args.seed, **({} if args.steps is None else {"max_steps": args.steps}))
+    cfg = MGDMConfig()
+    steps = {} if args.steps is None else {"max_steps": args.steps}
+    cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
     train, val, _ = game24.split(game24.load_puzzles())
 
     def log(row):

@@ -43,7 +43,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -134,11 +134,11 @@ class MGDMConfig:
         token_weighting: apply it (False: plain cross-entropy, the ablation).
         time_weighting: ``"linear"`` (``T - t``, theirs), ``"elbo"`` (``T / (t + 1)``) or ``"none"``.
         per_solution: step orders per distinct solution in the data (None: all of them).
-        batch_size, max_steps, lr, min_lr, warmup_steps, weight_decay, grad_clip: AdamW, cosine decay.
-        minutes: stop after this many minutes even before ``max_steps`` (a CPU budget).
+        train: the optimisation (the trainer's :class:`TrainConfig`: batch, steps, AdamW, cosine decay,
+            seed of the data order, initialisation and masks), MGDM-sized by default.
+        minutes: stop after this many minutes even before ``train.max_steps`` (a CPU budget).
         eval_every: steps between validation decodes (the best checkpoint is kept).
         eval_steps: denoising steps of the validation decode.
-        seed: data order, initialisation and masks.
     """
 
     n_layer: int = 4
@@ -151,22 +151,16 @@ class MGDMConfig:
     token_weighting: bool = True
     time_weighting: str = "linear"
     per_solution: int | None = None
-    batch_size: int = 64
-    max_steps: int = 3500
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(objective="diffusion", batch_size=64,
+                                                                   max_steps=3500, seed=0))
     minutes: float | None = None
     eval_every: int = 250
     eval_steps: int = 8
-    seed: int = 0
 
     def __post_init__(self):
         if self.time_weighting not in ("linear", "elbo", "none"):
             raise ConfigError(f"time_weighting must be linear, elbo or none, got {self.time_weighting!r}")
-        for name in ("length", "diffusion_steps", "batch_size", "max_steps", "eval_every", "eval_steps"):
+        for name in ("length", "diffusion_steps", "eval_every", "eval_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -174,11 +168,6 @@ class MGDMConfig:
             raise ConfigError(f"minutes must be > 0, got {self.minutes}")
         if self.per_solution is not None and self.per_solution < 1:
             raise ConfigError(f"per_solution must be >= 1 (or None for every step order), got {self.per_solution}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MGDMConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def tokenizer_for(pairs) -> CharTokenizer:
@@ -237,7 +226,7 @@ def build_model(cfg: MGDMConfig, vocab_size: int):
 
     mc = ModelConfig(vocab_size=vocab_size + 1, block_size=cfg.length, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd, causal=False, time_conditioning=True)
-    return Transformer(mc).init_weights(torch.Generator().manual_seed(cfg.seed))
+    return Transformer(mc).init_weights(torch.Generator().manual_seed(cfg.train.seed))
 
 
 def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
@@ -255,37 +244,35 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
     out = Path(out)
     prepare_out_dir(out, resume=False, force=force)
     out.mkdir(parents=True, exist_ok=True)
-    pairs = examples(train_puzzles, per_solution=cfg.per_solution, seed=cfg.seed)
+    pairs = examples(train_puzzles, per_solution=cfg.per_solution, seed=cfg.train.seed)
     if not pairs:
         raise ConfigError("no training puzzles with a solution: nothing to train on")
     tok = tokenizer_for(pairs)
     x_all, given_all = encode(tok, pairs, cfg.length)
     model = build_model(cfg, tok.vocab_size).train()
-    tc = TrainConfig(objective="diffusion", batch_size=cfg.batch_size, max_steps=cfg.max_steps, lr=cfg.lr,
-                     min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                     grad_clip=cfg.grad_clip, seed=cfg.seed)
+    tc = cfg.train
     opt = make_optimizer(model, tc, torch.device("cpu"))
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator().manual_seed(tc.seed + 1)
     meta = {"mgdm": asdict(cfg), "train": asdict(tc), "data": f"{len(pairs)} traces of {len(train_puzzles)} "
             "training puzzles (mot game24 train --kind mgdm)", "answer_format": "mgdm-answer/1"}
     best, summary, t0, step = -1.0, {}, time.time(), 0
     metrics = (out / "metrics.jsonl").open("w", encoding="utf-8")
     running = []
     try:
-        while step < cfg.max_steps:
+        while step < tc.max_steps:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            idx = torch.randint(0, len(pairs), (cfg.batch_size,), generator=g)
+            idx = torch.randint(0, len(pairs), (tc.batch_size,), generator=g)
             loss = mgdm_loss(model, x_all[idx], given_all[idx], cfg, g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
             step += 1
             running.append(float(loss.detach()))
             over = cfg.minutes is not None and time.time() - t0 > 60 * cfg.minutes
-            if step % cfg.eval_every == 0 or step == cfg.max_steps or over:
+            if step % cfg.eval_every == 0 or step == tc.max_steps or over:
                 model.eval()
                 solved = solve_rate(Denoiser(model, tok, steps=cfg.eval_steps), val_puzzles)
                 model.train()
