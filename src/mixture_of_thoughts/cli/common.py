@@ -9,11 +9,13 @@ Heavy imports (torch, transformers) stay inside the functions, so ``mot --help``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import shlex
+import sys
 
+from ..api import SHIPPED
 from ..errors import ConfigError
 
-DEFAULT_MODEL = Path(__file__).parent.parent / "assets" / "shakespeare-mot"
+DEFAULT_MODEL = SHIPPED  # the shipped Shakespeare MoT model (api.SHIPPED)
 DATA_HELP = "a UTF-8 text file, or 'shakespeare' (from $MOT_DATA_DIR, the cache, or downloaded)"
 
 _TRUE = ("1", "true", "yes", "on")
@@ -111,3 +113,8 @@ def load_hf(path: str, device: str | None = None):
 
     th = load(path, graft=None, device=device or ("cpu" if is_char_model(path) else None))
     return th.model, th.tokenizer
+
+
+def typed_command(group: str) -> str:
+    """The command as typed (for a report), when ``mot GROUP ...`` was typed: empty when called from Python."""
+    return "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == [group] else ""

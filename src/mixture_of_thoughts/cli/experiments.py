@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 from ..errors import ConfigError
-from .common import DATA_HELP
+from .common import DATA_HELP, typed_command
 from .progress import TqdmTrainProgress, tqdm_track
 
 
@@ -24,12 +23,7 @@ def cmd_compare(args) -> int:
 
     `mot compare char --help` and `mot compare lm --help` list each experiment's flags.
     """
-    return _compare_char(args) if args.experiment == "char" else _compare_lm(args, _command())
-
-
-def _command() -> str:
-    """The command as typed (for the report), when it was typed: empty when called from Python."""
-    return "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["compare"] else ""
+    return _compare_char(args) if args.experiment == "char" else _compare_lm(args, typed_command("compare"))
 
 
 def _compare_char(args) -> int:
@@ -40,7 +34,7 @@ def _compare_char(args) -> int:
     for k in ("steps", "prompts", "branches", "seeds", "new_tokens", "prompt_len"):
         if getattr(args, k) is not None:
             kw[k] = getattr(args, k)
-    kw["command"] = _command()
+    kw["command"] = typed_command("compare")
     cfg = CompareConfig.quick(**kw) if args.quick else CompareConfig(**kw)
     res = run_compare(cfg) if args.quiet else run_compare(cfg, track=tqdm_track, train_progress=TqdmTrainProgress)
     print(f"report: {cfg.out}/report.md")

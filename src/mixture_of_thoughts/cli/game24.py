@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError
+from .common import typed_command
 
 DEFAULT_DATA = "runs/game24/train.txt"
 KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None}
@@ -179,7 +178,7 @@ def _eval(args) -> int:
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
-                           device=args.device, command=_command_line())
+                           device=args.device, command=typed_command("game24"))
     res = run_eval(cfg, track=None if args.quiet else tqdm_track)
     print(f"report: {cfg.out}/report.md ({res['n_puzzles']} puzzles, {res['seconds']:.0f} s)")
     for r in res["rows"]:
@@ -196,11 +195,6 @@ def _export(args) -> int:
     size = (dest / "model.safetensors").stat().st_size
     print(f"wrote {dest} ({size / 2**20:.1f} MiB of float16 weights; loads as float32)")
     return 0
-
-
-def _command_line() -> str:
-    """The command as typed (for the report), when it was typed: empty when called from Python."""
-    return "mot " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["game24"] else ""
 
 
 def register(add) -> None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..api import SHIPPED
 from ..errors import ConfigError
 
-SHIPPED = Path(__file__).parent.parent / "assets" / "shakespeare-mot"
 SHIPPED_NAME = "shakespeare-mot"
 CHECKPOINT_NAMES = ("best", "latest")  # a checkpoint inside a run is named after the run
 
