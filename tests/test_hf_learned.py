@@ -4,7 +4,6 @@ the mixture losses, specialisation on a two-mode dataset, save/load, decoding, a
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -118,33 +117,6 @@ def test_apply_branches_adds_each_rows_vector(model, tok):
     assert torch.equal(after, plain)
     with pytest.raises(ValueError, match="row branches"), L.apply_branches(model, branches, torch.tensor([0, 1])):
         model(input_ids=ids)
-
-
-# ------------------------------------------------------------------------------------ losses
-
-
-def test_soft_em_loss_is_minus_log_mean_exp():
-    ll = torch.tensor([[-3.0, -5.0, -4.0], [-10.0, -2.0, -7.0]], requires_grad=True)
-    loss = TR.soft_em_loss(ll)
-    want = [-math.log(sum(math.exp(v) for v in row) / 3) for row in ll.tolist()]
-    assert loss.tolist() == pytest.approx(want)
-    loss.sum().backward()  # the gradient is minus the EM responsibilities
-    torch.testing.assert_close(ll.grad, -torch.softmax(ll.detach(), -1))
-
-
-def test_wta_gives_the_winner_one_minus_eps():
-    ll = torch.tensor([[-3.0, -1.0, -4.0, -9.0]])
-    w = TR.wta_weights(ll, 0.1)
-    assert w[0].tolist() == pytest.approx([0.1 / 3, 0.9, 0.1 / 3, 0.1 / 3])
-    assert TR.wta_loss(ll, 0.1).item() == pytest.approx(-(0.9 * -1.0 + 0.1 / 3 * (-3 - 4 - 9)))
-    assert TR.wta_loss(ll, 0.0).item() == pytest.approx(1.0)  # plain MCL: the winner alone
-
-
-def test_balance_is_zero_at_uniform_usage_only():
-    assert TR.balance_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]])).item() == pytest.approx(0.0, abs=1e-7)
-    assert TR.balance_loss(torch.full((5, 4), 0.25)).item() == pytest.approx(0.0, abs=1e-7)
-    skewed = TR.balance_loss(torch.tensor([[0.9, 0.1], [0.8, 0.2]])).item()
-    assert skewed > 0.1 and TR.balance_loss(torch.tensor([[1.0, 0.0]])).item() == pytest.approx(math.log(2))
 
 
 def test_config_validation():

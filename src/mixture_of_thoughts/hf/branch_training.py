@@ -32,42 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from ..training.mixture import balance_loss, soft_em_loss, wta_loss
 from .learned import LearnedBranches, Progress, apply_branches, check_int, new_branches, resolve_layers
 
 OBJECTIVES = ("soft-em", "wta")
 RMS_PROMPTS = 8  # prompt groups on which the hidden-state RMS is measured
-
-
-# ------------------------------------------------------------------------------------ losses
-
-
-def soft_em_loss(ll: torch.Tensor) -> torch.Tensor:
-    """Mixture NLL per response: ``-log (1/B) sum_b exp(ll[n, b])``, ``(N, B) -> (N,)``.
-
-    Its gradient w.r.t. ``ll[n, b]`` is ``-r[n, b]`` with ``r = softmax_b(ll)``: the EM responsibilities.
-    """
-    return -(torch.logsumexp(ll, -1) - math.log(ll.shape[-1]))
-
-
-def wta_weights(ll: torch.Tensor, eps: float) -> torch.Tensor:
-    """Relaxed winner-takes-all weights (Rupprecht et al. 2017), ``(N, B)``: ``1 - eps`` on each
-    response's best branch, ``eps / (B - 1)`` on the others (no gradient through the choice)."""
-    B = ll.shape[-1]
-    if B == 1:
-        return torch.ones_like(ll)
-    w = torch.full_like(ll, eps / (B - 1))
-    return w.scatter(-1, ll.detach().argmax(-1, keepdim=True), 1.0 - eps).detach()
-
-
-def wta_loss(ll: torch.Tensor, eps: float) -> torch.Tensor:
-    """Multiple-choice learning loss per response, ``(N, B) -> (N,)``: ``-sum_b w_b ll_b``."""
-    return -(wta_weights(ll, eps) * ll).sum(-1)
-
-
-def balance_loss(resp: torch.Tensor) -> torch.Tensor:
-    """``KL(mean_n resp[n] || uniform) = sum_b m_b log(B m_b)``: 0 when every branch takes the same share."""
-    m = resp.mean(0)
-    return (m * (m * m.numel()).clamp_min(1e-12).log()).sum()
 
 
 # ------------------------------------------------------------------------------------ training
