@@ -141,69 +141,110 @@ def mcts(lm: LineModel, task: Task, puzzle, budget: Budget, *, proposals: int = 
     the proposal shares weighted by their values.
     """
     res = SearchResult("mcts" if value is None else "mcts-value")
-    cut = None if value is None else (value.threshold if threshold is None else threshold)
-    root = _Node(task.start(puzzle))
-    k, free = 0, 0
+    tree = _Tree(lm, task, puzzle, budget, res, proposals=proposals, c_puct=c_puct, seed=seed, value=value,
+                 cut=None if value is None else (value.threshold if threshold is None else threshold))
+    free = 0
     while budget.left > 0 and free < FREE_SIMULATIONS:
-        path, node, spent, before, expanded = [root], root, False, budget.spent, False
+        before = budget.spent
+        path = tree.select()
+        reward = None if path is None else tree.rollout(path[-1])
+        if reward is None:
+            break  # the budget ran out mid-simulation
+        tree.backup(path, reward)
+        free = free + 1 if budget.spent == before else 0
+    return res.finish(budget)
+
+
+class _Tree:
+    """MCTS's four phases over one puzzle's tree: :meth:`select` (descend by PUCT), :meth:`expand`
+    (ask a state for proposals, on the way down, at most once a simulation), :meth:`rollout` (score
+    the state reached) and :meth:`backup` (add the reward along the path). Seeds are drawn in order,
+    so a search is reproducible from ``seed``."""
+
+    def __init__(self, lm: LineModel, task: Task, puzzle, budget: Budget, res: SearchResult, *, proposals: int,
+                 c_puct: float, seed: int, value: StateValue | None, cut: float | None):
+        self.lm, self.task, self.budget, self.res = lm, task, budget, res
+        self.proposals, self.c_puct, self.value, self.cut = proposals, c_puct, value, cut
+        self.root = _Node(task.start(puzzle))
+        self.seed, self.k = seed, 0
+
+    def _seeds(self, n: int) -> list[int]:
+        out = [self.seed + self.k + j for j in range(n)]
+        self.k += n
+        return out
+
+    def select(self) -> list[_Node] | None:
+        """The path from the root to the state to score: down by PUCT, expanding the first state on
+        the way that wants proposals (a second one ends the descent: a rollout from there). None when
+        the budget ran out."""
+        path, node, expanded = [self.root], self.root, False
         while not node.state.done:
             if node.wants_proposals():
                 if expanded:
-                    break  # one expansion a simulation: a rollout from here
-                expanded = True
-                rows = lm.continue_([BLOCK_SEP + node.state.text()] * proposals,
-                                    [seed + k + j for j in range(proposals)], LINE_CHARS, "\n")
-                k += proposals
-                if budget.take([r[2] for r in rows]) < len(rows):
-                    spent = True
                     break
-                node.asked += 1
-                new = {}
-                for text, _, _ in rows:
-                    move = task.parse_line(node.state, text.strip("\n"))
-                    if move is not None:
-                        node.counts[move] = node.counts.get(move, 0) + 1
-                        if move not in node.children and move not in node.pruned and move not in new:
-                            new[move] = _Node(task.apply(node.state, move))
-                if value is not None and new:
-                    p = judge(value, [ch.state for ch in new.values()], budget)
-                    if p is None:
-                        spent = True
-                        break
-                    for (m, ch), q in zip(list(new.items()), p, strict=True):
-                        ch.worth = q
-                        if q < cut:
-                            node.pruned.add(m)
-                            del new[m]
-                node.children.update(new)
-                weights = {m: node.counts[m] * ch.worth for m, ch in node.children.items()}
-                total = sum(weights.values())
-                for m, ch in node.children.items():
-                    ch.prior = weights[m] / total if total > 0 else 1.0 / len(node.children)
+                expanded = True
+                if not self.expand(node):
+                    return None
             if not node.children:
                 break  # no valid proposal yet: reward 0, asked again when reached again
-            node = max(node.children.values(), key=lambda ch: ch.ucb(node.visits, c_puct))
+            node = max(node.children.values(), key=lambda ch: ch.ucb(node.visits, self.c_puct))
             path.append(node)
-        if spent:
-            break
+        return path
+
+    def expand(self, node: _Node) -> bool:
+        """Ask ``node`` for ``proposals`` next lines; the new valid moves become its children (those the
+        value rules out are pruned), priors are the proposal shares weighted by the value. False when
+        the budget ran out."""
+        rows = self.lm.continue_([BLOCK_SEP + node.state.text()] * self.proposals, self._seeds(self.proposals),
+                                 LINE_CHARS, "\n")
+        if self.budget.take([r[2] for r in rows]) < len(rows):
+            return False
+        node.asked += 1
+        new = {}
+        for text, _, _ in rows:
+            move = self.task.parse_line(node.state, text.strip("\n"))
+            if move is not None:
+                node.counts[move] = node.counts.get(move, 0) + 1
+                if move not in node.children and move not in node.pruned and move not in new:
+                    new[move] = _Node(self.task.apply(node.state, move))
+        if self.value is not None and new:
+            p = judge(self.value, [ch.state for ch in new.values()], self.budget)
+            if p is None:
+                return False
+            for (m, ch), q in zip(list(new.items()), p, strict=True):
+                ch.worth = q
+                if q < self.cut:
+                    node.pruned.add(m)
+                    del new[m]
+        node.children.update(new)
+        weights = {m: node.counts[m] * ch.worth for m, ch in node.children.items()}
+        total = sum(weights.values())
+        for m, ch in node.children.items():
+            ch.prior = weights[m] / total if total > 0 else 1.0 / len(node.children)
+        return True
+
+    def rollout(self, node: _Node) -> float | None:
+        """The reward of ``node``: a finished state is checked by the verifier; otherwise the model
+        writes the rest of the trace in one go and the verifier scores it. 1 for a solution not found
+        before, else 0 (visits drift to unexplored branches); None when the budget ran out."""
+        res, root = self.res, self.root
         if node.state.done:
             res.attempts += 1
-            reward = float(res.add(task.solution(node.state), node.state.text(), budget.spent))
-        else:  # the rollout: the model writes the rest of the trace, the verifier scores it
-            prompt = BLOCK_SEP + node.state.text()
-            text, _, cost = lm.continue_([prompt], [seed + k], min(TRACE_CHARS, lm.block_size - len(prompt)),
-                                         "\n\n")[0]
-            k += 1
-            if budget.take([cost]) < 1:
-                break
-            res.attempts += 1
-            trace = node.state.text() + text
-            reward = float(res.add(task.check_text(root.state.puzzle, trace), trace.split("\n\n")[0], budget.spent))
+            return float(res.add(self.task.solution(node.state), node.state.text(), self.budget.spent))
+        prompt = BLOCK_SEP + node.state.text()
+        text, _, cost = self.lm.continue_([prompt], self._seeds(1), min(TRACE_CHARS, self.lm.block_size - len(prompt)),
+                                          "\n\n")[0]
+        if self.budget.take([cost]) < 1:
+            return None
+        res.attempts += 1
+        trace = node.state.text() + text
+        return float(res.add(self.task.check_text(root.state.puzzle, trace), trace.split("\n\n")[0], self.budget.spent))
+
+    @staticmethod
+    def backup(path: list[_Node], reward: float) -> None:
         for n in path:
             n.visits += 1
             n.value += reward
-        free = free + 1 if budget.spent == before else 0
-    return res.finish(budget)
 
 
 def denoised_answers(den, puzzle, budget: Budget, *, batch: int = 8, seed: int = 0,
