@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from .common import typed_command
 
 DEFAULT_DATA = "runs/game24/train.txt"
-KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None}
+KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None, "modes": None}
 
 
 def cmd_game24(args) -> int:
@@ -20,6 +20,7 @@ def cmd_game24(args) -> int:
       mot game24 data --out runs/game24/train.txt
       mot game24 train --kind ar --out runs/game24-ar
       mot game24 train --kind mgdm --out runs/game24-mgdm
+      mot game24 train --kind modes --out runs/game24-modes
       mot game24 train-value --out runs/game24-value
       mot game24 solve "4 5 6 10" --method beam --budget 1800
       mot game24 solve "4 5 6 10" --method solver
@@ -29,7 +30,7 @@ def cmd_game24(args) -> int:
       mot game24 export runs/game24-ar --out my-models/ar
 
     solve and eval use the models (and the value) shipped in the package unless --model, --mot-model,
-    --diffusion-model, --mgdm-model or --value name your own.
+    --diffusion-model, --mgdm-model, --modes-model or --value name your own.
     """
     return {"data": _data, "train": _train, "train-value": _train_value, "solve": _solve, "eval": _eval,
             "export": _export}[args.action](args)
@@ -60,6 +61,8 @@ def _train(args) -> int:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
     if args.kind == "mgdm":
         return _train_mgdm(args)
+    if args.kind == "modes":
+        return _train_modes(args)
     data = Path(args.data or DEFAULT_DATA)
     if not data.is_file():
         raise ConfigError(f"no training traces at {data}: make them with mot game24 data --out {data}")
@@ -99,6 +102,35 @@ def _train_mgdm(args) -> int:
     res = train_mgdm(train, val, cfg, args.out, log=log, force=args.force)
     print(f"trained {res['steps']} steps in {res['minutes']:.1f} min on {res['traces']:,} traces; best at step "
           f"{res['best_step']} ({res['val_solved']:.2f} of the validation puzzles with one decode); run in {args.out}")
+    return 0
+
+
+def _train_modes(args) -> int:
+    """The thought modes: the MoT model (--init, default the shipped one) fine-tuned so that its
+    branches divide each puzzle's solutions among them (winner-takes-all over modes)."""
+    from ..experiments.game24_eval import SHIPPED_RUNS
+    from ..tasks import game24
+    from ..tasks.modes import ModesConfig, train_modes
+
+    if not args.out:
+        raise ConfigError("--out is required (the run directory to create)")
+    if args.data:
+        raise ConfigError("--kind modes makes its own answers from the training puzzles: drop --data")
+    cfg = ModesConfig(modes=args.modes, minutes=args.minutes)
+    steps = {} if args.steps is None else {"max_steps": args.steps}
+    cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
+    train, val, _ = game24.split(game24.load_puzzles())
+
+    def log(row):
+        if not args.quiet:
+            wins = " ".join(f"{w:.2f}" for w in row["val_wins"])
+            print(f"step {row['step']}: validation NLL per answer character: mixture {row['val_mixture_nll']:.4f}, "
+                  f"best mode {row['val_best_mode_nll']:.4f}; answers each mode wins: {wins} "
+                  f"({row['minutes']:.1f} min)", flush=True)
+
+    res = train_modes(args.init or SHIPPED_RUNS["mot_model"], train, val, cfg, args.out, log=log, force=args.force)
+    print(f"trained {res['steps']} steps in {res['minutes']:.1f} min on {res['answers']:,} answers; best at step "
+          f"{res['best_step']} (validation mixture NLL {res['val_mixture_nll']:.4f}); run in {args.out}")
     return 0
 
 
@@ -142,7 +174,7 @@ def _solve(args) -> int:
     if method != "solver":
         parse_method(method)  # one-line error for an unknown method or a bad knob
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps,
+                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
                            value=args.value, threshold=args.threshold, width=args.width, proposals=args.proposals,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
@@ -172,7 +204,7 @@ def _eval(args) -> int:
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps,
+                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
                            methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
                            threshold=args.threshold, c_puct=args.c_puct,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
@@ -206,14 +238,18 @@ def register(add) -> None:
                    "eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
-    g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, or "
-                   "mgdm (a masked-diffusion model that solves alone, MGDM's recipe)")
+    g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
+                   "mgdm (a masked-diffusion model that solves alone, MGDM's recipe), or modes (the MoT "
+                   "model's branches trained winner-takes-all to divide the solutions)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
+    g.add_argument("--init", default=None, help="train --kind modes: the MoT run to start from (default: shipped)")
+    g.add_argument("--modes", type=int, default=8, help="train --kind modes: modes (mode b forces branch b)")
+    g.add_argument("--minutes", type=float, default=None, help="train --kind modes: stop after this many minutes")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, beam, mcts, beam-value, mcts-value, "
-                   "hybrid, mgdm, random or solver "
+    g.add_argument("--method", default="beam", help="solve: sample, thoughts, modes, beam, mcts, beam-value, "
+                   "mcts-value, hybrid, mgdm, random or solver "
                    "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
@@ -225,6 +261,7 @@ def register(add) -> None:
     g.add_argument("--mot-model", default=None, help="a MoT run (thoughts; default: shipped)")
     g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
     g.add_argument("--mgdm-model", default=None, help="a run of train --kind mgdm (mgdm; default: shipped)")
+    g.add_argument("--modes-model", default=None, help="a run of train --kind modes (modes; default: shipped)")
     g.add_argument("--mgdm-steps", type=int, default=8,
                    help="mgdm: denoising steps (an answer costs steps x its model's length positions)")
     g.add_argument("--value", default=None,

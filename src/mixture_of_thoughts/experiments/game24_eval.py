@@ -12,7 +12,9 @@ and ``hybrid@0.8`` set their proposal temperature). ``beam-value`` and ``mcts-va
 and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
 the shipped one; its reads are charged to the budget). ``mgdm`` is the masked-diffusion model alone,
 trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
-the default 0 takes the most likely ones). Each method's per-puzzle record is saved in
+the default 0 takes the most likely ones). ``modes`` is the thought model trained winner-takes-all
+over its branches (:mod:`..tasks.modes`; ``--modes-model``): consecutive rows decode with consecutive
+modes, without thought noise, at the knob's temperature. Each method's per-puzzle record is saved in
 ``OUT/methods/`` and reused when the same method, models, puzzles and settings come again, so an
 interrupted evaluation resumes and the report can be rebuilt without running a model.
 
@@ -20,7 +22,7 @@ The goals the report answers (issue: search over thoughts on a verifiable task):
 
 1. the best method solves at least 74% of the puzzles at the middle budget (ToT + GPT-4, b = 5);
 2. at the smallest budget, search (beam or MCTS) beats best-of-N sampling with disjoint intervals;
-   thought branches find more distinct correct solutions than temperature sampling at the same
+   thought branches (and trained modes) find more distinct correct solutions than temperature sampling at the same
    success rate (the temperature line interpolated at the thought setting's success; paired
    bootstrap over puzzles);
 3. every method beats the random-steps floor at every budget.
@@ -40,23 +42,24 @@ import numpy as np
 from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
+from ..tasks.modes import modes_of
 from .report import finite_json, write_json_atomic
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
-MODEL_METHODS = ("sample", "thoughts", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
+MODEL_METHODS = ("sample", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
 SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value")
 VALUE_METHODS = ("beam-value", "mcts-value")
-SAMPLING_METHODS = ("sample", "thoughts")
+SAMPLING_METHODS = ("sample", "thoughts", "modes")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
 GOAL_SUCCESS = 0.74
 SHIPPED = Path(__file__).parent.parent / "assets" / "game24"
 # the models `mot game24 solve/eval` use when no run is given: trained here, shipped in the package
 SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusion_model": SHIPPED / "diffusion",
-                "mgdm_model": SHIPPED / "mgdm"}
+                "mgdm_model": SHIPPED / "mgdm", "modes_model": SHIPPED / "modes"}
 NEEDS = {"model": ("sample", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
-         "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",)}
+         "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ class Game24EvalConfig:
     diffusion_steps: int = 16
     mgdm_model: str | None = None  # a denoiser trained with MGDM's recipe (mgdm); default: the shipped one
     mgdm_steps: int = 8  # its denoising steps (a row costs steps x length positions)
+    modes_model: str | None = None  # a MoT run trained winner-takes-all over modes (modes); default: shipped
     methods: tuple[str, ...] = ("sample", "beam", "random")
     budgets: tuple[int, ...] = (450, 1800, 7200)
     split: str = "test"  # "test" (rows 900-999) or "val" (rows 800-899: tune here)
@@ -164,8 +168,10 @@ class Models:
         how = {"model": "--model RUN (an autoregressive run trained with mot game24 train)",
                "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
                "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)",
-               "mgdm_model": "--mgdm-model RUN (trained with mot game24 train --kind mgdm)"}
-        expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion", "mgdm_model": "diffusion"}
+               "mgdm_model": "--mgdm-model RUN (trained with mot game24 train --kind mgdm)",
+               "modes_model": "--modes-model RUN (trained with mot game24 train --kind modes)"}
+        expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion", "mgdm_model": "diffusion",
+                  "modes_model": "ar"}
         self.cfg, self.paths, self.shown, self.ck, self._lines = cfg, {}, {}, {}, {}
         names = [s.name for s in cfg.specs]
         for flag, methods in NEEDS.items():  # every missing model is named before anything is loaded
@@ -202,13 +208,16 @@ class Models:
                 raise ConfigError(f"{path} has no thought layers: train it with mot game24 train --kind mot")
             if flag == "mgdm_model" and "mgdm" not in ck.meta:
                 raise ConfigError(f"{path} is not an MGDM denoiser: train one with mot game24 train --kind mgdm")
+            if flag == "modes_model" and not modes_of(ck):
+                raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes")
             self.ck[flag] = ck
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
         key = (flag, temperature, creativity)
         if key not in self._lines:
             ck = self.ck[flag]
-            self._lines[key] = S.LineModel(ck.model, ck.tokenizer, temperature=temperature, creativity=creativity)
+            self._lines[key] = S.LineModel(ck.model, ck.tokenizer, temperature=temperature, creativity=creativity,
+                                           modes=modes_of(ck) if flag == "modes_model" else 0)
         return self._lines[key]
 
     def infiller(self, temperature: float) -> S.Infiller:
@@ -261,6 +270,8 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
+    elif spec.name == "modes":  # row with seed s decodes with mode s mod M, no thought noise
+        r = S.sample_traces(models.line("modes_model", T, 0.0), task, puzzle, b, seed=cfg.seed, method="modes")
     elif spec.name == "mgdm":
         r = S.denoised_answers(models.denoiser(T), puzzle, b, seed=cfg.seed)
     elif spec.name == "hybrid":
@@ -296,6 +307,8 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["temperature"] = T
     if spec.name == "thoughts":
         key["creativity"] = c
+    if spec.name == "modes":
+        key["modes"] = models.line("modes_model", T, 0.0).modes
     if spec.name in ("beam", "beam-value"):
         key |= {"width": cfg.width, "proposals": cfg.proposals}
     if spec.name in ("mcts", "mcts-value", "hybrid"):
@@ -400,7 +413,7 @@ def goals(records: dict[str, list[dict]], budgets: list[int], rows: list[dict], 
                                      "search_ci": rs["ci"], "sampling": n, "sampling_success": rn["success"],
                                      "sampling_ci": rn["ci"], "met": rs["ci"][0] > rn["ci"][1]}
     temps = [lab for lab in labels if kind[lab] == "sample"]
-    thoughts = [lab for lab in labels if kind[lab] == "thoughts"]
+    thoughts = [lab for lab in labels if kind[lab] in ("thoughts", "modes")]
     if temps and thoughts:
         out["thoughts_vs_temperature"] = _thoughts_vs_temperature(records, temps, thoughts, budgets, resamples, seed)
     floor = [lab for lab in labels if kind[lab] == "random"]
@@ -460,7 +473,7 @@ def write_report(res: dict, out: Path) -> None:
     fig.savefig(out / "success.png", dpi=120)
     plt.close(fig)
     kinds = {r["method"]: r["method"].split("@")[0] for r in res["rows"]}
-    if any(k == "thoughts" for k in kinds.values()):
+    if any(k in ("thoughts", "modes") for k in kinds.values()):
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for m, k in kinds.items():
             if k in SAMPLING_METHODS:
@@ -469,7 +482,7 @@ def write_report(res: dict, out: Path) -> None:
                         "o-" if k == "sample" else "s--", label=m)
         ax.set_xlabel("success rate")
         ax.set_ylabel("distinct correct solutions per puzzle")
-        ax.set_title("each point a budget; thought branches vs temperature")
+        ax.set_title("each point a budget; thought branches and modes vs temperature")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / "distinct.png", dpi=120)
@@ -517,8 +530,9 @@ def _goals_markdown(g: dict) -> list[str]:
                  f"[{s['search_ci'][0]:.2f}, {s['search_ci'][1]:.2f}]; best sampling {s['sampling']} "
                  f"{s['sampling_success']:.2f} [{s['sampling_ci'][0]:.2f}, {s['sampling_ci'][1]:.2f}].")
     if "thoughts_vs_temperature" in g:
-        L.append("- **Thought branches vs temperature, distinct correct solutions per puzzle at the same success "
-                 "rate** (the temperature line read at the thought setting's success; 95% paired bootstrap):")
+        L.append("- **Thought branches (thoughts) and trained modes (modes) vs temperature, distinct correct "
+                 "solutions per puzzle at the same success rate** (the temperature line read at the thought "
+                 "setting's success; 95% paired bootstrap):")
         for e in g["thoughts_vs_temperature"]:
             if e["temperature_line"] is None:
                 L.append(f"  - {e['setting']} @ {e['budget']}: success {e['success']:.2f} is outside the temperature "

@@ -292,6 +292,26 @@ class ExpertController:
             masks[m.index] = (stack["allowed"], stack["boost"], stack["suppress"], delta, active)
         self._profiles, self._masks = profiles, masks
 
+    def force_rows(self, experts: torch.Tensor) -> None:
+        """Row ``r`` may use expert ``experts[r]`` alone in every MoE layer: the same edit as one
+        ``ExpertProfile(force=[experts[r]])`` per row, built without per-row Python work.
+
+        Raises:
+            ConfigError: an expert id out of range of some layer.
+        """
+        experts = torch.as_tensor(experts, dtype=torch.long).reshape(-1).cpu()
+        if experts.numel() == 0:
+            raise ConfigError("force_rows needs one expert per row, got none")
+        masks = {}
+        for m in self.layers:
+            if int(experts.min()) < 0 or int(experts.max()) >= m.n_experts:
+                raise ConfigError(f"force_rows: expert ids must be in 0..{m.n_experts - 1} (layer {m.index}), got "
+                                  f"{int(experts.min())}..{int(experts.max())}")
+            allowed = torch.nn.functional.one_hot(experts, m.n_experts).bool()[:, None, :]
+            none = torch.zeros_like(allowed)
+            masks[m.index] = (allowed, none, none, torch.zeros(len(experts), 1, 1), True)
+        self._profiles, self._masks = [ExpertProfile(name="force_rows")], masks
+
     # ------------------------------------------------------------------ hooks
 
     def __enter__(self) -> ExpertController:

@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from ...errors import ConfigError
 from ...generation.decoder import left_pad
 from ...rng import RowNoise
+from ...steering.experts import ExpertController
 
 
 class LineModel:
     """A character-level causal model continuing several prompts at once (thought branches included).
 
     Prompts of different lengths are left-padded with newlines, which the training text has between
-    traces; a row's cost is its own prompt plus what it writes.
+    traces; a row's cost is its own prompt plus what it writes. With ``modes`` (a model trained by
+    :func:`..modes.train_modes`), the row with seed ``s`` decodes with mode ``s mod modes`` (branch
+    ``s mod modes`` forced in every thought layer).
     """
 
-    def __init__(self, model, tokenizer, *, temperature: float = 1.0, creativity: float | None = None):
+    def __init__(self, model, tokenizer, *, temperature: float = 1.0, creativity: float | None = None,
+                 modes: int = 0):
         self.model, self.tok = model.eval(), tokenizer
-        self.temperature, self.creativity = float(temperature), creativity
+        self.temperature, self.creativity, self.modes = float(temperature), creativity, int(modes)
         self.dev = next(model.parameters()).device
         self.pad = tokenizer.encode("\n")[0]
         self.block_size = model.config.block_size
 
     @property
     def shares_prompts(self) -> bool:
-        """Rows with the same prompt read it once: true for a dense model (a thought model's prompt
-        activations depend on each row's noise, so each of its rows reads its own prompt)."""
-        return not self.model.config.has_thoughts
+        """Rows with the same prompt (and mode) read it once: true for a dense model and for modes,
+        which decode without thought noise (a thought model's prompt activations depend on each row's
+        noise, so each of its rows reads its own prompt)."""
+        return not self.model.config.has_thoughts or self.modes > 0
 
     @torch.no_grad()
     def continue_(self, prompts: list[str], seeds: list[int], max_chars: int,
                   stop: str) -> list[tuple[str, float, int]]:
         """Per prompt: ``(text written up to and including stop, its log-likelihood, positions used)``.
 
-        With :attr:`shares_prompts`, each distinct prompt is read once and its KV cache copied to its
-        rows; its positions are charged to its first row, the others pay for what they write only.
+        With :attr:`shares_prompts`, each distinct prompt (and mode) is read once and its KV cache
+        copied to its rows; its positions are charged to its first row, the others pay for what they
+        write only.
         """
         from ...generation.autoregressive import LOOKAHEAD, generate
         from ...generation.decoder import Sampling, decode
@@ -49,27 +57,33 @@ class LineModel:
         batch, _ = left_pad(ids, self.pad, self.dev)
         noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
         stops = [self.tok.encode(stop)]
+        modes = torch.tensor(seeds, device=self.dev) % self.modes if self.modes else None
         if self.shares_prompts:
-            gen = decode(_shared_prompt_step(self.model), batch, max_chars, noise, Sampling(self.temperature),
-                         stop_sequences=stops)
+            with contextlib.ExitStack() as stack:
+                ctl = stack.enter_context(ExpertController(self.model)) if modes is not None else None
+                gen = decode(_shared_prompt_step(self.model, ctl, modes), batch, max_chars, noise,
+                             Sampling(self.temperature), stop_sequences=stops)
         else:
             c = None if self.creativity is None else torch.full((len(ids),), float(self.creativity), device=self.dev)
             gen = generate(self.model, batch, max_chars, noise, temperature=self.temperature, creativity=c,
                            stop_ids=stops[0])
+        keys = list(zip(prompts, modes.tolist() if modes is not None else [None] * len(prompts), strict=True))
         first = {}
-        for b, p in enumerate(prompts):
-            first.setdefault(p, b)
+        for b, key in enumerate(keys):
+            first.setdefault(key, b)
         new = gen.tokens[:, T0:].tolist()
         lls = gen.logprobs.cumsum(-1)
         out = []
         for b, L in enumerate(gen.lengths.tolist()):
-            read = len(ids[b]) if not self.shares_prompts or first[prompts[b]] == b else 0
+            read = len(ids[b]) if not self.shares_prompts or first[keys[b]] == b else 0
             out.append((self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, read + L))
         return out
 
 
-def _shared_prompt_step(model):
-    """A decoder step function for a dense causal model that reads each distinct prompt row once."""
+def _shared_prompt_step(model, ctl: ExpertController | None = None, modes: torch.Tensor | None = None):
+    """A decoder step function that reads each distinct prompt row once: a dense causal model, or a
+    thought model without noise whose rows force the branches ``modes`` through ``ctl`` (a distinct
+    prompt is then a distinct (prompt, mode) pair)."""
     from ...generation.decoder import Step
 
     cache = None
@@ -77,10 +91,16 @@ def _shared_prompt_step(model):
     def step(tokens: torch.Tensor, length: int) -> Step:
         nonlocal cache
         if cache is None:
-            uniq, inv = torch.unique(tokens[:, :length], dim=0, return_inverse=True)
+            rows = tokens[:, :length] if modes is None else torch.cat([tokens[:, :length], modes[:, None]], 1)
+            uniq, inv = torch.unique(rows, dim=0, return_inverse=True)
+            if modes is not None:
+                ctl.force_rows(uniq[:, -1])
+                uniq = uniq[:, :-1]
             cache = model.new_cache(uniq.shape[0])
             out = model(uniq, cache=cache, last_only=True)
             cache.k, cache.v = cache.k[:, inv], cache.v[:, inv]
+            if modes is not None:
+                ctl.force_rows(modes)
             return Step(out.logits[inv, -1, :], {})
         out = model(tokens[:, length - 1:length], cache=cache, last_only=True)
         return Step(out.logits[:, -1, :], {})

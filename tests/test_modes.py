@@ -1,0 +1,174 @@
+"""Thought modes for Game of 24: branches trained winner-takes-all, then decoded one mode per row."""
+
+import json
+
+import pytest
+import torch
+
+from mixture_of_thoughts.errors import ConfigError
+from mixture_of_thoughts.tasks import modes as MD
+from mixture_of_thoughts.tasks import search as S
+
+ALPHABET = "0123456789+-*/=():left answr\n"
+PUZZLES = [(1, 1, 4, 6), (4, 5, 6, 10), (3, 3, 8, 8), (2, 3, 4, 5), (1, 2, 3, 4), (2, 2, 6, 6)]
+
+
+def _mot(seed=0, branches=4):
+    from mixture_of_thoughts.config import ModelConfig, ThoughtConfig
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32,
+                      thought_layers="all", thoughts=ThoughtConfig(n_branches=branches, k=2))
+    return Transformer(cfg).init_weights(torch.Generator().manual_seed(seed)).eval(), tok
+
+
+def test_force_rows_is_one_forced_profile_per_row():
+    from mixture_of_thoughts.steering.experts import ExpertController, ExpertProfile
+
+    model, tok = _mot()
+    x = torch.tensor([tok.encode("\n4 5 6 10:\n10 - 6 = 4")] * 4)
+    with torch.no_grad(), ExpertController(model) as ctl:
+        ctl.force_rows(torch.tensor([0, 3, 1, 3]))
+        rows = model(x).logits
+        ctl.set_profile([ExpertProfile(force=[b]) for b in (0, 3, 1, 3)])
+        profiles = model(x).logits
+        ctl.set_profile(None)
+        free = model(x).logits
+        with pytest.raises(ConfigError, match="expert ids must be in 0..3"):
+            ctl.force_rows(torch.tensor([0, 4]))
+    torch.testing.assert_close(rows, profiles)
+    assert not torch.allclose(rows[0], rows[1])  # different modes are different models
+    torch.testing.assert_close(rows[1], rows[3])
+    assert not torch.allclose(rows, free)
+
+
+def test_answers_score_only_the_answer_characters():
+    _, tok = _mot()
+    from mixture_of_thoughts.tasks import game24
+
+    pairs = MD.answers([(4, 5, 6, 10), (3, 3, 8, 8)])
+    n_solutions = len(game24.solve((4, 5, 6, 10))) + len(game24.solve((3, 3, 8, 8)))
+    assert len(pairs) == n_solutions and len({a for _, a in pairs}) == n_solutions  # one per distinct solution
+    for prompt, answer in pairs:
+        puzzle = tuple(int(v) for v in prompt.strip().rstrip(":").split())
+        assert game24.check_trace(puzzle, (prompt + answer).strip())
+        assert answer.endswith("\n\n") or answer.endswith("\n")
+    ids, tgt = MD.encode(tok, pairs)
+    for i, (p, a) in enumerate(pairs):
+        scored = tgt[i][tgt[i] >= 0].tolist()
+        assert tok.decode(scored) == a  # exactly the answer's characters are targets
+        assert int((tgt[i][:len(tok.encode(p)) - 1] >= 0).sum()) == 0  # none of the prompt's
+
+
+def test_training_divides_answers_reproducibly_without_the_global_rng(tmp_path):
+    from mixture_of_thoughts.config import TrainConfig
+    from mixture_of_thoughts.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model, tok = _mot()
+    save_checkpoint(tmp_path / "init", model, tok, objective="ar")
+    cfg = MD.ModesConfig(modes=3, eps=0.1, eval_every=4,
+                         train=TrainConfig(batch_size=8, max_steps=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, seed=0))
+    state = torch.get_rng_state()
+    a = MD.train_modes(tmp_path / "init", PUZZLES[:4], PUZZLES[4:], cfg, tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), state)
+    b = MD.train_modes(tmp_path / "init", PUZZLES[:4], PUZZLES[4:], cfg, tmp_path / "b")
+    assert a["val_mixture_nll"] == b["val_mixture_nll"] and a["steps"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 4, 8]
+    assert rows[-1]["val_mixture_nll"] < rows[0]["val_mixture_nll"]  # it learns the answers
+    for r in rows:
+        assert sum(r["val_wins"]) == pytest.approx(1.0, abs=1e-3) and len(r["val_wins"]) == 3
+        # the oracle mode explains every answer at least as well as the mixture
+        assert r["val_best_mode_nll"] <= r["val_mixture_nll"] <= r["val_mean_mode_nll"] + 1e-6
+    ck = load_checkpoint(tmp_path / "a" / "best", expect="ar")
+    assert MD.modes_of(ck) == 3 and ck.meta["step"] == a["best_step"]
+    with pytest.raises(ConfigError, match="lower --modes"):
+        MD.train_modes(tmp_path / "init", PUZZLES, PUZZLES, MD.ModesConfig(modes=5), tmp_path / "c")
+
+
+def test_a_dense_start_is_refused(tmp_path):
+    from mixture_of_thoughts.config import ModelConfig
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+    from mixture_of_thoughts.models.transformer import Transformer
+    from mixture_of_thoughts.training.checkpoint import save_checkpoint
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    dense = Transformer(ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(tmp_path / "dense", dense.init_weights(torch.Generator().manual_seed(0)), tok, objective="ar")
+    with pytest.raises(ConfigError, match="no thought layers"):
+        MD.train_modes(tmp_path / "dense", PUZZLES, PUZZLES, MD.ModesConfig(modes=2), tmp_path / "out")
+    assert not (tmp_path / "out" / "best").exists()
+
+
+def test_line_model_rows_go_round_the_modes():
+    """Row with seed s decodes with mode s mod M: the same text as that mode decoded alone; a prompt is
+    read once per (prompt, mode) and charged to its first row."""
+    from mixture_of_thoughts.steering.experts import ExpertController
+
+    model, tok = _mot(seed=3)
+    lm = S.LineModel(model, tok, temperature=1.0, modes=3)
+    assert lm.shares_prompts
+    prompt = "\n4 5 6 10:\n"
+    seeds = [0, 1, 2, 3, 4, 5, 6]
+    rows = lm.continue_([prompt] * len(seeds), seeds, 12, "\n")
+    for s, (text, ll, pos) in zip(seeds, rows, strict=True):
+        alone = S.LineModel(model, tok, temperature=1.0, modes=3).continue_([prompt], [s], 12, "\n")[0]
+        assert text == alone[0] and ll == pytest.approx(alone[1], abs=1e-4)
+        assert pos == (len(prompt) if s < 3 else 0) + len(text)  # seeds 0, 1, 2 read the prompt for their mode
+    # the mode is the forced branch: mode 1 decoded greedily equals branch 1 forced by hand
+    greedy = S.LineModel(model, tok, temperature=1e-6, modes=3).continue_([prompt], [1], 12, "\n")[0][0]
+    with ExpertController(model) as ctl, torch.no_grad():
+        ctl.force_rows(torch.tensor([1]))
+        x = torch.tensor([tok.encode(prompt)])
+        text = ""
+        for _ in range(12):
+            nxt = int(model(x).logits[0, -1].argmax())
+            text += tok.decode([nxt])
+            x = torch.cat([x, torch.tensor([[nxt]])], 1)
+            if text.endswith("\n"):
+                break
+    assert greedy == text
+
+
+def test_eval_runs_modes_beside_temperature(tmp_path):
+    from mixture_of_thoughts.experiments.game24_eval import Game24EvalConfig, load_line_models, run_eval
+    from mixture_of_thoughts.training.checkpoint import save_checkpoint
+
+    model, tok = _mot()
+    save_checkpoint(tmp_path / "mot", model, tok, objective="ar")
+    with pytest.raises(ConfigError, match="no trained modes"):
+        load_line_models(Game24EvalConfig(modes_model=str(tmp_path / "mot"), methods=("modes",)))
+    save_checkpoint(tmp_path / "modes", model, tok, objective="ar", meta={"modes": {"modes": 4}})
+    save_checkpoint(tmp_path / "ar", _dense(tok), tok, objective="ar")
+    cfg = Game24EvalConfig(model=str(tmp_path / "ar"), modes_model=str(tmp_path / "modes"),
+                           methods=("sample@0.5", "sample@1", "modes@1"), budgets=(60, 300),
+                           puzzles=PUZZLES[:2], out=str(tmp_path / "rep"))
+    res = run_eval(cfg)
+    rows = {(r["method"], r["budget"]) for r in res["rows"]}
+    assert ("modes@1", 300) in rows
+    assert all(e["setting"] == "modes@1" for e in res["goals"]["thoughts_vs_temperature"])
+    assert (tmp_path / "rep" / "distinct.png").is_file()
+
+
+def _dense(tok):
+    from mixture_of_thoughts.config import ModelConfig
+    from mixture_of_thoughts.models.transformer import Transformer
+
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32)
+    return Transformer(cfg).init_weights(torch.Generator().manual_seed(0)).eval()
+
+
+@pytest.mark.parametrize("args, match", [
+    (["train", "--kind", "modes", "--out", "x", "--data", "t.txt"], "drop --data"),
+    (["train", "--kind", "modes", "--out", "x", "--modes", "0"], "modes must be a positive integer"),
+    (["train", "--kind", "modes", "--out", "x", "--minutes", "-1"], "minutes must be > 0"),
+    (["solve", "4 5 6 10", "--method", "modes", "--modes-model", "/nonexistent/run"], "does not exist"),
+])
+def test_cli_errors_are_one_line(args, match, capsys):
+    from mixture_of_thoughts.cli import main
+
+    assert main(["game24", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mot: error:") and match in err and len(err.splitlines()) == 1
