@@ -28,12 +28,42 @@ def cache_of(out):
     return c if c is not None else out.past_key_values
 
 
-def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | None = None) -> StepFn:
+def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | None = None, *,
+            lean: bool | None = None, precision: str = "float32") -> StepFn:
     """The decoder's step function for a Hugging Face causal LM, with its KV cache.
 
     The first call reads the prompt, each later call the one new token. ``routing()`` (optional)
     returns ``{layer: (B, E) row load}`` of the forward call just made.
+
+    ``lean``: run :class:`.fast.FastLlama` (static cache, prepacked weights; Llama-family models)
+    instead of the model's own forward; ``None`` = where the model allows it (:func:`.fast.fast_blocker`),
+    ``True`` = an error names what prevents it, ``False`` = the model's forward (the reference).
+    ``precision="bfloat16"`` runs the lean step on bfloat16 copies of the weights (texts differ).
     """
+    from .fast import PRECISIONS, fast_blocker, lean_model
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    why = fast_blocker(model) if lean is not False else "the model's own forward was asked for (lean=False)"
+    if why is not None and (lean or precision != "float32"):
+        raise ConfigError(f"cannot run the lean decode step{' in ' + precision if precision != 'float32' else ''}: "
+                          f"{why}")
+    if why is None:
+        fast = lean_model(model, precision)
+        started = False
+
+        def lean_step(tokens: torch.Tensor, length: int) -> Step:
+            nonlocal started
+            if not started:  # the prompt: a fresh static cache as long as the token buffer
+                fast.reset(tokens.shape[0], tokens.shape[1], tokens.device)
+                started = True
+                logits = fast.forward(tokens[:, :length], 0)
+            else:
+                logits = fast.forward(tokens[:, length - 1:length], length - 1)
+            return Step(logits, routing() if routing is not None else {})
+
+        return lean_step
+
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past = None
 
@@ -89,7 +119,8 @@ def stop_token_ids(tokenizer, model: nn.Module | None = None) -> list[int]:
 def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], *, max_new_tokens: int = 50,
                     temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                     min_p: float | None = None, stop: str | None = None, creativity: list[float] | None = None,
-                    step_stats=None, on_token=None, chat: bool | None = False) -> ThinkResult:
+                    step_stats=None, on_token=None, chat: bool | None = False, lean: bool | None = None,
+                    precision: str = "float32") -> ThinkResult:
     """Sample one continuation per seed of an HF causal LM, batched, with the KV cache.
 
     The shared branch decoder (``generation.decoder.decode``) with :func:`hf_step`: tokens are drawn
@@ -98,6 +129,7 @@ def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], 
     accumulated into the routing trace. A row stops at any of :func:`stop_token_ids` (not part of its
     text) or once its text ends with ``stop`` (kept; matched on text, whatever tokens spelled it).
     ``chat`` wraps the prompt in the tokenizer's chat template (``None``: when it has one).
+    ``lean`` and ``precision`` choose the decode step (:func:`hf_step`).
 
     Returns:
         :class:`~mixture_of_thoughts.generation.decoder.ThinkResult`.
@@ -111,7 +143,8 @@ def sample_branches(model: nn.Module, tokenizer, prompt: str, seeds: list[int], 
     def detokenize(t: list[int]) -> str:
         return tokenizer.decode(t, skip_special_tokens=True)
 
-    gen = decode(hf_step(model, step_stats), torch.tensor(ids, device=dev).repeat(len(seeds), 1), max_new_tokens,
+    step = hf_step(model, step_stats, lean=lean, precision=precision)
+    gen = decode(step, torch.tensor(ids, device=dev).repeat(len(seeds), 1), max_new_tokens,
                  RowNoise(seeds, dev, lookahead=min(LOOKAHEAD, max_new_tokens)),
                  Sampling(temperature, top_k, top_p, min_p),
                  stop_ids=stop_token_ids(tokenizer, model), stop_strings=[stop] if stop else (),
@@ -131,7 +164,8 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
              branch_seeds: list[int] | None = None, creativity=None, max_new_tokens: int = 50,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              min_p: float | None = None, stop: str | None = None, on_token=None,
-             chat: bool | None = None, noise_tokens: int | None = None) -> ThinkResult:
+             chat: bool | None = None, noise_tokens: int | None = None, lean: bool | None = None,
+             precision: str = "float32") -> ThinkResult:
     """N thought branches of a grafted HF model in one batched pass with the KV cache.
 
     Like :func:`mixture_of_thoughts.generation.autoregressive.think`: branch ``i`` owns seed
@@ -140,7 +174,8 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
     re-running one branch alone (``branch_seeds=[s]``, same creativity) reproduces it. An instruct
     model's prompt goes through its chat template (``chat=None``: when the tokenizer has one) and a
     branch stops at any of its end-of-turn ids. ``noise_tokens=m`` keeps the thought noise for the
-    prompt and the first ``m`` generated tokens only ("a thought first, then words").
+    prompt and the first ``m`` generated tokens only ("a thought first, then words"). ``lean`` and
+    ``precision`` choose the decode step (:func:`hf_step`).
 
     Returns:
         :class:`~mixture_of_thoughts.generation.decoder.ThinkResult`; each branch's
@@ -160,4 +195,4 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
                                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop,
                                creativity=crea if crea is not None else [st.spec.thoughts.creativity] * len(seeds),
                                step_stats=lambda: {k: v["row_load"] for k, v in st.stats.items()},
-                               on_token=on_token, chat=chat)
+                               on_token=on_token, chat=chat, lean=lean, precision=precision)

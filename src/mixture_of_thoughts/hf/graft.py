@@ -162,6 +162,13 @@ class GraftState:
         base = torch.as_tensor(default if c is None else c, dtype=torch.float32, device=live.device)
         return torch.where(live, base.expand(live.shape), torch.zeros((), device=live.device))
 
+    def begin_call(self, positions: torch.Tensor) -> None:
+        """A forward call over absolute ``positions`` starts: record them, forget the last call's aux
+        losses and stats (the base model's pre-hook, or a decode step that bypasses the base model)."""
+        self.positions = positions
+        self.aux.clear()
+        self.stats.clear()
+
     def aux_loss(self) -> torch.Tensor:
         """The sum of the grafted layers' auxiliary losses over the last forward call."""
         return torch.stack(self.aux).sum() if self.aux else torch.zeros(())
@@ -285,9 +292,7 @@ def _positions_hook(state: GraftState):
             past = kwargs.get("cache", kwargs.get("past_key_values"))
             start = past.get_seq_length() if past is not None and hasattr(past, "get_seq_length") else 0
             pos = torch.arange(start, start + T, device=ids.device)
-        state.positions = pos[0] if pos.dim() == 2 and pos.shape[0] == 1 else pos
-        state.aux.clear()
-        state.stats.clear()
+        state.begin_call(pos[0] if pos.dim() == 2 and pos.shape[0] == 1 else pos)
     return hook
 
 
