@@ -177,3 +177,16 @@ def test_row_noise_bits_are_the_chained_hash_of_key_stream_position_and_index():
             hp = lowbias32(sk ^ ((p + 0x632BE5AB) & MASK))
             want = [lowbias32(hp ^ lowbias32(i + 0x85EBCA77)) for i in range(n)]
             assert got[b, t].tolist() == want
+
+
+def test_gumbel_is_minus_log_minus_log_of_the_float64_uniform_and_blocks_do_not_change_it():
+    seeds = [0, 5, 2**40 + 3, -7]
+    n = RowNoise(seeds)
+    pos = torch.arange(0, 40)
+    for tail in ((65,), (3000,)):
+        u = n.uniform(1, pos, tail, dtype=torch.float64)
+        assert torch.equal(n.gumbel(1, pos, tail), (-torch.log(-torch.log(u))).float())
+        # one position at a time through lookahead blocks (short ones for a large draw): the same numbers
+        ahead = RowNoise(seeds, lookahead=32)
+        steps = torch.cat([ahead.gumbel(1, torch.tensor([p]), tail) for p in range(40)], dim=1)
+        assert torch.equal(steps, n.gumbel(1, pos, tail))
