@@ -145,3 +145,36 @@ def test_mot_think_takes_a_precision_for_a_pretrained_model_only(make_tiny_llama
     assert main(["think", "--prompt", "ROMEO:", "--precision", "bfloat16"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mot: error: --precision") and "--model" in err and "Traceback" not in err
+
+
+def test_packed_matmul_follows_its_weight_and_stays_out_of_training():
+    from mixture_of_thoughts.layers.kernels import packed_linear_available, packed_matmul
+
+    owner = torch.nn.Linear(1, 1)
+    w, a = torch.randn(16, 24), torch.randn(3, 16)
+    with torch.no_grad():
+        y = packed_matmul(a, w, owner)
+        if not packed_linear_available():  # a build without oneDNN multiplies as usual
+            assert y is None
+            return
+        assert torch.allclose(y, a @ w, atol=1e-5)
+        w.mul_(2.0)  # an in-place update: repacked
+        assert torch.allclose(packed_matmul(a, w, owner), a @ w, atol=1e-5)
+        assert packed_matmul(a.double(), w.double(), owner) is None
+    assert packed_matmul(a, w, owner) is None  # a gradient may be wanted: the ordinary matmul
+
+
+def test_the_lean_caches_keep_no_model_alive_and_a_copy_decodes_alike(hf_tokenizer):
+    import copy
+    import gc
+    import weakref
+
+    model = graft(_llama(), "all", n_branches=4, k=2)
+    kw = dict(branch_seeds=[0, 1, 2], creativity=5.0, max_new_tokens=10, chat=False)
+    first = [b.text for b in think_hf(model, hf_tokenizer, "a", **kw).branches]
+    twin = copy.deepcopy(model)  # the packed tensors live outside the modules: nothing odd to copy
+    assert [b.text for b in think_hf(twin, hf_tokenizer, "a", **kw).branches] == first
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None

@@ -44,7 +44,8 @@ def test_grafted_at_creativity_0_keeps_the_original_logits(smol):
     model, _, ids, plain = smol
     with thought_noise(model, RowNoise([0], lookahead=0), 0.0), torch.no_grad():
         got = model(ids).logits
-    assert (got - plain).abs().max().item() < 1e-4
+    # the same MLP, summed in another order (the tied branches run oneDNN's prepacked kernel at inference)
+    assert (got - plain).abs().max().item() < 1e-5 * plain.abs().max().item()
 
 
 def test_chat_template_is_applied(smol):

@@ -10,9 +10,9 @@ does the same arithmetic with none of that, on the model's own weights:
   (RMSNorm statistics in float32, RoPE from the model's own rotary module, SDPA with grouped KV heads,
   the same weight tensors). With ``packed=False`` (``F.linear``) a decode step's logits are the
   model's bit for bit; the prompt's differ by ~1 ulp, since the head reads only its last position.
-  By default the weights are prepacked for oneDNN (:class:`_Linear`): ~2x faster for a few rows, the
-  logits within ~1e-4 of the model's, and the same texts (tests compare every branch's text; on
-  SmolLM2, 24 of 24 plain and 24 of 24 grafted branches of 64 tokens).
+  By default the weights are prepacked for oneDNN (:class:`..layers.kernels.PackedLinear`): ~2x
+  faster for a few rows, the logits within ~1e-4 of the model's, and the same texts (tests compare
+  every branch's text; on SmolLM2, 24 of 24 plain and 24 of 24 grafted branches of 64 tokens).
 * **bfloat16.** The projection, embedding and head weights are copied once to bfloat16 (half the
   bytes to read per step; CPUs with AVX512-BF16 run them natively), activations are bfloat16, the
   norm statistics and the logits float32. Texts differ from the float32 path's (a test bounds the
@@ -26,11 +26,14 @@ training mode, sliding-window attention) keeps the model's own forward: :func:`f
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..layers.kernels import PackedLinear, packed_linear_available
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -71,45 +74,13 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def packed_linear_available() -> bool:
-    """Whether this PyTorch build has oneDNN's prepacked linear (x86 builds do)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        w = torch.ones(4, 4)
-        y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ops.mkldnn._reorder_linear_weight(w, 1),
-                                               None, "none", [], "")
-        return bool((y == 4).all())
-    except (RuntimeError, AttributeError):
-        return False
-
-
-class _Linear:
-    """``y = x W^T + b`` with ``W`` prepacked once into oneDNN's blocked layout.
-
-    For the few rows of a decode step, MKL's ``F.linear`` reads the weights at ~20 GB/s on a 2-core
-    AMD EPYC; oneDNN's prepacked kernel at ~60 GB/s (``benchmarks/bench_smollm2.py``). It sums in
-    another order (|diff| ~1e-4 on a logit), and a row's result does not depend on the other rows of
-    the batch. Without oneDNN (``packed=False``) it is ``F.linear``.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, packed: bool, rows: int = 8):
-        self.weight, self.bias = weight, bias
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if packed else None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-
 class _Layer:
     """One decoder layer's projections (on the model's weights in float32, bfloat16 copies otherwise)."""
 
     def __init__(self, layer: nn.Module, dtype: torch.dtype, packed: bool):
         def lin(m):
             b = None if m.bias is None else m.bias.detach().to(dtype)
-            return _Linear(m.weight.detach().to(dtype), b, packed)
+            return PackedLinear(m.weight.detach().to(dtype), b, packed)
 
         a = layer.self_attn
         self.q, self.k, self.v, self.o = (lin(p) for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
@@ -141,7 +112,7 @@ class FastLlama:
         why = fast_blocker(model)
         if why is not None:
             raise ConfigError(f"cannot use the lean decode step: {why}")
-        self.model, self.precision, dt = model, precision, PRECISIONS[precision]
+        self.precision, dt = precision, PRECISIONS[precision]  # no reference to the model: it keys a weak cache
         self.dtype = dt
         self.packed = packed_linear_available() if packed is None else packed
         base, cfg = model.model, model.config
@@ -150,7 +121,7 @@ class FastLlama:
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
         self.scale = base.layers[0].self_attn.scaling
         self.embed = base.embed_tokens.weight.detach().to(dt)
-        self.head = _Linear(self.embed if model.lm_head.weight is base.embed_tokens.weight
+        self.head = PackedLinear(self.embed if model.lm_head.weight is base.embed_tokens.weight
                             else model.lm_head.weight.detach().to(dt),
                             None if model.lm_head.bias is None else model.lm_head.bias.detach().to(dt), self.packed)
         self.norm, self.norm_eps = base.norm.weight.detach().to(dt), base.norm.variance_epsilon
@@ -195,9 +166,13 @@ class FastLlama:
             vc[:, :, start:end] = v
             if start == 0:  # the prompt attends to itself only: the tensors just made, causally
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale, enable_gqa=True)
-            else:  # one new token attends to every cached position
+            elif self.dtype == torch.float32:  # one new token attends to every cached position
                 a = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], scale=self.scale,
                                                    enable_gqa=True)
+            else:  # the same in three small matmuls (CPU SDPA costs ~80 us a call for one query)
+                G = self.H // self.Hkv  # query head h reads key/value head h // G
+                w = (q.view(B, self.Hkv, G, self.D) @ kc[:, :, :end].transpose(-1, -2)).mul_(self.scale)
+                a = (w.softmax(-1) @ vc[:, :, :end]).view(B, self.H, 1, self.D)
             h = h + L.o(a.transpose(1, 2).reshape(B, T, -1).to(self.dtype))
             x = _rms_norm(h, L.ln2, L.eps2)
             if L.mlp is None:
@@ -215,14 +190,17 @@ def model_state_key(model: nn.Module) -> tuple:
             tuple(id(layer.mlp) for layer in model.model.layers))
 
 
+_LEAN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its FastLlama (held weakly, outside it)
+
+
 def lean_model(model: nn.Module, precision: str = "float32") -> FastLlama:
     """The model's :class:`FastLlama` for ``precision``, made once and kept on the model while its
     weights are unchanged (packing the weights takes ~0.3 s for SmolLM2-135M)."""
     key = (precision, model_state_key(model))
-    cached = model.__dict__.get("_mot_lean")
+    cached = _LEAN.get(model)
     if cached is not None and cached.key == key:
         return cached
     fast = FastLlama(model, precision=precision)
     fast.key = key
-    model.__dict__["_mot_lean"] = fast
+    _LEAN[model] = fast
     return fast

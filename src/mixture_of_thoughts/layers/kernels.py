@@ -7,12 +7,17 @@
   matmuls on contiguous slices, with a backward that never materialises per-row weights;
 * :func:`add_scaled_noise` and :func:`scale_rows`: ``x + a * n`` and ``a * x`` per row, with
   gradients computed from saved inputs (no intermediate tensor of the noise's size is kept);
-* :func:`row_dots`: the per-row dot products the scale gradients need, chunked to stay in cache.
+* :func:`row_dots`: the per-row dot products the scale gradients need, chunked to stay in cache;
+* :class:`PackedLinear`: ``x W^T + b`` on weights prepacked once for oneDNN, for inference with a
+  few rows (decoding): ~3x faster than MKL's ``F.linear`` there (used by the thought layer's tied
+  branches and by the lean Hugging Face decode step, ``hf.fast``).
 
 Each is tested against plain PyTorch autograd (``tests/test_thoughts.py``), outputs and gradients.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +25,61 @@ from torch import Tensor
 
 SMALL_DISPATCH = 64  # at most this many (token, slot) rows (decoding): one padded bmm instead of E mm calls
 _GROUPED_MM_OK: dict[tuple[str, torch.dtype], bool] = {}
+_PACKED_OK: list[bool] = []
+
+
+def packed_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's prepacked linear (x86 builds do); probed once."""
+    if not _PACKED_OK:
+        ok = torch.backends.mkldnn.is_available()
+        if ok:
+            try:
+                w = torch.ones(4, 4)
+                y = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 4), torch.ops.mkldnn._reorder_linear_weight(w, 1),
+                                                       None, "none", [], "")
+                ok = bool((y == 4).all())
+            except (RuntimeError, AttributeError):
+                ok = False
+        _PACKED_OK.append(ok)
+    return _PACKED_OK[0]
+
+
+class PackedLinear:
+    """``y = x W^T + b`` with ``W`` (``(N, K)``, CPU) prepacked once into oneDNN's blocked layout.
+
+    For the few rows of a decode step MKL's ``F.linear`` reads the weights at ~20 GB/s on a 2-core
+    AMD EPYC, oneDNN's prepacked kernel at ~60 GB/s. It sums in another order (|diff| ~1e-6 relative),
+    and a row's result does not depend on the other rows of the batch. No gradient flows through it.
+    Without oneDNN (``packed=False``) it is ``F.linear``.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, packed: bool = True, rows: int = 8):
+        self.weight, self.bias = weight, bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if packed else None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+_PACKED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner module -> {weight key: packed}
+
+
+def packed_matmul(a: Tensor, w: Tensor, owner) -> Tensor | None:
+    """``a @ w`` (``w`` of shape ``(K, N)``) through a :class:`PackedLinear` kept for ``owner`` (a
+    module; held weakly, outside it, so copying or pickling the module never meets a packed tensor)
+    while ``w`` is unchanged (same storage and in-place version); ``None`` where it does not apply (a
+    gradient is wanted, not a float32 CPU tensor, no oneDNN): then the caller multiplies as usual."""
+    if (torch.is_grad_enabled() or a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32
+            or not packed_linear_available()):
+        return None
+    cache = _PACKED_CACHE.setdefault(owner, {})
+    key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()))
+    hit = cache.get(key)
+    if hit is None or hit[0] != w._version:
+        hit = cache[key] = (w._version, PackedLinear(w.t().contiguous(), None))
+    return hit[1](a)
 
 
 def grouped_mm_works(device: torch.device, dtype: torch.dtype) -> bool:

@@ -38,7 +38,15 @@ from torch import Tensor, nn
 from .. import rng
 from ..config import ThoughtConfig
 from .ffn import activation
-from .kernels import add_scaled_noise, grouped_mm_works, row_dots, row_rms, scale_rows, sliced_mm  # noqa: F401
+from .kernels import (  # noqa: F401
+    add_scaled_noise,
+    grouped_mm_works,
+    packed_matmul,
+    row_dots,
+    row_rms,
+    scale_rows,
+    sliced_mm,
+)
 
 INIT_STD = 0.02  # weight init of branches, router and combiner (GPT-2 / nanoGPT)
 TAU_MIN = 1e-3  # tau = softplus(rho) + TAU_MIN keeps the temperature away from 0
@@ -470,7 +478,8 @@ class ThoughtsFFN(nn.Module):
 
         Weights shared by all branches (``w`` of shape ``(1, K, N)``, a tied graft) take one matmul."""
         if w.shape[0] == 1:
-            return a @ w[0]
+            y = packed_matmul(a, w[0], self)  # inference on CPU: prepacked once
+            return a @ w[0] if y is None else y
         if grouped_mm_works(a.device, a.dtype) and w.dtype == a.dtype:
             offs = counts.cumsum(0).to(torch.int32)
             return F.grouped_mm(a, w, offs=offs)
