@@ -16,7 +16,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import ConfigError
 from ..rng import RowNoise
-from ..training.optim import lr_at, make_optimizer
+from ..training.optim import lr_at, make_optimizer, optimizer_step
 from .graft import freeze_except_thoughts, grafted_state, thought_noise
 
 
@@ -60,11 +60,7 @@ def train_graft(model: nn.Module, ids: torch.Tensor, *, steps: int, batch_size: 
             out = model(input_ids=x[:, :-1], use_cache=False)
             lm = F.cross_entropy(out.logits.float().reshape(-1, out.logits.size(-1)), x[:, 1:].reshape(-1))
             loss = lm + st.aux_loss().to(lm.device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, params, grad_clip)
             losses.append(float(lm.detach()))
             if progress is not None:
                 progress(step, losses[-1])

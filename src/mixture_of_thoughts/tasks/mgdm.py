@@ -238,7 +238,7 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
     ``out/metrics.jsonl``. The global RNG is not touched.
     """
     from ..training.checkpoint import save_checkpoint
-    from ..training.optim import lr_at, make_optimizer
+    from ..training.optim import lr_at, make_optimizer, optimizer_step
     from ..training.trainer import prepare_out_dir
 
     out = Path(out)
@@ -264,11 +264,7 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
                 group["lr"] = lr_at(step, tc)
             idx = torch.randint(0, len(pairs), (tc.batch_size,), generator=g)
             loss = mgdm_loss(model, x_all[idx], given_all[idx], cfg, g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, model.parameters(), tc.grad_clip)
             step += 1
             running.append(float(loss.detach()))
             over = cfg.minutes is not None and time.time() - t0 > 60 * cfg.minutes

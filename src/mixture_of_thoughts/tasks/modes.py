@@ -148,7 +148,7 @@ def train_modes(init: str | Path, train_puzzles, val_puzzles, cfg: ModesConfig, 
     from ..steering.experts import ExpertController
     from ..training.checkpoint import load_checkpoint, save_checkpoint
     from ..training.mixture import sampled_wta
-    from ..training.optim import lr_at, make_optimizer
+    from ..training.optim import lr_at, make_optimizer, optimizer_step
     from ..training.trainer import prepare_out_dir
 
     ck = load_checkpoint(init, expect="ar")
@@ -213,11 +213,7 @@ def train_modes(init: str | Path, train_puzzles, val_puzzles, cfg: ModesConfig, 
             pick = sampled_wta(ll, cfg.eps, g)
             wins += torch.bincount(ll.argmax(-1), minlength=M).float()
             loss = -answer_loglik(model, ctl, x, y, pick).sum() / (y >= 0).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
+            optimizer_step(opt, loss, model.parameters(), tc.grad_clip)
             step += 1
             running.append(float(loss.detach()))
     summary = state["summary"]

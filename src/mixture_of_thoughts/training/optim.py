@@ -14,6 +14,16 @@ import torch
 from ..config import TrainConfig
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, grad_clip: float) -> None:
+    """One update: clear the gradients, backpropagate ``loss``, clip the global gradient norm of
+    ``params`` at ``grad_clip`` (0: no clipping), step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``.
 

@@ -36,7 +36,7 @@ from ..units import to_bits
 from . import distributed
 from .checkpoint import is_run, load_checkpoint, load_trainer_state, save_checkpoint
 from .objectives import StepLoss, get_objective
-from .optim import lr_at, make_optimizer
+from .optim import lr_at, make_optimizer, optimizer_step
 
 log = logging.getLogger(__name__)
 RANK_SEED_STRIDE = 1_000_003  # keeps the ranks' data streams apart
@@ -242,11 +242,7 @@ def _train_step(run: _Run, lr: float) -> StepLoss:
         raise TrainingDiverged(
             f"the training loss became {float(total.detach())} at step {run.step}; stopped. The last good state is "
             f"saved in {run.out / 'latest'}: resume it with a lower learning rate (--lr) or more warm-up")
-    run.optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    if run.cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
-    run.optimizer.step()
+    optimizer_step(run.optimizer, total, run.model.parameters(), run.cfg.grad_clip)
     run.step += 1
     return sl
 
