@@ -89,11 +89,12 @@ def test_row_position_noise_reads_each_row_at_its_own_position():
     base = RowNoise([5, 6, 7])
     pad = torch.tensor([0, 2, 5])
     noise = RowPositionNoise(base, pad, lookahead=4)
-    for p in range(10, 16):  # crosses lookahead blocks
-        got = noise.gumbel(99, torch.tensor([p]), (6,))
-        for b in range(3):
-            want = RowNoise([base.seeds[b]]).gumbel(99, torch.tensor([p - int(pad[b])]), (6,))
-            torch.testing.assert_close(got[b:b + 1], want, atol=0, rtol=0)
+    for tail in ((6,), (30_000,)):  # a large draw gets shorter blocks (at most 65,536 numbers each)
+        for p in range(10, 16):  # crosses lookahead blocks
+            got = noise.gumbel(99, torch.tensor([p]), tail)
+            for b in range(3):
+                want = RowNoise([base.seeds[b]]).gumbel(99, torch.tensor([p - int(pad[b])]), tail)
+                torch.testing.assert_close(got[b:b + 1], want, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------------ batched = alone

@@ -167,6 +167,12 @@ class Noise(Protocol):
 _BLOCK_NUMBERS = 1 << 16
 
 
+def lookahead_span(lookahead: int, rows: int, tail: tuple[int, ...]) -> int:
+    """How many positions a lookahead block of ``rows`` rows of ``tail``-shaped draws holds: up to
+    ``lookahead``, at most 65,536 numbers (at least one position)."""
+    return max(1, min(lookahead, _BLOCK_NUMBERS // max(1, rows * math.prod(tail))))
+
+
 class RowNoise:
     """Counter-based noise with one key per batch row (see module docstring).
 
@@ -232,8 +238,7 @@ class RowNoise:
         p = int(positions.item())
         block = self._blocks.get(key)
         if block is None or not block[0] <= p < block[0] + block[1].shape[1]:
-            per_position = self.keys.shape[0] * math.prod(tail)
-            span = max(1, min(self.lookahead, _BLOCK_NUMBERS // max(1, per_position)))
+            span = lookahead_span(self.lookahead, self.keys.shape[0], tail)
             ps = torch.arange(p, p + span, device=positions.device)
             block = (p, fn(stream, ps, tail, dtype))
             self._blocks[key] = block

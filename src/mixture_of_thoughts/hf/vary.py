@@ -34,7 +34,7 @@ from ..data.jsonl import read_json_file
 from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
-from ..rng import RowNoise
+from ..rng import RowNoise, lookahead_span
 from .generate import cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
 
 WAYS_FILE = Path(__file__).parent.parent / "assets" / "vary_ways.json"
@@ -213,7 +213,8 @@ class RowPositionNoise:
         key = (kind, stream, tuple(tail), dtype)
         block = self._blocks.get(key)
         if block is None or not block[0] <= p < block[0] + block[1].shape[1]:
-            cols = torch.arange(p, p + self.lookahead, device=self.device)
+            span = lookahead_span(self.lookahead, self.batch_size, tuple(tail))
+            cols = torch.arange(p, p + span, device=self.device)
             block = self._blocks[key] = (p, fn(stream, cols[None, :] - self.pad[:, None], tail, dtype))
         i = p - block[0]
         return block[1][:, i:i + 1]
