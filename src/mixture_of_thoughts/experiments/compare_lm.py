@@ -41,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -202,7 +203,9 @@ def _generate(model, tok, c: Contender, ids_list: list[list[int]], seeds: list[i
         return [r for r in one for _ in seeds]
     rows = [ids for ids in ids_list for _ in seeds]
     row_seeds = [s for _ in ids_list for s in seeds]
-    return decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev)
+    # a prompt's rows read it alike unless thought noise tells them apart: then it is read once
+    return decode_rows(model, tok, c, rows, row_seeds, max_new_tokens, dev,
+                       shared=1 if _graft_key(c) else len(seeds))
 
 
 def _vary_rows(model, tok, c: Contender, ids_list, texts, seeds, max_new_tokens, dev):
@@ -227,9 +230,10 @@ def _vary_rows(model, tok, c: Contender, ids_list, texts, seeds, max_new_tokens,
 
 @torch.no_grad()
 def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list[int], max_new_tokens: int,
-                 dev) -> list[tuple[list[int], str, float]]:
+                 dev, shared: int = 1) -> list[tuple[list[int], str, float]]:
     """Each row (prompt ids) decoded with its own seed under ``c``'s sampling and thought noise, in one
-    left-padded pass: ``(continuation ids, text, mean NLL under the decoding model)`` per row."""
+    left-padded pass: ``(continuation ids, text, mean NLL under the decoding model)`` per row. ``shared``:
+    the rows come in runs of that many equal prompts, each read once (``hf.vary.padded_hf_step``)."""
     from ..generation.autoregressive import LOOKAHEAD
     from ..generation.decoder import Sampling, decode
     from ..hf.generate import stop_token_ids
@@ -252,7 +256,7 @@ def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list
     else:
         ctx = contextlib.nullcontext()
     with ctx:
-        gen = decode(padded_hf_step(model, mask), ids, max_new_tokens, noise, sampling,
+        gen = decode(padded_hf_step(model, mask, shared=shared), ids, max_new_tokens, noise, sampling,
                      stop_ids=stop_token_ids(tok, model))
     T0 = ids.shape[1]
     toks = gen.tokens[:, T0:].tolist()
@@ -267,21 +271,30 @@ def decode_rows(model, tok, c: Contender, rows: list[list[int]], row_seeds: list
 
 @torch.no_grad()
 def reference_nll(ref, prompt: list[int], conts: list[list[int]], dev) -> np.ndarray:
-    """Mean per-token NLL (nats) of each continuation after ``prompt`` under ``ref``, one right-padded
-    batch; NaN for an empty continuation."""
-    T = len(prompt) + max(1, max(len(x) for x in conts))
-    ids = torch.zeros(len(conts), T, dtype=torch.long)
-    mask = torch.zeros(len(conts), T, dtype=torch.long)
+    """Mean per-token NLL (nats) of each continuation after ``prompt`` under ``ref``; NaN for an empty
+    continuation. The prompt is read once and its KV cache repeated for the continuations, which go
+    in one right-padded batch (only their positions reach the head)."""
+    from ..hf.generate import cache_of
+
+    P, B = len(prompt), len(conts)
+    L = max(1, max(len(x) for x in conts))
+    ids = torch.zeros(B, L, dtype=torch.long)
+    mask = torch.zeros(B, P + L, dtype=torch.long)
+    mask[:, :P] = 1
     for b, x in enumerate(conts):  # building the batch from Python lists is per row by nature
-        row = prompt + x
-        ids[b, :len(row)] = torch.tensor(row)
-        mask[b, :len(row)] = 1
+        ids[b, :len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[b, P:P + len(x)] = 1
     ids, mask = ids.to(dev), mask.to(dev)
-    logits = ref(input_ids=ids, attention_mask=mask).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    head = ref(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
+    past = cache_of(head)
+    past.batch_repeat_interleave(B)
+    cache_kw = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"
+    out = ref(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kw: past})
+    # position P - 1 (the prompt's last) predicts continuation token 0, position P + j token j + 1
+    logits = torch.cat([head.logits[:, -1:].float().expand(B, 1, -1), out.logits[:, :-1].float()], 1)
+    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, :, None])[..., 0]
     lens = torch.tensor([len(x) for x in conts], device=dev)
-    pos = torch.arange(1, T, device=dev)[None, :]
-    sel = (pos >= len(prompt)) & (pos < len(prompt) + lens[:, None])
+    sel = torch.arange(L, device=dev)[None, :] < lens[:, None]
     nll = -(lp * sel).sum(-1) / lens.clamp_min(1)
     nll = torch.where(lens > 0, nll, torch.full_like(nll, float("nan")))
     return nll.cpu().numpy()

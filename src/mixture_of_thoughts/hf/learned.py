@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -50,9 +49,9 @@ from torch import nn
 from ..config import layer_set
 from ..errors import CheckpointError, ConfigError
 from ..generation.autoregressive import LOOKAHEAD
-from ..generation.decoder import Sampling, Step, StepFn, ThinkResult, decode, left_pad
+from ..generation.decoder import Sampling, ThinkResult, decode, left_pad
 from ..rng import RowNoise
-from .generate import cache_of, check_context, sample_branches, stop_token_ids
+from .generate import check_context, sample_branches, stop_token_ids
 from .graft import SUPPORTED, get_path
 from .vary import RowPositionNoise, pad_token_id, padded_hf_step
 
@@ -302,37 +301,6 @@ def load_branches(path: str | Path, model: nn.Module | None = None, *, strict: b
 # ------------------------------------------------------------------------------------ use
 
 
-def _shared_prefill_step(model: nn.Module, mask: torch.Tensor, shared: int) -> StepFn:
-    """:func:`hf.vary.padded_hf_step` for rows whose prompts come in runs of ``shared`` equal ones: the
-    first call reads each distinct prompt once and repeats its KV cache (``shared`` times less prefill)."""
-    if shared == 1:
-        return padded_hf_step(model, mask)
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    full, past, seen = mask.long(), None, 0
-
-    def step(tokens: torch.Tensor, length: int) -> Step:
-        nonlocal past, full, seen
-        if length > full.shape[1]:
-            full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
-        if past is None:
-            out = model(input_ids=tokens[::shared, :length], attention_mask=full[::shared, :length],
-                        position_ids=pos[::shared, :length], use_cache=True, **keep)
-            past = cache_of(out)
-            past.batch_repeat_interleave(shared)
-            logits = out.logits[:, -1, :].repeat_interleave(shared, 0)
-        else:
-            out = model(input_ids=tokens[:, seen:length], attention_mask=full[:, :length],
-                        position_ids=pos[:, seen:length], use_cache=True, **keep, **{cache_kw: past})
-            past, logits = cache_of(out), out.logits[:, -1, :]
-        seen = length
-        return Step(logits, {})
-
-    return step
-
-
 @torch.no_grad()
 def decode_rows(model, tokenizer, rows: list[list[int]], seeds: list[int], *, max_new_tokens: int,
                  temperature: float, top_p: float | None = None, min_p: float | None = None,
@@ -353,7 +321,7 @@ def decode_rows(model, tokenizer, rows: list[list[int]], seeds: list[int], *, ma
         if branches is not None else contextlib.nullcontext()
     model.eval()
     with ctx:
-        gen = decode(_shared_prefill_step(model, mask, shared), ids, max_new_tokens, noise,
+        gen = decode(padded_hf_step(model, mask, shared=shared), ids, max_new_tokens, noise,
                      Sampling(temperature, None, top_p, min_p), stop_ids=stop_token_ids(tokenizer, model))
     T0 = ids.shape[1]
     toks, lp, out = gen.tokens[:, T0:].tolist(), gen.logprobs.cpu(), []

@@ -158,17 +158,48 @@ class PaddedLM:
 
 
 def padded_hf_step(model: nn.Module, mask: torch.Tensor,
-                   routing: Callable[[], dict[int, torch.Tensor]] | None = None) -> StepFn:
+                   routing: Callable[[], dict[int, torch.Tensor]] | None = None, shared: int = 1) -> StepFn:
     """The decoder's step function for a Hugging Face causal LM over left-padded prompts, with its KV cache.
 
     ``mask`` is the ``(B, T0)`` attention mask of the padded prompts (0 on padding). The first call
     reads the prompts, each later call the new tokens, through :class:`PaddedLM` (each row's own mask
-    and positions).
+    and positions). ``shared``: the rows come in runs of that many equal prompts (and nothing else,
+    such as thought noise, tells them apart while reading it); the first call reads each distinct
+    prompt once and repeats its KV cache (``shared`` times less prefill).
     """
+    if shared > 1:
+        return _shared_prefill_step(model, mask, shared)
     lm = PaddedLM(model, mask)
 
     def step(tokens: torch.Tensor, length: int) -> Step:
         return Step(lm.logits(tokens, length, as_float=False), routing() if routing is not None else {})
+
+    return step
+
+
+def _shared_prefill_step(model: nn.Module, mask: torch.Tensor, shared: int) -> StepFn:
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    full, past, seen = mask.long(), None, 0
+
+    def step(tokens: torch.Tensor, length: int) -> Step:
+        nonlocal past, full, seen
+        if length > full.shape[1]:
+            full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
+        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
+        if past is None:
+            out = model(input_ids=tokens[::shared, :length], attention_mask=full[::shared, :length],
+                        position_ids=pos[::shared, :length], use_cache=True, **keep)
+            past = cache_of(out)
+            past.batch_repeat_interleave(shared)
+            logits = out.logits[:, -1, :].repeat_interleave(shared, 0)
+        else:
+            out = model(input_ids=tokens[:, seen:length], attention_mask=full[:, :length],
+                        position_ids=pos[:, seen:length], use_cache=True, **keep, **{cache_kw: past})
+            past, logits = cache_of(out), out.logits[:, -1, :]
+        seen = length
+        return Step(logits, {})
 
     return step
 
