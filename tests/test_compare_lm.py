@@ -163,6 +163,20 @@ def test_decoder_nll_is_the_reference_nll(tiny_dir):
         np.testing.assert_allclose([r[2] for r in rows], want, rtol=1e-4, atol=1e-4)
 
 
+def test_a_prompt_read_once_for_its_branches_decodes_the_same_rows(tiny_dir):
+    from mixture_of_thoughts.experiments.compare_lm import Contender, decode_rows
+    from mixture_of_thoughts.hf.registry import load_pretrained
+
+    model, tok, _ = load_pretrained(str(tiny_dir))
+    ids = [tok("a cat sat on the mat")["input_ids"], tok("tea")["input_ids"]]
+    rows, seeds = [x for x in ids for _ in range(4)], [1, 2, 3, 4] * 2
+    c = Contender("temperature", "temperature", temperature=1.0)
+    each = decode_rows(model, tok, c, rows, seeds, 12, "cpu")
+    once = decode_rows(model, tok, c, rows, seeds, 12, "cpu", shared=4)
+    assert [r[0] for r in once] == [r[0] for r in each] and len({tuple(r[0]) for r in each}) > 1
+    np.testing.assert_allclose([r[2] for r in once], [r[2] for r in each], rtol=0, atol=1e-5)
+
+
 def test_greedy_is_decoded_once_per_prompt(tiny_dir):
     from mixture_of_thoughts.experiments.compare_lm import Contender, _generate
     from mixture_of_thoughts.hf.generate import sample_branches
