@@ -89,7 +89,7 @@ def test_row_position_noise_reads_each_row_at_its_own_position():
     base = RowNoise([5, 6, 7])
     pad = torch.tensor([0, 2, 5])
     noise = RowPositionNoise(base, pad, lookahead=4)
-    for tail in ((6,), (30_000,)):  # a large draw gets shorter blocks (at most 65,536 numbers each)
+    for tail in ((6,), (30_000,)):  # a large draw gets shorter blocks (at most 262,144 numbers each)
         for p in range(10, 16):  # crosses lookahead blocks
             got = noise.gumbel(99, torch.tensor([p]), tail)
             for b in range(3):

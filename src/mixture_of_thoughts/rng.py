@@ -164,12 +164,12 @@ class Noise(Protocol):
 
 # A lookahead block holds at most this many numbers: the float64 passes of a larger one (a 49,152-token
 # vocabulary x 8 rows x 32 positions) leave the caches and cost ~8x more per number (measured).
-_BLOCK_NUMBERS = 1 << 16
+_BLOCK_NUMBERS = 1 << 18
 
 
 def lookahead_span(lookahead: int, rows: int, tail: tuple[int, ...]) -> int:
     """How many positions a lookahead block of ``rows`` rows of ``tail``-shaped draws holds: up to
-    ``lookahead``, at most 65,536 numbers (at least one position)."""
+    ``lookahead``, at most 262,144 numbers (2 MB in float64; at least one position)."""
     return max(1, min(lookahead, _BLOCK_NUMBERS // max(1, rows * math.prod(tail))))
 
 
