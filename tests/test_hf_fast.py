@@ -147,6 +147,17 @@ def test_mot_think_takes_a_precision_for_a_pretrained_model_only(make_tiny_llama
     assert err.startswith("mot: error: --precision") and "--model" in err and "Traceback" not in err
 
 
+def test_one_packed_product_of_stacked_weights_equals_the_separate_ones():
+    from mixture_of_thoughts.layers.kernels import PackedLinear, packed_linear_available
+
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(n, 96, generator=g) for n in (64, 32, 32)]
+    x = torch.randn(8, 1, 96, generator=g)
+    packed = packed_linear_available()
+    apart = torch.cat([PackedLinear(w, None, packed)(x) for w in ws], -1)
+    assert torch.equal(PackedLinear(torch.cat(ws), None, packed)(x), apart)  # what the lean step's qkv relies on
+
+
 def test_packed_matmul_follows_its_weight_and_stays_out_of_training():
     from mixture_of_thoughts.layers.kernels import packed_linear_available, packed_matmul
 

@@ -54,8 +54,9 @@ class PackedLinear:
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, packed: bool = True, rows: int = 8):
-        self.weight, self.bias = weight, bias
+        self.bias = bias
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows) if packed else None
+        self.weight = None if packed else weight  # the packed copy is all a packed product reads
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
