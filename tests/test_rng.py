@@ -185,6 +185,8 @@ def test_gumbel_is_minus_log_minus_log_of_the_float64_uniform_and_blocks_do_not_
     pos = torch.arange(0, 40)
     for tail in ((65,), (3000,)):
         u = n.uniform(1, pos, tail, dtype=torch.float64)
+        unsigned = n._bits(1, pos, tail).to(torch.int64) & MASK  # the hash as an unsigned 32-bit value
+        assert torch.equal(u, (unsigned.to(torch.float64) + 0.5) / 2**32)
         assert torch.equal(n.gumbel(1, pos, tail), (-torch.log(-torch.log(u))).float())
         # one position at a time through lookahead blocks (short ones for a large draw): the same numbers
         ahead = RowNoise(seeds, lookahead=32)

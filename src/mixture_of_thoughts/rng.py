@@ -289,20 +289,19 @@ class RowNoise:
         return self._ahead("normal", self._normal, stream, positions, tuple(tail), dtype)
 
     def _uniform(self, stream, positions, tail, dtype) -> torch.Tensor:
-        bits = self._bits(stream, positions, tail).to(torch.int64) & _MASK32
-        u = ((bits.to(torch.float64) + 0.5) / _TWO32).to(dtype)
+        # (b + 0.5) / 2**32 of the unsigned 32-bit hash b, made in place from its int32 form: plus 1
+        # where the two's complement is negative (b is 2**32 more); every step is exact in float64
+        bits = self._bits(stream, positions, tail)
+        u = bits.to(torch.float64).add_(0.5).div_(_TWO32)
+        u += bits < 0
+        u = u.to(dtype)
         if dtype != torch.float64:  # the top patterns round up to 1.0 in a narrower float: keep u < 1
             below_one = torch.nextafter(torch.ones((), dtype=dtype), torch.zeros((), dtype=dtype))
             u = u.clamp_(max=float(below_one))
         return u
 
     def _gumbel(self, stream, positions, tail, dtype) -> torch.Tensor:
-        # u of _uniform in float64, from the int32 bits in place: (b + 0.5) / 2**32, plus 1 where the
-        # two's complement is negative (the unsigned value is 2**32 more); every step is exact in float64
-        bits = self._bits(stream, positions, tail)
-        u = bits.to(torch.float64).add_(0.5).div_(_TWO32)
-        u += bits < 0
-        return u.log_().neg_().log_().neg_().to(dtype)
+        return self._uniform(stream, positions, tail, torch.float64).log_().neg_().log_().neg_().to(dtype)
 
     def _normal(self, stream, positions, tail, dtype) -> torch.Tensor:
         return _bits_to_normal_(self._bits(stream, positions, tail).bitwise_right_shift_(7)).to(dtype)

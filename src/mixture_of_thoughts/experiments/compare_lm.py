@@ -41,7 +41,6 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -274,7 +273,7 @@ def reference_nll(ref, prompt: list[int], conts: list[list[int]], dev) -> np.nda
     """Mean per-token NLL (nats) of each continuation after ``prompt`` under ``ref``; NaN for an empty
     continuation. The prompt is read once and its KV cache repeated for the continuations, which go
     in one right-padded batch (only their positions reach the head)."""
-    from ..hf.generate import cache_of
+    from ..hf.generate import cache_kwarg, cache_of
 
     P, B = len(prompt), len(conts)
     L = max(1, max(len(x) for x in conts))
@@ -288,8 +287,7 @@ def reference_nll(ref, prompt: list[int], conts: list[list[int]], dev) -> np.nda
     head = ref(input_ids=torch.tensor([prompt], device=dev), use_cache=True, logits_to_keep=1)
     past = cache_of(head)
     past.batch_repeat_interleave(B)
-    cache_kw = "cache" if "cache" in inspect.signature(ref.forward).parameters else "past_key_values"
-    out = ref(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kw: past})
+    out = ref(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kwarg(ref): past})
     # position P - 1 (the prompt's last) predicts continuation token 0, position P + j token j + 1
     logits = torch.cat([head.logits[:, -1:].float().expand(B, 1, -1), out.logits[:, :-1].float()], 1)
     lp = torch.log_softmax(logits, -1).gather(-1, ids[:, :, None])[..., 0]

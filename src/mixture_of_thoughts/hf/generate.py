@@ -28,6 +28,11 @@ def cache_of(out):
     return c if c is not None else out.past_key_values
 
 
+def cache_kwarg(model: nn.Module) -> str:
+    """The name ``model.forward`` takes its KV cache under (``cache`` in transformers >= 5.2x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | None = None, *,
             lean: bool | None = None, precision: str = "float32") -> StepFn:
     """The decoder's step function for a Hugging Face causal LM, with its KV cache.
@@ -64,7 +69,7 @@ def hf_step(model: nn.Module, routing: Callable[[], dict[int, torch.Tensor]] | N
 
         return lean_step
 
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_kw = cache_kwarg(model)
     past = None
 
     def step(tokens: torch.Tensor, length: int) -> Step:

@@ -35,7 +35,7 @@ from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
 from ..rng import RowNoise, lookahead_span
-from .generate import cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
+from .generate import cache_kwarg, cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
 
 WAYS_FILE = Path(__file__).parent.parent / "assets" / "vary_ways.json"
 DEFAULT_WAYS = ("style", "angle", "constraint", "example")
@@ -123,14 +123,17 @@ class PaddedLM:
     positions ``cumsum(mask) - 1`` (padding gets position 1, as in ``transformers``), so a row sees
     exactly what it would see unpadded. It owns the cache, so beam search can reorder its rows
     (:mod:`.coordinated`: only among the beams of one prompt, whose mask and positions are the same).
+    ``shared``: the rows come in runs of that many equal prompts that nothing else (such as thought
+    noise) tells apart while reading them; the first call reads each run's prompt once and repeats its
+    KV cache and logits (``shared`` times less prefill).
     """
 
-    def __init__(self, model: nn.Module, mask: torch.Tensor):
-        params = inspect.signature(model.forward).parameters
+    def __init__(self, model: nn.Module, mask: torch.Tensor, shared: int = 1):
         self.model = model
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.cache_kw = cache_kwarg(model)
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         self.full = mask.long()
+        self.shared = int(shared)
         self.past = None
         self.seen = 0
 
@@ -142,10 +145,14 @@ class PaddedLM:
             full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
         pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
         kw = {self.cache_kw: self.past} if self.past is not None else {}
-        out = self.model(input_ids=tokens[:, self.seen:length], attention_mask=full[:, :length],
-                         position_ids=pos[:, self.seen:length], use_cache=True, **self.keep, **kw)
-        self.past, self.seen = cache_of(out), length
-        last = out.logits[:, -1, :]
+        rows = slice(None, None, self.shared if self.past is None else 1)  # a first call reads each run once
+        out = self.model(input_ids=tokens[rows, self.seen:length], attention_mask=full[rows, :length],
+                         position_ids=pos[rows, self.seen:length], use_cache=True, **self.keep, **kw)
+        self.past, last = cache_of(out), out.logits[:, -1, :]
+        if self.seen == 0 and self.shared > 1:
+            self.past.batch_repeat_interleave(self.shared)
+            last = last.repeat_interleave(self.shared, 0)
+        self.seen = length
         return last.float() if as_float else last
 
     def reorder(self, rows: torch.Tensor) -> None:
@@ -163,43 +170,12 @@ def padded_hf_step(model: nn.Module, mask: torch.Tensor,
 
     ``mask`` is the ``(B, T0)`` attention mask of the padded prompts (0 on padding). The first call
     reads the prompts, each later call the new tokens, through :class:`PaddedLM` (each row's own mask
-    and positions). ``shared``: the rows come in runs of that many equal prompts (and nothing else,
-    such as thought noise, tells them apart while reading it); the first call reads each distinct
-    prompt once and repeats its KV cache (``shared`` times less prefill).
+    and positions); ``shared`` as there.
     """
-    if shared > 1:
-        return _shared_prefill_step(model, mask, shared)
-    lm = PaddedLM(model, mask)
+    lm = PaddedLM(model, mask, shared)
 
     def step(tokens: torch.Tensor, length: int) -> Step:
         return Step(lm.logits(tokens, length, as_float=False), routing() if routing is not None else {})
-
-    return step
-
-
-def _shared_prefill_step(model: nn.Module, mask: torch.Tensor, shared: int) -> StepFn:
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    full, past, seen = mask.long(), None, 0
-
-    def step(tokens: torch.Tensor, length: int) -> Step:
-        nonlocal past, full, seen
-        if length > full.shape[1]:
-            full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
-        if past is None:
-            out = model(input_ids=tokens[::shared, :length], attention_mask=full[::shared, :length],
-                        position_ids=pos[::shared, :length], use_cache=True, **keep)
-            past = cache_of(out)
-            past.batch_repeat_interleave(shared)
-            logits = out.logits[:, -1, :].repeat_interleave(shared, 0)
-        else:
-            out = model(input_ids=tokens[:, seen:length], attention_mask=full[:, :length],
-                        position_ids=pos[:, seen:length], use_cache=True, **keep, **{cache_kw: past})
-            past, logits = cache_of(out), out.logits[:, -1, :]
-        seen = length
-        return Step(logits, {})
 
     return step
 

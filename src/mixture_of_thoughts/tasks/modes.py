@@ -127,11 +127,11 @@ def mode_logliks(model, ctl, ids: torch.Tensor, tgt: torch.Tensor, M: int, chunk
 def validation(model, ctl, ids, tgt, M: int) -> dict:
     """Per answer character: the mixture NLL (modes drawn uniformly, as decoding goes round them), the
     best mode's (the WTA oracle) and the mean mode's; and each mode's share of the answers it wins."""
-    import math
+    from ..training.mixture import soft_em_loss
 
     ll = mode_logliks(model, ctl, ids, tgt, M)
     n = float((tgt >= 0).sum())
-    mix = -(torch.logsumexp(ll, -1) - math.log(M)).sum() / n
+    mix = soft_em_loss(ll).sum() / n
     share = torch.bincount(ll.argmax(-1), minlength=M).float() / len(ll)
     return {"val_mixture_nll": float(mix), "val_best_mode_nll": float(-ll.max(-1).values.sum() / n),
             "val_mean_mode_nll": float(-ll.mean(-1).sum() / n), "val_wins": [round(float(s), 4) for s in share]}

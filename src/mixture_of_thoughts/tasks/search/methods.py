@@ -242,6 +242,7 @@ class _Tree:
 
     @staticmethod
     def backup(path: list[_Node], reward: float) -> None:
+        """Every state on the path counts one more visit and the reward."""
         for n in path:
             n.visits += 1
             n.value += reward
