@@ -213,3 +213,22 @@ def test_plots_are_valid_non_trivial_pngs(report, name):
         assert w >= 400 and h >= 300
         lo_hi = im.convert("L").getextrema()
         assert lo_hi[1] - lo_hi[0] > 100  # drawn on: not a blank canvas
+
+
+def test_the_result_cache_reuses_a_record_only_for_its_own_key(tmp_path):
+    from mixture_of_thoughts.experiments.report import digest, digest_path, load_record, save_record
+
+    key = {"method": "beam", "budget": 1800, "puzzles": [[4, 5, 6, 10]]}
+    assert digest(key) == digest(dict(reversed(list(key.items()))))  # key order does not matter
+    assert digest(key) != digest({**key, "budget": 450})
+    named = tmp_path / "methods" / "beam.json"
+    save_record(named, {"puzzles": [1, 2]}, key=key)
+    assert load_record(named, key)["puzzles"] == [1, 2]
+    assert load_record(named, {**key, "budget": 450}) is None  # made for another key: run again
+    hashed = digest_path(tmp_path / "settings", key)
+    assert hashed.name == f"{digest(key)}.json" and load_record(hashed) is None  # not there yet
+    save_record(hashed, {"texts": ["a"]})
+    assert load_record(hashed) == {"texts": ["a"]}
+    hashed.write_text('{"texts": ["a"', encoding="utf-8")  # cut short
+    assert load_record(hashed) is None
+    assert not list(tmp_path.rglob("*.tmp"))  # every write was renamed into place

@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -77,7 +76,7 @@ from .lm_grid import (  # noqa: F401  (the grid's names stay importable from her
     setting_key,
     wide_contenders,
 )
-from .report import finite_json, format_ci, write_json_atomic
+from .report import digest_path, finite_json, format_ci, load_record, save_record
 
 log = logging.getLogger(__name__)
 # the thought setting the default report's verdict is about, declared before the run (the pilots' best)
@@ -825,29 +824,28 @@ def write_report(res: dict, out: Path) -> None:
 # ------------------------------------------------------------------------------------ run
 
 def _setting_file(cfg: LMCompareConfig, prompts: list[dict], c: Contender, source: str) -> Path:
-    """Where one setting's results are kept: named by a hash of everything that decides them."""
+    """Where one setting's results are kept: named by the digest of everything that decides them."""
     key = {"setting": setting_key(c), "model": source, "prompts": [p["prompt"] for p in prompts],
            **{k: getattr(cfg, k) for k in ("branches", "max_new_tokens", "seeds", "n_branches", "k", "seed")}}
     if cfg.first_seed:
         key["first_seed"] = cfg.first_seed
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cfg.out) / "settings" / f"{digest}.json"
+    return digest_path(Path(cfg.out) / "settings", key)
 
 
 def _load_setting(path: Path) -> dict | None:
+    raw = load_record(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
         return {"per_prompt": {k: np.array(v, dtype=float) for k, v in raw["per_prompt"].items()},
                 "example": raw["texts"], "seconds": raw.get("seconds")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # missing or cut short: run the setting again
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # missing or not a setting record: run the setting again
 
 
 def _save_setting(path: Path, c: Contender, r: dict) -> None:
-    """Written to a temporary file and renamed: an interrupted run leaves no half-written setting."""
-    write_json_atomic(path, {"label": c.label, "setting": dataclasses.asdict(c),
-                             "per_prompt": {k: [float(x) for x in v] for k, v in r["per_prompt"].items()},
-                             "texts": r["example"], "seconds": r.get("seconds")})
+    """Atomic: an interrupted run leaves no half-written setting."""
+    save_record(path, {"label": c.label, "setting": dataclasses.asdict(c),
+                       "per_prompt": {k: [float(x) for x in v] for k, v in r["per_prompt"].items()},
+                       "texts": r["example"], "seconds": r.get("seconds")})
 
 
 def run_compare_lm(cfg: LMCompareConfig, track: Callable[[list, str], Iterable] | None = None) -> dict:

@@ -30,7 +30,6 @@ The goals the report answers (issue: search over thoughts on a verifiable task):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -43,7 +42,7 @@ from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
 from ..tasks.modes import modes_of
-from .report import finite_json, write_json_atomic
+from .report import file_digest, finite_json, load_record, save_record
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
 MODEL_METHODS = ("sample", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
@@ -243,10 +242,10 @@ class Models:
         for flag, methods in NEEDS.items():
             if spec.name in methods:
                 f = self.ck[flag].path / "model.safetensors"
-                out[flag] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+                out[flag] = file_digest(f)
         if spec.name in VALUE_METHODS:
             f = self.value_path / "value.safetensors" if self.value_path else None
-            out["value"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f else "solver"
+            out["value"] = file_digest(f) if f else "solver"
         return out
 
 
@@ -329,19 +328,15 @@ def method_records(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzz
     """Per puzzle, what ``spec`` found at the largest budget (read back from ``out`` when saved)."""
     key = _record_key(cfg, spec, models, puzzles)
     path = out / "methods" / (spec.label.replace("@", "_at_") + ".json")
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("key") == key:
-                return saved["puzzles"]
-        except (OSError, json.JSONDecodeError):
-            pass  # unreadable: run again and overwrite it
+    saved = load_record(path, key)
+    if saved is not None and isinstance(saved.get("puzzles"), list):
+        return saved["puzzles"]
     recs = []
     for p in (track(puzzles, spec.label) if track else puzzles):
         r = run_method(spec, p, max(cfg.budgets), models=models, cfg=cfg)
         recs.append({"puzzle": list(p), "found": r.found, "solutions": r.solutions, "attempts": r.attempts,
                      "positions": r.positions, "seconds": r.seconds, "clock": r.clock})
-    write_json_atomic(path, {"key": key, "puzzles": recs})
+    save_record(path, {"puzzles": recs}, key=key)
     return recs
 
 

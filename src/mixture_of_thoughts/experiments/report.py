@@ -6,6 +6,7 @@ written by hand.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -127,6 +128,46 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(finite_json(obj), ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- the result cache
+#
+# Every experiment keeps each unit of work (a setting of ``mot compare lm``, a method of ``mot game24
+# eval``) in its own JSON file, reused only when everything that decides its numbers is the same. That
+# "everything" is a JSON-able *key*. A record is either named by the key's digest (``digest_path``:
+# the name is the check) or kept under a readable name with its key inside (``save_record`` with
+# ``key=``: the stored key is the check). Both go through the same two functions below.
+
+def digest(obj) -> str:
+    """A short sha256 of ``obj`` as canonical JSON (sorted keys): the same key, the same digest."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """A short sha256 of a file's bytes (a record made with one model file is not reused with another)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def digest_path(folder: Path, key) -> Path:
+    """Where the record of ``key`` lives when it is named by its digest."""
+    return Path(folder) / f"{digest(key)}.json"
+
+
+def load_record(path: Path, key=None) -> dict | None:
+    """The record saved at ``path``, or ``None`` when it is missing, cut short, or (with ``key``) was
+    made for another key: the caller then runs the work again and overwrites it."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or (key is not None and saved.get("key") != key):
+        return None
+    return saved
+
+
+def save_record(path: Path, record: dict, key=None) -> None:
+    """``record`` (with ``key`` inside it, when given) written atomically."""
+    write_json_atomic(Path(path), record if key is None else {"key": key, **record})
 
 
 def write_report(res: dict, out: Path) -> None:
