@@ -66,7 +66,6 @@ from .lm_grid import (  # noqa: F401  (the grid's names stay importable from her
     PRIMARY,
     VARY_WAYS,
     Contender,
-    _sweep,
     confirm_contenders,
     coordinated_contenders,
     default_contenders,
