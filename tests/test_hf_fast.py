@@ -189,3 +189,74 @@ def test_the_lean_caches_keep_no_model_alive_and_a_copy_decodes_alike(hf_tokeniz
     del model
     gc.collect()
     assert gone() is None
+
+
+def _padded_rows(seed=3):
+    """Three prompts of 3, 7 and 5 tokens, left-padded (pad id 0), and their mask."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(1, 31, (n,), generator=g).tolist() for n in (3, 7, 5)]
+    from mixture_of_thoughts.generation.decoder import left_pad
+
+    return left_pad(rows, 0, torch.device("cpu"))
+
+
+def _padded_logits(lm, ids, steps, reorder=None):
+    """Prompt, then ``steps`` greedy tokens through ``lm.logits`` (with a row reorder after step 1)."""
+    T0 = ids.shape[1]
+    tokens = torch.zeros(ids.shape[0], T0 + steps, dtype=torch.long)
+    tokens[:, :T0] = ids
+    out = []
+    for t in range(steps):
+        logits = lm.logits(tokens, T0 + t)
+        out.append(logits)
+        tokens[:, T0 + t] = logits.argmax(-1)
+        if t == 1 and reorder is not None:
+            lm.reorder(reorder)
+            tokens = tokens[reorder]
+    return out
+
+
+@pytest.mark.parametrize("shared", [1, 2])
+def test_the_padded_lean_step_computes_the_padded_models_logits(shared):
+    """Left-padded rows (each row's own positions and key mask), a prompt read once for two rows, and
+    beams reordered: unpacked, the lean logits are the model's padded forward's bit for bit after the
+    prompt; packed, within 1e-4."""
+    from mixture_of_thoughts.hf.vary import PaddedLM
+
+    model = _llama()
+    ids, mask = _padded_rows()
+    ids, mask = ids.repeat_interleave(shared, 0), mask.repeat_interleave(shared, 0)
+    rows = torch.arange(ids.shape[0]).flip(0) if shared == 1 else None  # beams of one prompt keep their mask
+    with torch.no_grad():
+        ref = _padded_logits(PaddedLM(model, mask, shared), ids, 6, rows)
+    exact = _padded_logits(FA.PaddedLean(FA.FastLlama(model, packed=False), mask, shared), ids, 6, rows)
+    assert (ref[0] - exact[0]).abs().max() < 1e-5
+    assert all(torch.equal(a, b) for a, b in zip(ref[1:], exact[1:], strict=True))
+    assert not torch.equal(exact[0][0], exact[0][-1])  # the rows differ: padding really is in play
+    if FA.packed_linear_available():
+        packed = _padded_logits(FA.PaddedLean(FA.FastLlama(model), mask, shared), ids, 6, rows)
+        assert max((a - b).abs().max().item() for a, b in zip(ref, packed, strict=True)) < 1e-4
+
+
+def test_padded_rows_decode_the_same_texts_lean_or_not(hf_tokenizer, monkeypatch):
+    """The comparison's padded decode (several prompts x seeds in one pass, grafted with thought noise or
+    not) gives every row the same text through the lean step as through the model's forward."""
+    from mixture_of_thoughts.experiments.compare_lm import decode_rows
+    from mixture_of_thoughts.experiments.lm_grid import Contender
+    from mixture_of_thoughts.hf import vary
+
+    rows = [hf_tokenizer(p)["input_ids"] for p in ("a dog", "the cat sat on", "tea")]
+    rows = [r for r in rows for _ in range(3)]
+    seeds = [0, 1, 2] * 3
+    for model, c in ((_llama(), Contender("temperature", "temperature", temperature=1.0)),
+                     (graft(_llama(), "all", n_branches=4, k=2),
+                      Contender("thoughts", "creativity", creativity=20.0, temperature=0.0))):
+        lean = decode_rows(model, hf_tokenizer, c, rows, seeds, 12, torch.device("cpu"))
+        with monkeypatch.context() as mp:  # the model's own padded forward, as before the lean step took padding
+            mp.setattr(FA, "fast_blocker", lambda m: "the reference")
+            ref = decode_rows(model, hf_tokenizer, c, rows, seeds, 12, torch.device("cpu"))
+            assert isinstance(vary.padded_lm(model, torch.ones(1, 2)), vary.PaddedLM)
+        assert isinstance(vary.padded_lm(model, torch.ones(1, 2)), FA.PaddedLean)
+        assert [r[1] for r in lean] == [r[1] for r in ref]
+        assert [r[2] for r in lean] == pytest.approx([r[2] for r in ref], abs=1e-4, nan_ok=True)
+        assert len({r[1] for r in lean}) > 3

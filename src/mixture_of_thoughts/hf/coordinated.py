@@ -50,7 +50,7 @@ from ..generation.decoder import left_pad
 from ..generation.sampling import sample_tokens
 from ..rng import RowNoise
 from .generate import check_context, stop_token_ids
-from .vary import PaddedLM, RowPositionNoise, pad_token_id
+from .vary import PaddedLM, RowPositionNoise, pad_token_id, padded_lm
 
 __all__ = ["coordinated_generate", "WINDOWS"]
 
@@ -255,7 +255,7 @@ def coordinated_generate(model: nn.Module, tokenizer, ids_list: list[list[int]],
     model.eval()
     tokens = torch.full((len(rows), T0 + max_new_tokens), pad_id, dtype=torch.long, device=dev)
     tokens[:, :T0] = ids
-    lm = PaddedLM(model, mask)
+    lm = padded_lm(model, mask)
     stop = torch.tensor(stop_token_ids(tokenizer, model), dtype=torch.long, device=dev)
     until = max_new_tokens if diverse_tokens is None else diverse_tokens
     if temperature == 0:

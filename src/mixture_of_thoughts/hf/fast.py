@@ -167,9 +167,27 @@ class FastLlama:
         self.k_cache = torch.empty(shape, dtype=torch.float32, device=device)
         self.v_cache = torch.empty(shape, dtype=torch.float32, device=device)
 
+    def repeat_rows(self, n: int) -> None:
+        """Each cached row becomes ``n`` consecutive rows (a prompt read once for ``n`` branches)."""
+        self.k_cache = self.k_cache.repeat_interleave(n, dim=1)
+        self.v_cache = self.v_cache.repeat_interleave(n, dim=1)
+
+    def reorder_rows(self, rows: torch.Tensor) -> None:
+        """Row ``r`` of the cache becomes old row ``rows[r]`` (beam search)."""
+        rows = rows.to(self.k_cache.device)
+        self.k_cache = self.k_cache.index_select(1, rows)
+        self.v_cache = self.v_cache.index_select(1, rows)
+
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Logits ``(B, V)`` (float32) of the last of ``ids``'s positions ``start .. start + T - 1``."""
+    def forward(self, ids: torch.Tensor, start: int, *, pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, V)`` (float32) of the last of ``ids``'s columns ``start .. start + T - 1``.
+
+        Left-padded rows (:class:`PaddedLean`) pass ``pos`` ``(B, T)``, each row's own positions, and
+        ``mask`` ``(B, start + T)`` (False on padding): attention then takes the mask transformers'
+        SDPA path builds (causal and padding, as a boolean ``(B, 1, T, start + T)``) with its grouped
+        key/value handling, so that unpacked logits are the model's bit for bit. A mask without padding
+        is dropped, as transformers does."""
         B, T = ids.shape
         end = start + T
         if start > 0 and T > 1:
@@ -177,12 +195,20 @@ class FastLlama:
         if self.k_cache is None or self.k_cache.shape[1] != B or end > self.k_cache.shape[3]:
             raise ConfigError(f"the cache holds {None if self.k_cache is None else tuple(self.k_cache.shape)}: "
                               f"call reset(batch={B}, max_len>={end}) first")
-        pos = torch.arange(start, end, device=ids.device)
+        if mask is not None and bool(mask[:, :end].all()):
+            mask = None
+        if pos is None:
+            pos = torch.arange(start, end, device=ids.device)
         if self.graft is not None:  # what the model's pre-hook records for its thought layers
-            self.graft.begin_call(pos)
+            self.graft.begin_call(pos[0] if pos.dim() == 2 and pos.shape[0] == 1 else pos)
         h = F.embedding(ids, self.embed)
-        cos, sin = self.rotary(h, pos[None])
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, T, D)
+        cos, sin = self.rotary(h, pos if pos.dim() == 2 else pos[None])
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1 or B, 1, T, D)
+        keep = None
+        if mask is not None:  # (B, 1, T, end): key j is seen by query i when j <= start + i and j is not padding
+            causal = torch.arange(start, end, device=ids.device)[:, None] >= torch.arange(end, device=ids.device)
+            keep = causal[None, None] & mask[:, None, None, :end].bool()
+        G = self.H // self.Hkv  # query head h reads key/value head h // G
         for i, L in enumerate(self.layers):
             x = _rms_norm(h, L.ln1, L.eps1)
             q, k, v = L.project(x)
@@ -194,19 +220,56 @@ class FastLlama:
             kc, vc = self.k_cache[i], self.v_cache[i]
             kc[:, :, start:end] = k
             vc[:, :, start:end] = v
-            if start == 0:  # the prompt attends to itself only: the tensors just made, causally
+            if keep is not None and T > 1:  # a padded prompt: the key/value heads repeated, the mask given
+                a = F.scaled_dot_product_attention(q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1),
+                                                   attn_mask=keep, scale=self.scale)
+            elif keep is not None and self.dtype == torch.float32:  # one padded query: the G heads as G queries
+                a = F.scaled_dot_product_attention(q.reshape(B, self.Hkv, G, self.D), kc[:, :, :end], vc[:, :, :end],
+                                                   attn_mask=keep, scale=self.scale).reshape(B, self.H, 1, self.D)
+            elif start == 0:  # the prompt attends to itself only: the tensors just made, causally
                 a = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=self.scale, enable_gqa=True)
             elif self.dtype == torch.float32:  # one new token attends to every cached position
                 a = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], scale=self.scale,
                                                    enable_gqa=True)
             else:  # the same in three small matmuls (CPU SDPA costs ~80 us a call for one query)
-                G = self.H // self.Hkv  # query head h reads key/value head h // G
                 w = (q.view(B, self.Hkv, G, self.D) @ kc[:, :, :end].transpose(-1, -2)).mul_(self.scale)
+                if keep is not None:
+                    w = w.masked_fill_(~keep, float("-inf"))
                 a = (w.softmax(-1) @ vc[:, :, :end]).view(B, self.H, 1, self.D)
             h = h + L.o(a.transpose(1, 2).reshape(B, T, -1).to(self.dtype))
             h = h + L.feed_forward(_rms_norm(h, L.ln2, L.eps2))
         x = _rms_norm(h[:, -1], self.norm, self.norm_eps)
         return self.head(x).float()
+
+
+class PaddedLean:
+    """:class:`FastLlama` over left-padded rows: the lean twin of :class:`.vary.PaddedLM` (the same
+    ``logits`` / ``reorder`` calls, the same positions ``cumsum(mask) - 1`` with padding at 1, the same
+    ``shared`` prompt reading), over a static cache as long as the token buffer."""
+
+    def __init__(self, fast: FastLlama, mask: torch.Tensor, shared: int = 1):
+        self.fast, self.full, self.shared, self.seen = fast, mask.long(), int(shared), 0
+
+    def logits(self, tokens: torch.Tensor, length: int, as_float: bool = True) -> torch.Tensor:
+        full = self.full
+        if length > full.shape[1]:
+            full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
+        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
+        if self.seen == 0:  # the prompts, each run of `shared` equal rows read once
+            rows = slice(None, None, self.shared)
+            self.fast.reset(tokens[rows].shape[0], tokens.shape[1], tokens.device)
+            last = self.fast.forward(tokens[rows, :length], 0, pos=pos[rows, :length], mask=full[rows, :length])
+            if self.shared > 1:
+                self.fast.repeat_rows(self.shared)
+                last = last.repeat_interleave(self.shared, 0)
+        else:
+            last = self.fast.forward(tokens[:, self.seen:length], self.seen, pos=pos[:, self.seen:length],
+                                     mask=full[:, :length])
+        self.seen = length
+        return last
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self.fast.reorder_rows(rows)
 
 
 def model_state_key(model: nn.Module) -> tuple:

@@ -164,15 +164,28 @@ class PaddedLM:
 
 
 
+def padded_lm(model: nn.Module, mask: torch.Tensor, shared: int = 1, lean: bool | None = None):
+    """The left-padded decoder of ``model``: :class:`.fast.PaddedLean` (the lean step: static cache,
+    prepacked weights) where :func:`.fast.fast_blocker` allows it and ``lean`` is not ``False``, else
+    :class:`PaddedLM` (the model's own forward, the reference). Both take ``logits(tokens, length)``
+    and ``reorder(rows)``."""
+    from .fast import PaddedLean, fast_blocker, lean_model
+
+    if lean is not False and fast_blocker(model) is None:
+        return PaddedLean(lean_model(model), mask, shared)
+    return PaddedLM(model, mask, shared)
+
+
 def padded_hf_step(model: nn.Module, mask: torch.Tensor,
-                   routing: Callable[[], dict[int, torch.Tensor]] | None = None, shared: int = 1) -> StepFn:
+                   routing: Callable[[], dict[int, torch.Tensor]] | None = None, shared: int = 1,
+                   lean: bool | None = None) -> StepFn:
     """The decoder's step function for a Hugging Face causal LM over left-padded prompts, with its KV cache.
 
     ``mask`` is the ``(B, T0)`` attention mask of the padded prompts (0 on padding). The first call
-    reads the prompts, each later call the new tokens, through :class:`PaddedLM` (each row's own mask
-    and positions); ``shared`` as there.
+    reads the prompts, each later call the new tokens, through :func:`padded_lm` (each row's own mask
+    and positions); ``shared`` and ``lean`` as there.
     """
-    lm = PaddedLM(model, mask, shared)
+    lm = padded_lm(model, mask, shared, lean)
 
     def step(tokens: torch.Tensor, length: int) -> Step:
         return Step(lm.logits(tokens, length, as_float=False), routing() if routing is not None else {})
