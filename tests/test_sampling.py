@@ -171,3 +171,20 @@ def test_uniform_draws_are_in_the_open_unit_interval():
     u = RowNoise([0, 1, 2]).uniform(7, torch.arange(1000), (4,))
     assert u.shape == (3, 1000, 4) and float(u.min()) > 0 and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / u.numel())
+
+
+@pytest.mark.parametrize("p", [0.3, 0.8, 0.95])
+def test_top_p_over_a_large_vocabulary_keeps_what_sorting_every_row_keeps(p):
+    """Beyond NUCLEUS_CANDIDATES tokens the nucleus is found among the most likely ones first; peaked
+    rows (found there) and flat rows (whose candidates fall short: sorted whole) keep the same set."""
+    from mixture_of_thoughts.generation.sampling import NUCLEUS_CANDIDATES, _nucleus, _nucleus_sorted
+
+    g = torch.Generator().manual_seed(3)
+    V = 4 * NUCLEUS_CANDIDATES
+    x = torch.randn(6, V, generator=g) * 3
+    x[:3, :5] += 10.0  # peaked
+    x[3:] *= 0.02  # nearly flat: the candidates hold ~1/4 of the mass
+    got, want = _nucleus(x, p), _nucleus_sorted(x, p)
+    assert torch.equal(got, want)
+    kept = torch.isfinite(got).sum(-1)
+    assert (kept[:3] < NUCLEUS_CANDIDATES).all() and (kept[3:] > NUCLEUS_CANDIDATES).all()

@@ -47,17 +47,48 @@ def process_logits(logits: torch.Tensor, temperature: float | torch.Tensor = 1.0
         kth = torch.topk(x, top_k, dim=-1).values[:, -1:]
         x = x.masked_fill(x < kth, NEG_INF)
     if top_p is not None and top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        before = probs.cumsum(-1) - probs  # mass strictly above each token
-        remove_sorted = before >= top_p  # the tokens above already reach top_p: the smallest such set
-        remove_sorted[:, 0] = False  # always keep the most likely token
-        remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
-        x = x.masked_fill(remove, NEG_INF)
+        x = _nucleus(x, top_p)
     if min_p is not None and min_p > 0.0:
         probs = torch.softmax(x, dim=-1)
         x = x.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, NEG_INF)
     return x
+
+
+NUCLEUS_CANDIDATES = 1024  # top-p looks among this many most likely tokens first (a real vocabulary: 50k)
+
+
+def _nucleus(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p: each row keeps its smallest set of most likely tokens whose mass reaches ``top_p``.
+
+    The set is found among the row's ``NUCLEUS_CANDIDATES`` most likely tokens (``topk``: for 64 rows of
+    a 49,152-token vocabulary several times cheaper than sorting every row); the rows whose candidates
+    hold less than ``top_p`` of the mass, and small vocabularies, sort the whole row. Both compute a
+    token's mass as ``softmax`` does over the whole row (the sums in another order: the same set unless
+    ``top_p`` falls within float32 rounding of a cumulative mass)."""
+    V = x.size(-1)
+    K = min(V, NUCLEUS_CANDIDATES)
+    if K == V:
+        return _nucleus_sorted(x, top_p)
+    vals, idx = torch.topk(x, K, dim=-1)  # descending
+    probs = torch.exp(vals - torch.logsumexp(x, dim=-1, keepdim=True))
+    mass = probs.cumsum(-1)
+    remove_top = (mass - probs) >= top_p  # the tokens above already reach top_p
+    remove_top[:, 0] = False  # always keep the most likely token
+    out = torch.full_like(x, NEG_INF).scatter(-1, idx, vals.masked_fill(remove_top, NEG_INF))
+    short = (mass[:, -1] < top_p).nonzero().squeeze(1)  # the candidates do not reach top_p
+    if short.numel():
+        out[short] = _nucleus_sorted(x[short], top_p)
+    return out
+
+
+def _nucleus_sorted(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_x, order = torch.sort(x, dim=-1, descending=True)
+    probs = torch.softmax(sorted_x, dim=-1)
+    before = probs.cumsum(-1) - probs  # mass strictly above each token
+    remove_sorted = before >= top_p  # the tokens above already reach top_p: the smallest such set
+    remove_sorted[:, 0] = False  # always keep the most likely token
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)
+    return x.masked_fill(remove, NEG_INF)
 
 
 def sample_tokens(logits: torch.Tensor, noise: RowNoise, position: int, temperature: float | torch.Tensor = 1.0,

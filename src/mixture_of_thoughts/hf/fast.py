@@ -19,6 +19,11 @@ position (the generic forward computes it for every prompt position):
   norm statistics and the logits float32. Texts differ from the float32 path's (a test bounds the
   logit error); it is an option, never the default.
 
+Left-padded rows (the comparison's prompts of different lengths, ``mot vary``, repel and diverse beams)
+go through :class:`PaddedLean`, the twin of :class:`.vary.PaddedLM`: each row's own positions and the
+boolean causal-and-padding mask transformers' SDPA path builds, so that unpacked logits stay the
+model's bit for bit there too; prompts read once for several rows, and rows reordered for beams.
+
 A grafted model (:mod:`.graft`) goes through the same step: its thought layers are called as modules
 (in their own dtype), and the positions the model's pre-hook would record are set on the graft state.
 Anything the lean step could not honour (another architecture, forward hooks on the model's modules,
