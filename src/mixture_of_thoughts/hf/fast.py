@@ -247,6 +247,14 @@ class FastLlama:
         return self.head(x).float()
 
 
+def padded_positions(mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A left-padded batch's ``(B, L)`` mask grown with ones to ``length`` columns (the generated
+    tokens), and each row's own positions ``cumsum(mask) - 1`` (padding at 1, as in transformers)."""
+    if length > mask.shape[1]:
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], length - mask.shape[1])], 1)
+    return mask, (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
 class PaddedLean:
     """:class:`FastLlama` over left-padded rows: the lean twin of :class:`.vary.PaddedLM` (the same
     ``logits`` / ``reorder`` calls, the same positions ``cumsum(mask) - 1`` with padding at 1, the same
@@ -256,10 +264,8 @@ class PaddedLean:
         self.fast, self.full, self.shared, self.seen = fast, mask.long(), int(shared), 0
 
     def logits(self, tokens: torch.Tensor, length: int, as_float: bool = True) -> torch.Tensor:
+        self.full, pos = padded_positions(self.full, length)
         full = self.full
-        if length > full.shape[1]:
-            full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
         if self.seen == 0:  # the prompts, each run of `shared` equal rows read once
             rows = slice(None, None, self.shared)
             self.fast.reset(tokens[rows].shape[0], tokens.shape[1], tokens.device)

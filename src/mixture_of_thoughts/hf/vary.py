@@ -35,6 +35,7 @@ from ..errors import ConfigError, DataError
 from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import Sampling, Step, StepFn, collect_branches, decode, left_pad  # noqa: F401
 from ..rng import RowNoise, lookahead_span
+from . import fast
 from .generate import cache_kwarg, cache_of, check_context, prompt_ids, stop_token_ids, uses_chat
 
 WAYS_FILE = Path(__file__).parent.parent / "assets" / "vary_ways.json"
@@ -140,10 +141,8 @@ class PaddedLM:
     def logits(self, tokens: torch.Tensor, length: int, as_float: bool = True) -> torch.Tensor:
         """``(R, V)`` logits for column ``length`` of the ``(R, L)`` token buffer (float32 with ``as_float``,
         else in the model's dtype)."""
+        self.full, pos = fast.padded_positions(self.full, length)
         full = self.full
-        if length > full.shape[1]:
-            full = self.full = torch.cat([full, full.new_ones(full.shape[0], length - full.shape[1])], 1)
-        pos = (full.cumsum(-1) - 1).masked_fill(full == 0, 1)
         kw = {self.cache_kw: self.past} if self.past is not None else {}
         rows = slice(None, None, self.shared if self.past is None else 1)  # a first call reads each run once
         out = self.model(input_ids=tokens[rows, self.seen:length], attention_mask=full[rows, :length],
@@ -169,10 +168,8 @@ def padded_lm(model: nn.Module, mask: torch.Tensor, shared: int = 1, lean: bool 
     prepacked weights) where :func:`.fast.fast_blocker` allows it and ``lean`` is not ``False``, else
     :class:`PaddedLM` (the model's own forward, the reference). Both take ``logits(tokens, length)``
     and ``reorder(rows)``."""
-    from .fast import PaddedLean, fast_blocker, lean_model
-
-    if lean is not False and fast_blocker(model) is None:
-        return PaddedLean(lean_model(model), mask, shared)
+    if lean is not False and fast.fast_blocker(model) is None:
+        return fast.PaddedLean(fast.lean_model(model), mask, shared)
     return PaddedLM(model, mask, shared)
 
 
