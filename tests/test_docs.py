@@ -16,14 +16,20 @@ PAGES = [ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "docs" / "architectu
 
 
 def shown_commands(text: str) -> list[str]:
-    """Every ``mot ...`` command in the page's ``bash`` blocks (continued lines joined, comments cut)."""
-    out, block, lines = [], False, []
+    """Every ``mot ...`` command of the page: in its ``bash`` blocks, and the ``$ mot ...`` lines of its
+    transcripts (``text`` blocks of a command and its output), continued lines joined, comments cut."""
+    out, block, lines, open_cmd = [], None, [], None
     for line in text.splitlines():
         if line.startswith("```"):
-            block = line.strip() in ("```bash", "```sh") if not block else False
+            block = ("shell" if line.strip() in ("```bash", "```sh") else "other") if block is None else None
             continue
-        if block:
+        if block == "shell":
             lines.append(line)
+        elif block == "other" and (open_cmd is not None or line.startswith("$ mot ")):
+            open_cmd = line if open_cmd is None else open_cmd + "\n" + line  # a quoted argument spans lines
+            if _complete(open_cmd):
+                lines.append(open_cmd)
+                open_cmd = None
     rows = "\n".join(lines).replace("\\\n", " ").splitlines()
     i = 0
     while i < len(rows):
@@ -53,10 +59,11 @@ def _argv(command: str) -> list[str]:
 
 def test_the_extractor_joins_continued_lines_and_cuts_comments():
     page = ("text\n```bash\nmot think --prompt \"a # b\" \\\n    --branches 8   # eight\nls\n"
-            "$ mot renoise r --text \"A:\nB.\" --noise 0.3\n```\n```text\nmot no\n```\n")
+            "$ mot renoise r --text \"A:\nB.\" --noise 0.3\n```\n```text\nmot no\n$ mot cost --tokens 1B\n"
+            "output of it\n```\n")
     cmds = shown_commands(page)
     assert cmds == ['mot think --prompt "a # b"      --branches 8   # eight',
-                    'mot renoise r --text "A:\nB." --noise 0.3']
+                    'mot renoise r --text "A:\nB." --noise 0.3', "mot cost --tokens 1B"]
     assert _argv(cmds[0]) == ["think", "--prompt", "a # b", "--branches", "8"]
     assert _argv(cmds[1])[:3] == ["renoise", "r", "--text"] and _argv(cmds[1])[3] == "A:\nB."
 
@@ -66,7 +73,8 @@ COMMANDS = [(page.relative_to(ROOT).as_posix(), c) for page in PAGES for c in sh
 
 def test_the_pages_show_commands():
     assert len(COMMANDS) > 50
-    assert {p for p, _ in COMMANDS} >= {"README.md", "docs/commands/game24.md", "docs/commands/think.md"}
+    assert {p for p, _ in COMMANDS} >= {"README.md", "docs/commands/game24.md", "docs/commands/think.md",
+                                        "docs/commands/pretrained.md"}
 
 
 @pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in COMMANDS])

@@ -13,7 +13,9 @@ budgets, puzzles. ``mot game24 solve`` runs at its shown budget: it exits 1 when
 so the shown puzzle must be solved. Nothing else changes: the same verbs, flags, models and files. ``SIZES`` lists every
 cut; a command whose verb has no entry runs exactly as shown. ``mot serve`` runs in a subprocess on a
 free port until its page answers. The runs need ``MOT_DATA_DIR`` (the corpus and Game of 24's puzzles),
-which CI sets.
+which CI sets. The files a page assumes its reader has are made first: a text of one's own, the
+committed SmolLM2 report, pretrained.md's tiny random MoE models and prompt sets, and its synthetic
+``mot graft`` run directory.
 """
 
 from __future__ import annotations
@@ -33,16 +35,21 @@ import pytest
 import torch
 
 from mixture_of_thoughts.cli import main
+from test_cost import RECORDS
+from test_cost import _run_dir as graft_run_dir
 from test_docs import COMMANDS, ROOT, shown_commands
+from test_hf_experts import tiny_moe
 
-ORDER = ["docs/commands/train.md", "docs/commands/think.md", "docs/commands/diffusion.md", "docs/commands/serve.md",
-         "docs/commands/compare.md", "docs/commands/game24.md", "README.md"]
+ORDER = ["docs/commands/train.md", "docs/commands/think.md", "docs/commands/pretrained.md",
+         "docs/commands/diffusion.md", "docs/commands/serve.md", "docs/commands/compare.md", "docs/commands/game24.md",
+         "README.md"]
 RUNS = [(page, c) for page in ORDER for c in shown_commands((ROOT / page).read_text())]
 
 # verb -> the size flags appended to it (a verb is the first word, or two for `compare` and `game24`)
 SMALL_LM = ["--max-new-tokens", "6"]
 SIZES = {
     "train": ["--max-steps", "3", "--eval-interval", "3", "--eval-batches", "1"],
+    "graft": ["--steps", "2", "--eval-windows", "2"],
     "think": ["--max-new-tokens", "24"],
     "sample": ["--max-new-tokens", "24"],
     "diffuse": ["--length", "48"],
@@ -149,6 +156,14 @@ def tour(tmp_path_factory, save_hf_dir, make_tiny_llama, make_hf_char_tokenizer)
                                  encoding="utf-8")
     shutil.copytree(ROOT / "docs" / "report-smollm2", root / "docs" / "report-smollm2")
     tok = make_hf_char_tokenizer()
+    # pretrained.md: tiny random MoE models saved locally, two prompt sets, a synthetic graft run
+    for family in ("mixtral", "olmoe"):
+        tiny_moe(family).save_pretrained(root / f"tiny-{family}")
+        tok.save_pretrained(root / f"tiny-{family}")
+    (root / "a.txt").write_text("the cat sat on the mat.\na red dot.\n", encoding="utf-8")
+    (root / "b.txt").write_text("ten rats ate cod.\nnest and tea.\n", encoding="utf-8")
+    (root / "runs").mkdir()
+    graft_run_dir(root / "runs", RECORDS, name="graft-demo")
     return Tour(root, save_hf_dir(make_tiny_llama(len(tok)), tok, name="tiny_llama_docs"))
 
 
