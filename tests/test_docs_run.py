@@ -191,3 +191,37 @@ def test_the_shown_command_runs(tour, i, capsys):
         json.loads(out)
     if argv[0] == "serve":
         assert "<html" in out.lower()
+
+
+def python_blocks(text: str) -> list[str]:
+    """The page's ``python`` code blocks, each a whole program."""
+    out, block = [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if block is None and line.strip() == "```python":
+                block = []
+            elif block is not None:
+                out.append("\n".join(block))
+                block = None
+            continue
+        if block is not None:
+            block.append(line)
+    return out
+
+
+# pages whose python blocks are whole programs (pretrained.md's is a fragment: a hub model, `moe_model`)
+PROGRAMS = [(page, i, code) for page in ("README.md", "docs/architecture.md")
+            for i, code in enumerate(python_blocks((ROOT / page).read_text()))]
+
+
+def test_the_python_examples_are_found():
+    assert len(PROGRAMS) >= 2 and python_blocks("```python\na = 1\n```\n```bash\nb\n```\n") == ["a = 1"]
+
+
+@pytest.mark.parametrize("page,i,code", PROGRAMS, ids=[f"{p}:python-{i}" for p, i, _ in PROGRAMS])
+def test_the_python_example_runs(page, i, code, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"docs_example_{i}"}
+    exec(compile(code, f"{page}:python-{i}", "exec"), namespace)  # noqa: S102 (our own docs)
+    if "print(" in code:
+        assert capsys.readouterr().out.strip()
