@@ -148,7 +148,8 @@ class FastLlama:
             raise ConfigError(f"cannot use the lean decode step: {why}")
         self.precision, dt = precision, PRECISIONS[precision]  # no reference to the model: it keys a weak cache
         self.dtype = dt
-        self.packed = packed_linear_available() if packed is None else packed
+        on_cpu = model.lm_head.weight.device.type == "cpu"  # oneDNN's prepacked kernel is a CPU one
+        self.packed = (packed_linear_available() and on_cpu) if packed is None else packed
         base, cfg = model.model, model.config
         self.H = cfg.num_attention_heads
         self.Hkv = cfg.num_key_value_heads
