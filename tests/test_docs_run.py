@@ -10,10 +10,10 @@ beforehand.
 A shown command trains for thousands of steps or sweeps a whole grid; here each is cut down by **size
 flags appended after it** (argparse keeps the last value): steps, prompt and seed counts, tokens,
 budgets, puzzles. ``mot game24 solve`` runs at its shown budget: it exits 1 when it finds no solution,
-so the shown puzzle must be solved. Nothing else changes: the same verbs, flags, models and files. ``SIZES`` lists every
-cut; a command whose verb has no entry runs exactly as shown. ``mot serve`` runs in a subprocess on a
-free port until its page answers. The runs need ``MOT_DATA_DIR`` (the corpus and Game of 24's puzzles),
-which CI sets. The files a page assumes its reader has are made first: a text of one's own, the
+so the shown puzzle must be solved. Nothing else changes: the same verbs, flags, models and files.
+``SIZES`` lists every cut; a command whose verb has no entry runs exactly as shown. ``mot serve`` runs
+in a subprocess on a free port until its page answers. The runs need ``MOT_DATA_DIR`` (the corpus and
+Game of 24's puzzles), which CI sets. The files a page assumes its reader has are made first: a text of one's own, the
 committed SmolLM2 report, pretrained.md's tiny random MoE models and prompt sets, and its synthetic
 ``mot graft`` run directory.
 """
