@@ -833,11 +833,13 @@ def _setting_file(cfg: LMCompareConfig, prompts: list[dict], c: Contender, sourc
 
 def _load_setting(path: Path) -> dict | None:
     raw = load_record(path)
+    if raw is None:
+        return None  # missing or cut short: run the setting again
     try:
         return {"per_prompt": {k: np.array(v, dtype=float) for k, v in raw["per_prompt"].items()},
                 "example": raw["texts"], "seconds": raw.get("seconds")}
     except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # missing or not a setting record: run the setting again
+        return None  # not a setting record: run the setting again
 
 
 def _save_setting(path: Path, c: Contender, r: dict) -> None:

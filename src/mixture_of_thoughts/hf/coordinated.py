@@ -49,6 +49,7 @@ from ..generation.autoregressive import LOOKAHEAD
 from ..generation.decoder import left_pad
 from ..generation.sampling import sample_tokens
 from ..rng import RowNoise
+from .fast import PaddedLean
 from .generate import check_context, stop_token_ids
 from .vary import PaddedLM, RowPositionNoise, pad_token_id, padded_lm
 
@@ -92,7 +93,7 @@ def _write_step(tokens, logprobs, lengths, done, nxt, lp, stop, pos: int, i: int
     return torch.where(hit, i, lengths), done | hit
 
 
-def _diverse_beam(lm: PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, G: int, W: int,
+def _diverse_beam(lm: PaddedLM | PaddedLean, tokens: torch.Tensor, T0: int, N: int, P: int, G: int, W: int,
                   stop: torch.Tensor, pad_id: int, diversity: float, until: int, window: str):
     """Diverse beam search over ``R = P * G * W`` rows (prompt-major, then group, then beam).
 
@@ -163,7 +164,7 @@ def _diverse_beam(lm: PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, G
     return tokens[best, :T0 + n], logprobs[best, :n], lengths[best]
 
 
-def _repel(lm: PaddedLM, tokens: torch.Tensor, T0: int, N: int, P: int, B: int, stop: torch.Tensor,
+def _repel(lm: PaddedLM | PaddedLean, tokens: torch.Tensor, T0: int, N: int, P: int, B: int, stop: torch.Tensor,
            seeds: list[int], pad: torch.Tensor, temperature: float, diversity: float, until: int, window: str):
     """Repulsive sampling over ``R = P * B`` rows (prompt-major, then branch).
 

@@ -265,6 +265,8 @@ class PaddedLean:
         self.fast, self.full, self.shared, self.seen = fast, mask.long(), int(shared), 0
 
     def logits(self, tokens: torch.Tensor, length: int, as_float: bool = True) -> torch.Tensor:
+        """``(R, V)`` float32 logits for column ``length`` of the ``(R, L)`` token buffer (``as_float``
+        is PaddedLM's: the lean step's logits are float32 either way)."""
         self.full, pos = padded_positions(self.full, length)
         full = self.full
         if self.seen == 0:  # the prompts, each run of `shared` equal rows read once
