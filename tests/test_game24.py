@@ -123,6 +123,21 @@ def test_split_keeps_the_test_puzzles_out(puzzles):
         assert g.check_trace(p, block) is not None
 
 
+def test_synthetic_puzzles_are_new_solvable_and_leave_the_held_out_multisets_out():
+    held = [(1, 2, 12, 14), (1, 1, 1, 14)]  # the first can make 24 (14 + 12 - 2 * 1), so only exclude keeps it out
+    extra = g.synthetic_puzzles(14, exclude=held)
+    assert extra and all(max(p) == 14 and len(p) == 4 and p == tuple(sorted(p)) for p in extra)
+    assert not set(extra) & set(held) and len(set(extra)) == len(extra) and g.solutions((1, 2, 12, 14))
+    assert all(g.solutions(p) for p in extra)  # each can make 24 (the solver finds a solution)
+    # and none that can make 24 is missing: every other multiset with a 14 has no solution
+    import itertools
+    rest = {p for p in itertools.combinations_with_replacement(range(1, 15), 4) if p[-1] == 14} - set(extra) - set(held)
+    assert rest and not any(g.solutions(p) for p in rest)
+    for bad in (13, 100, True, "20"):
+        with pytest.raises(DataError, match="between 14 and 99"):
+            g.synthetic_puzzles(bad)
+
+
 def test_missing_puzzles_file_says_where(monkeypatch, tmp_path):
     monkeypatch.setenv("MOT_DATA_DIR", str(tmp_path))
     with pytest.raises(DataError, match="MOT_DATA_DIR"):

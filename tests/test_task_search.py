@@ -427,3 +427,34 @@ def test_task_evaluator_scores_traces_for_branch_search(tiny_model_factory):
     res = branch_search(model, tok, prompt, length=48, branches=4, keep=2, points=(0.5,), evaluator=ev, steps=4)
     assert len(res.branches) == 4 and [b.score for b in res.branches] == sorted((b.score for b in res.branches),
                                                                                    reverse=True)
+
+
+def test_cli_train_init_continues_a_copy_on_other_data(tmp_path, capsys):
+    """``train --init RUN``: RUN's copy trains on the new traces to the new total; RUN is left as it was."""
+    from mixture_of_thoughts.cli import main
+    from mixture_of_thoughts.training.checkpoint import load_checkpoint
+
+    extra = g.synthetic_puzzles(14)
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(g.training_text(extra[:40], per_solution=1))
+    second.write_text(g.training_text(extra[40:80], per_solution=1))
+    run, cont = tmp_path / "run", tmp_path / "cont"
+    assert main(["game24", "train", "--kind", "ar", "--data", str(first), "--steps", "2", "--out", str(run),
+                 "--quiet"]) == 0
+    before = (run / "latest" / "model.safetensors").read_bytes()
+    assert main(["game24", "train", "--init", str(run), "--data", str(second), "--steps", "4", "--out", str(cont),
+                 "--quiet"]) == 0
+    assert "to step 4" in capsys.readouterr().out
+    assert load_checkpoint(cont, which="latest").meta["step"] == 4
+    assert load_checkpoint(run, which="latest").meta["step"] == 2
+    assert (run / "latest" / "model.safetensors").read_bytes() == before
+    assert load_checkpoint(cont, which="latest").meta["data"] == str(second)
+    refused = [(["--init", str(tmp_path / "none"), "--steps", "6", "--out", str(tmp_path / "x")], "not a run"),
+               (["--init", str(run), "--out", str(tmp_path / "x")], "needs --steps"),
+               (["--init", str(run), "--steps", "6", "--out", str(run)], "must differ"),
+               (["--init", str(run), "--steps", "6", "--out", str(cont)], "not empty")]
+    for args, match in refused:
+        assert main(["game24", "train", "--data", str(second), *args]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1
+    assert load_checkpoint(cont, which="latest").meta["step"] == 4  # the refused overwrite lost nothing

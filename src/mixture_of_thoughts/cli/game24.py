@@ -40,13 +40,15 @@ def _data(args) -> int:
     from ..tasks import game24
 
     train, val, test = game24.split(game24.load_puzzles())
-    text = game24.training_text(train, per_solution=args.per_solution, seed=args.seed)
+    extra = [] if args.synthetic_up_to is None else game24.synthetic_puzzles(args.synthetic_up_to, val + test)
+    text = game24.training_text(train + extra, per_solution=args.per_solution, seed=args.seed)
     out = Path(args.out or DEFAULT_DATA)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
-    print(f"wrote {out}: {text.count(chr(10) + chr(10)) + 1} traces of {len(train)} training puzzles "
+    more = f" and {len(extra):,} synthetic ones (numbers up to {args.synthetic_up_to})" if extra else ""
+    print(f"wrote {out}: {text.count(chr(10) + chr(10)) + 1:,} traces of {len(train)} training puzzles{more} "
           f"({len(text):,} characters); the {len(val)} validation (rows 800-899) and {len(test)} test puzzles "
           "(rows 900-999) are left out")
     return 0
@@ -66,6 +68,8 @@ def _train(args) -> int:
     data = Path(args.data or DEFAULT_DATA)
     if not data.is_file():
         raise ConfigError(f"no training traces at {data}: make them with mot game24 data --out {data}")
+    if args.init:
+        return _continue(args, data)
     d = preset(KINDS[args.kind])
     if args.steps is not None:
         d["train"]["max_steps"] = args.steps
@@ -76,6 +80,44 @@ def _train(args) -> int:
     res = train(str(data), args.out, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]),
                 force=args.force, device=args.device, progress=None if args.quiet else TqdmTrainProgress())
     print(f"trained to step {res.step}: val loss {res.last_val_loss:.4f} nats; run in {res.run_dir}")
+    return 0
+
+
+def _continue(args, data: Path) -> int:
+    """``train --init RUN``: a copy of RUN (weights, optimiser, schedule, history) trained on ``data``
+    up to ``--steps`` steps in all, in a new run directory; RUN itself is left as it was (its own
+    configuration decides the model; ``--kind`` is not read). This is how the synthetic puzzles are
+    used: a run trained on them first, then on the 24.csv traces."""
+    import shutil
+
+    from ..training.checkpoint import is_run
+    from ..training.trainer import train
+    from .progress import TqdmTrainProgress
+
+    init = Path(args.init)
+    if not is_run(init):
+        raise ConfigError(f"--init {init}: not a run directory (no latest/ checkpoint); train one with "
+                          f"mot game24 train --kind {args.kind} --out {init}")
+    if args.steps is None:
+        raise ConfigError("--init needs --steps: the total number of steps, counting the run's own")
+    if not args.out:
+        raise ConfigError("--out is required (the run directory to create)")
+    out = Path(args.out)
+    if out.resolve() == init.resolve():
+        raise ConfigError("--out must differ from --init (the run started from is kept as it is)")
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} exists and is not a directory")
+        if any(out.iterdir()) and not args.force:
+            raise ConfigError(f"--out {out} is not empty: pass --force to overwrite it, or choose another directory")
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(init, tmp)  # a whole copy first: an interrupted copy never looks like a run
+    tmp.replace(out)
+    res = train(str(data), out, None, None, resume=True, max_steps=args.steps, device=args.device,
+                progress=None if args.quiet else TqdmTrainProgress())
+    print(f"trained {init} on to step {res.step}: val loss {res.last_val_loss:.4f} nats; run in {res.run_dir}")
     return 0
 
 
@@ -149,7 +191,8 @@ def _train_value(args) -> int:
     def log(row):
         if not args.quiet:
             print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                  f"val accuracy {row['val_accuracy']:.3f}, val AUC {row['val_auc']:.3f}", flush=True)
+                  f"val accuracy {row['val_accuracy']:.3f}, val AUC {row['val_auc']:.3f} "
+                  f"(three numbers left: {row['val_auc_3']:.3f})", flush=True)
 
     value = train_value(train, val, cfg, log=log)
     value.save(out, force=args.force)
@@ -238,11 +281,16 @@ def register(add) -> None:
                    "eval: the report folder")
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
+    g.add_argument("--synthetic-up-to", type=int, default=None,
+                   help="data: also every puzzle with numbers up to this (at least one above 13) that can make "
+                        "24, less the validation and test multisets")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
                    "mgdm (a masked-diffusion model that solves alone, MGDM's recipe), or modes (the MoT "
                    "model's branches trained winner-takes-all to divide the solutions)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
-    g.add_argument("--init", default=None, help="train --kind modes: the MoT run to start from (default: shipped)")
+    g.add_argument("--init", default=None,
+                   help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes: the MoT "
+                        "run to start from, default: shipped)")
     g.add_argument("--modes", type=int, default=8, help="train --kind modes: modes (mode b forces branch b)")
     g.add_argument("--minutes", type=float, default=None, help="train --kind modes: stop after this many minutes")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")

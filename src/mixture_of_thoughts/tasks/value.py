@@ -316,4 +316,6 @@ def _measure(value: Value, examples) -> dict:
     y = np.array([lab for _, _, lab in examples], dtype=bool)
     eps = 1e-7
     bce = float(-np.mean(np.where(y, np.log(p + eps), np.log(1 - p + eps))))
-    return {"val_loss": bce, "val_accuracy": float(((p >= 0.5) == y).mean()), "val_auc": _auc(p, y)}
+    three = np.array([len(n) == 3 for n, _, _ in examples])  # the states a search judges after its first step
+    return {"val_loss": bce, "val_accuracy": float(((p >= 0.5) == y).mean()), "val_auc": _auc(p, y),
+            "val_auc_3": _auc(p[three], y[three])}
