@@ -429,8 +429,34 @@ def test_task_evaluator_scores_traces_for_branch_search(tiny_model_factory):
                                                                                    reverse=True)
 
 
+def test_cli_train_init_refusals_lose_nothing(tmp_path, capsys, tiny_model_factory):
+    """``train --init`` names what is wrong in one line and leaves both runs as they were."""
+    from mixture_of_thoughts.cli import main
+    from mixture_of_thoughts.training.checkpoint import save_checkpoint
+
+    model, tok = tiny_model_factory
+    run, other = tmp_path / "run", tmp_path / "other"
+    save_checkpoint(run / "latest", model, tok, objective="ar")
+    (other / "keep.txt").parent.mkdir()
+    (other / "keep.txt").write_text("mine")
+    data = tmp_path / "t.txt"
+    data.write_text(g.training_text([(4, 5, 6, 10)], per_solution=1))
+    refused = [(["--init", str(tmp_path / "none"), "--steps", "6", "--out", str(tmp_path / "x")], "not a run"),
+               (["--init", str(run), "--out", str(tmp_path / "x")], "needs --steps"),
+               (["--init", str(run), "--steps", "6", "--out", str(run)], "must differ"),
+               (["--init", str(run), "--steps", "6", "--out", str(other)], "not empty")]
+    for args, match in refused:
+        assert main(["game24", "train", "--data", str(data), *args]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1
+    assert (other / "keep.txt").read_text() == "mine" and not (tmp_path / "x").exists()
+    assert sorted(q.name for q in run.iterdir()) == ["latest"]
+
+
+@pytest.mark.slow
 def test_cli_train_init_continues_a_copy_on_other_data(tmp_path, capsys):
-    """``train --init RUN``: RUN's copy trains on the new traces to the new total; RUN is left as it was."""
+    """``train --init RUN``: RUN's copy trains on the new traces to the new total; RUN is left as it was.
+    (The docs tour runs the same command in the default suite; this checks what it leaves.)"""
     from mixture_of_thoughts.cli import main
     from mixture_of_thoughts.training.checkpoint import load_checkpoint
 
@@ -446,15 +472,6 @@ def test_cli_train_init_continues_a_copy_on_other_data(tmp_path, capsys):
                  "--quiet"]) == 0
     assert "to step 4" in capsys.readouterr().out
     assert load_checkpoint(cont, which="latest").meta["step"] == 4
+    assert load_checkpoint(cont, which="latest").meta["data"] == str(second)
     assert load_checkpoint(run, which="latest").meta["step"] == 2
     assert (run / "latest" / "model.safetensors").read_bytes() == before
-    assert load_checkpoint(cont, which="latest").meta["data"] == str(second)
-    refused = [(["--init", str(tmp_path / "none"), "--steps", "6", "--out", str(tmp_path / "x")], "not a run"),
-               (["--init", str(run), "--out", str(tmp_path / "x")], "needs --steps"),
-               (["--init", str(run), "--steps", "6", "--out", str(run)], "must differ"),
-               (["--init", str(run), "--steps", "6", "--out", str(cont)], "not empty")]
-    for args, match in refused:
-        assert main(["game24", "train", "--data", str(second), *args]) == 2
-        err = capsys.readouterr().err
-        assert match in err and len(err.strip().splitlines()) == 1
-    assert load_checkpoint(cont, which="latest").meta["step"] == 4  # the refused overwrite lost nothing
