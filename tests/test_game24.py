@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -130,7 +131,6 @@ def test_synthetic_puzzles_are_new_solvable_and_leave_the_held_out_multisets_out
     assert not set(extra) & set(held) and len(set(extra)) == len(extra) and g.solutions((1, 2, 12, 14))
     assert all(g.solutions(p) for p in extra)  # each can make 24 (the solver finds a solution)
     # and none that can make 24 is missing: every other multiset with a 14 has no solution
-    import itertools
     rest = {p for p in itertools.combinations_with_replacement(range(1, 15), 4) if p[-1] == 14} - set(extra) - set(held)
     assert rest and not any(g.solutions(p) for p in rest)
     for bad in (13, 100, True, "20"):

@@ -475,3 +475,8 @@ def test_cli_train_init_continues_a_copy_on_other_data(tmp_path, capsys):
     assert load_checkpoint(cont, which="latest").meta["data"] == str(second)
     assert load_checkpoint(run, which="latest").meta["step"] == 2
     assert (run / "latest" / "model.safetensors").read_bytes() == before
+    # --force replaces the run's own files and keeps anything else in the folder
+    (cont / "notes.txt").write_text("mine")
+    assert main(["game24", "train", "--init", str(run), "--data", str(second), "--steps", "3", "--out", str(cont),
+                 "--quiet", "--force"]) == 0
+    assert load_checkpoint(cont, which="latest").meta["step"] == 3 and (cont / "notes.txt").read_text() == "mine"

@@ -91,7 +91,7 @@ def _continue(args, data: Path) -> int:
     import shutil
 
     from ..training.checkpoint import is_run
-    from ..training.trainer import train
+    from ..training.trainer import prepare_out_dir, train
     from .progress import TqdmTrainProgress
 
     init = Path(args.init)
@@ -105,16 +105,19 @@ def _continue(args, data: Path) -> int:
     out = Path(args.out)
     if out.resolve() == init.resolve():
         raise ConfigError("--out must differ from --init (the run started from is kept as it is)")
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} exists and is not a directory")
-        if any(out.iterdir()) and not args.force:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
             raise ConfigError(f"--out {out} is not empty: pass --force to overwrite it, or choose another directory")
-        shutil.rmtree(out)
+        prepare_out_dir(out, resume=False, force=True)  # removes the run files only, as training does
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(init, tmp)  # a whole copy first: an interrupted copy never looks like a run
-    tmp.replace(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in sorted(tmp.iterdir()):
+        item.replace(out / item.name)
+    tmp.rmdir()
     res = train(str(data), out, None, None, resume=True, max_steps=args.steps, device=args.device,
                 progress=None if args.quiet else TqdmTrainProgress())
     print(f"trained {init} on to step {res.step}: val loss {res.last_val_loss:.4f} nats; run in {res.run_dir}")
