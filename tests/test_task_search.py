@@ -215,6 +215,7 @@ def tiny_model_factory():
     (["eval", "--methods", "random,nope"], "unknown method"),
     (["eval", "--methods", "random", "--budgets", "10,x"], "--budgets"),
     (["eval", "--methods", "mcts", "--c-puct", "-1"], "--c-puct"),
+    (["eval", "--methods", "beam", "--proposals", "0"], "--proposals"),
 ])
 def test_cli_errors_are_one_line(args, match, capsys):
     from mixture_of_thoughts.cli import main
@@ -326,6 +327,7 @@ def _rec(found: dict, positions=1000):
 
 
 def test_goals_are_computed_from_the_records():
+    from mixture_of_thoughts.experiments import game24_eval as E
     from mixture_of_thoughts.experiments.game24_eval import budget_rows, goals
 
     n = 60
@@ -342,9 +344,18 @@ def test_goals_are_computed_from_the_records():
     assert by[("sample@1", 100)]["success"] == 0.7 and by[("sample@1", 100)]["distinct_correct"] == 0.7
     assert by[("sample@1", 400)]["distinct_correct"] == 1.4 and by[("random", 100)]["success"] == 0.0
     g = goals(records, budgets, rows, resamples=200)
-    assert g["middle_budget"]["best"] == "beam" and g["middle_budget"]["success"] == 0.95 and g["middle_budget"]["met"]
-    s = g["search_vs_sampling"]
-    assert s["search"] == "beam" and s["sampling"] == "sample@1" and s["met"]  # 0.95 vs 0.70 at 100
+    small, mid = g["best_method"]  # 74% at the smallest budget, 90% at the middle one
+    assert (small["budget"], small["goal"], mid["budget"], mid["goal"]) == (100, 0.74, 400, 0.90)
+    assert small["best"] == mid["best"] == "beam" and mid["success"] == 0.95 and small["met"] and mid["met"]
+    s100, s400 = g["search_vs_sampling"]
+    assert not s100["value"] and s100["search"] == "beam" and s100["sampling"] == "sample@1"
+    assert s100["met"] and s400["budget"] == 400  # 0.95 vs 0.70 at 100
+    assert "74% at 100 positions: met" in "\n".join(E._goals_markdown(g))
+    # with a value method in the run, it is the search judged (beam without the value is not)
+    valued = {**records, "beam-value": [_rec({"a": 60}) if i < 33 else _rec({}) for i in range(n)]}
+    vrows = [r for lab, recs in valued.items() for r in budget_rows(lab, recs, budgets)]
+    vs = goals(valued, budgets, vrows, resamples=50)["search_vs_sampling"][0]
+    assert vs["value"] and vs["search"] == "beam-value" and not vs["met"]  # 0.55 vs 0.70
     th = {e["budget"]: e for e in g["thoughts_vs_temperature"]}
     # at 400: thoughts 0.6 success, 3 distinct on its solved puzzles -> 1.8; the temperature line through
     # (0.5, 0.5) and (0.7, 1.4) reads 0.95 at 0.6

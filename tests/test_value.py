@@ -234,8 +234,13 @@ def test_eval_with_the_value_methods(tmp_path, small_value):
     saved = json.loads((tmp_path / "rep" / "methods" / "beam-value.json").read_text())["key"]
     assert saved["threshold"] == small_value.threshold and "value" in saved["models"]
     assert "c_puct" not in json.loads((tmp_path / "rep" / "methods" / "mcts-value_at_0.8.json").read_text())["key"]
-    E.run_eval(E.Game24EvalConfig(**{**kw, "c_puct": 4.0, "out": str(tmp_path / "rep4")}))
-    assert json.loads((tmp_path / "rep4" / "methods" / "mcts-value_at_0.8.json").read_text())["key"]["c_puct"] == 4.0
+    E.run_eval(E.Game24EvalConfig(**{**kw, "c_puct": 4.0, "proposals": None, "out": str(tmp_path / "rep4")}))
+    keys = {m: json.loads((tmp_path / "rep4" / "methods" / f"{m}.json").read_text())["key"]
+            for m in ("beam-value", "mcts-value_at_0.8")}
+    assert keys["mcts-value_at_0.8"]["c_puct"] == 4.0
+    # without --proposals each search asks its own number, the one chosen on the validation rows
+    assert keys["beam-value"]["proposals"] == E.PROPOSALS["beam-value"] == 2
+    assert keys["mcts-value_at_0.8"]["proposals"] == E.PROPOSALS["mcts-value"] == 8
     with pytest.raises(ConfigError, match="train-value"):
         E.run_eval(E.Game24EvalConfig(**{**kw, "value": str(tmp_path / "none")}))
     with pytest.raises(ConfigError, match="--threshold"):

@@ -305,7 +305,9 @@ def register(add) -> None:
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
     g.add_argument("--width", type=int, default=5, help="beam: states kept per level (the widest pass)")
-    g.add_argument("--proposals", type=int, default=8, help="beam, mcts, hybrid: next lines asked per state")
+    g.add_argument("--proposals", type=int, default=None,
+                   help="beam, mcts, hybrid: next lines asked per state (default: chosen on the validation rows, "
+                        "2 for beam and beam-value, 8 for mcts, mcts-value and hybrid)")
     g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
     g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
     g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
