@@ -327,8 +327,7 @@ def _rec(found: dict, positions=1000):
 
 
 def test_goals_are_computed_from_the_records():
-    from mixture_of_thoughts.experiments import game24_eval as E
-    from mixture_of_thoughts.experiments.game24_eval import budget_rows, goals
+    from mixture_of_thoughts.experiments.game24_eval import _goals_markdown, budget_rows, goals
 
     n = 60
     records = {  # per puzzle: found -> positions spent when found
@@ -350,7 +349,7 @@ def test_goals_are_computed_from_the_records():
     s100, s400 = g["search_vs_sampling"]
     assert not s100["value"] and s100["search"] == "beam" and s100["sampling"] == "sample@1"
     assert s100["met"] and s400["budget"] == 400  # 0.95 vs 0.70 at 100
-    assert "74% at 100 positions: met" in "\n".join(E._goals_markdown(g))
+    assert "74% at 100 positions: met" in "\n".join(_goals_markdown(g))
     # with a value method in the run, it is the search judged (beam without the value is not)
     valued = {**records, "beam-value": [_rec({"a": 60}) if i < 33 else _rec({}) for i in range(n)]}
     vrows = [r for lab, recs in valued.items() for r in budget_rows(lab, recs, budgets)]

@@ -322,10 +322,10 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["creativity"] = c
     if spec.name == "modes":
         key["modes"] = models.line("modes_model", T, 0.0).modes
-    if spec.name in ("beam", "beam-value"):
-        key |= {"width": cfg.width, "proposals": cfg.proposals_for(spec)}
-    if spec.name in ("mcts", "mcts-value", "hybrid"):
+    if spec.name in PROPOSALS:
         key["proposals"] = cfg.proposals_for(spec)
+    if spec.name in ("beam", "beam-value"):
+        key["width"] = cfg.width
     if spec.name in ("mcts", "mcts-value") and cfg.c_puct is not None:  # records at the default keep their key
         key["c_puct"] = cfg.c_puct
     if spec.name in VALUE_METHODS:
