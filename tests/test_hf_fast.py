@@ -175,6 +175,24 @@ def test_packed_matmul_follows_its_weight_and_stays_out_of_training():
     assert packed_matmul(a, w, owner) is None  # a gradient may be wanted: the ordinary matmul
 
 
+def test_packed_matmul_of_weights_side_by_side_is_each_product():
+    """A gated MLP's gate and up as one product (tied graft branches): the same numbers as apart, and
+    repacked when either weight changes in place."""
+    from mixture_of_thoughts.layers.kernels import packed_linear_available, packed_matmul
+
+    if not packed_linear_available():
+        pytest.skip("this PyTorch build has no oneDNN prepacked linear (x86 builds do)")
+    owner = torch.nn.Linear(1, 1)
+    g = torch.Generator().manual_seed(0)
+    gate, up, a = torch.randn(40, 24, generator=g), torch.randn(40, 16, generator=g), torch.randn(5, 40, generator=g)
+    with torch.no_grad():
+        apart = torch.cat([packed_matmul(a, gate, owner), packed_matmul(a, up, owner)], -1)
+        assert torch.equal(packed_matmul(a, (gate, up), owner), apart)
+        up.mul_(3.0)
+        both = packed_matmul(a, (gate, up), owner)
+        torch.testing.assert_close(both[:, 24:], a @ up, atol=1e-5, rtol=1e-5)
+
+
 def test_the_lean_caches_keep_no_model_alive_and_a_copy_decodes_alike(hf_tokenizer):
     import copy
     import gc

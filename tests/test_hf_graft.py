@@ -236,3 +236,54 @@ def test_noise_tokens_keeps_the_noise_for_the_prompt_and_the_first_tokens_only()
     assert [b.text for b in think_hf(model, tok, "the cat", noise_tokens=0, **kw).branches] != always
     with pytest.raises(ConfigError, match="noise_tokens"):
         think_hf(model, tok, "the cat", noise_tokens=-1, **kw)
+
+
+@pytest.mark.parametrize("family", ("gpt2", "llama"))
+@pytest.mark.parametrize("k,k_min,scale", [(2, None, "relative"), (1, None, "relative"), (3, None, "absolute"),
+                                            (3, 1, "relative")])
+def test_tied_branches_take_the_dispatch_free_path_with_the_same_numbers(family, k, k_min, scale):
+    """Tied branches at inference skip the sort by branch; each (token, slot) pair gets the same arithmetic
+    as the general layer, under a router that is not zero (routing matters), per-branch noise scales, a
+    per-row creativity with a row at 0, no noise at all, a k range and a hook that bans a branch."""
+    from mixture_of_thoughts.config import ThoughtConfig
+    from mixture_of_thoughts.layers.thoughts import ThoughtsFFN
+    from mixture_of_thoughts.rng import RowNoise
+
+    model = tiny_model(family)
+    cfg = ThoughtConfig(n_branches=4, k=k, k_min=k_min, creativity=1.0, noise_init=0.3, noise_scale=scale)
+    graft(model, "all", thoughts=cfg)
+    layer = grafted_layers(model)[1]
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        layer.router.weight.normal_(0, 0.5, generator=g)
+        layer.s_in.copy_(torch.rand(4, generator=g))
+        layer.s_hid.copy_(torch.rand(4, generator=g))
+    x = torch.randn(3, 5, 32, generator=g)
+    pos = torch.arange(7, 12)
+    noise = RowNoise([4, 5, 6])
+    with torch.no_grad():
+        assert layer.tied and layer._shared_path(noise)
+
+    def both(noise, creativity):
+        with torch.no_grad():
+            ref = ThoughtsFFN.forward(layer, x, noise=noise, positions=pos, creativity=creativity, aux=False)
+            out = layer._shared_forward(x, noise, pos, creativity)
+        torch.testing.assert_close(out.y, ref.y, atol=1e-6, rtol=1e-5)
+        for key in ("load", "row_load", "active_k"):
+            torch.testing.assert_close(out.stats[key], ref.stats[key])
+        return out.y
+
+    noisy = both(noise, 1.0)
+    both(noise, torch.tensor([1.5, 0.0, 0.5]))
+    quiet = both(None, None)
+    assert not torch.allclose(noisy, quiet, atol=1e-3)  # the noise does reach the output
+    handle = layer.router.register_forward_hook(lambda m, a, out: out.index_fill(-1, torch.tensor([0]), float("-inf")))
+    try:
+        banned = both(noise, 1.0)
+    finally:
+        handle.remove()
+    assert not torch.allclose(banned, noisy, atol=1e-4)
+    assert not layer._shared_path(noise)  # a gradient may be wanted: the general path
+    layer.untie()
+    with torch.no_grad():
+        assert not layer._shared_path(noise)

@@ -237,13 +237,13 @@ class RowNoise:
             return fn(stream, positions, tail, dtype)
         p = int(positions.item())
         block = self._blocks.get(key)
-        if block is None or not block[0] <= p < block[0] + block[1].shape[1]:
+        if block is None or not block[0] <= p < block[0] + block[1].shape[0]:
             span = lookahead_span(self.lookahead, self.keys.shape[0], tail)
             ps = torch.arange(p, p + span, device=positions.device)
-            block = (p, fn(stream, ps, tail, dtype))
+            # kept position-major, (span, B, *tail): a position's draws are one contiguous slice
+            block = (p, fn(stream, ps, tail, dtype).transpose(0, 1).contiguous())
             self._blocks[key] = block
-        i = p - block[0]
-        return block[1][:, i:i + 1]
+        return block[1][p - block[0]].unsqueeze(1)
 
     def _bits(self, stream: int, positions: torch.Tensor | None, tail: tuple[int, ...]) -> torch.Tensor:
         """The 32-bit hash of every counter, as int32 in two's complement, ``(B, T or 1, *tail)``."""

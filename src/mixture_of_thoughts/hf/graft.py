@@ -44,9 +44,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .. import rng
 from ..config import ThoughtConfig, layer_set
 from ..errors import CheckpointError, GraftError
-from ..layers.thoughts import BRANCH_WEIGHTS, ThoughtsFFN
+from ..layers.kernels import packed_matmul, row_rms
+from ..layers.thoughts import BRANCH_WEIGHTS, Routing, ThoughtOutput, ThoughtsFFN, slot_weights
 from ..rng import GeneratorNoise, RowNoise
 from ._compat import require_transformers
 
@@ -257,12 +259,104 @@ class GraftedThoughts(ThoughtsFFN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
-        out = super().forward(x, noise=st.noise_for(x.shape[0], x.device), positions=st.positions,
-                              creativity=st.creativity_for(self.cfg.creativity), aux=torch.is_grad_enabled())
+        noise, creativity = st.noise_for(x.shape[0], x.device), st.creativity_for(self.cfg.creativity)
+        if self._shared_path(noise):
+            out = self._shared_forward(x, noise, st.positions, creativity)
+        else:
+            out = super().forward(x, noise=noise, positions=st.positions, creativity=creativity,
+                                  aux=torch.is_grad_enabled())
         st.aux.append(out.aux_loss)
         st.stats[self.layer_idx] = out.stats
         self.last_stats = out.stats
         return out.y
+
+    def _shared_path(self, noise) -> bool:
+        """Whether this call can take :meth:`_shared_forward`: tied branches at inference (no gradient),
+        the weighted combiner, per-token noise from a per-row source (or none)."""
+        cfg = self.cfg
+        return (self.tied and not self.training and not torch.is_grad_enabled() and cfg.combine == "weighted"
+                and cfg.noise_mode == "token" and (noise is None or noise.per_row))
+
+    def _shared_forward(self, x: torch.Tensor, noise, positions, creativity) -> ThoughtOutput:
+        """The layer's forward for tied branches at inference, without dispatch.
+
+        Every branch is the same MLP, so the (token, slot) pairs need no sorting by branch: they run
+        in their canonical order ``(b, t, slot)``, where the counter-based noise is drawn, through one
+        product for the input projection (the gate and up of a gated MLP side by side). The output
+        projection is linear, so the slots are combined with their router weights *before* it (an
+        inactive slot's weight is 0): one row per token instead of k. Without noise the k slots are
+        the same numbers, computed once. Each pair's hidden activation is computed as in
+        :meth:`ThoughtsFFN.forward`; the output is the same sum in another order (within ~1e-6
+        relative; tests compare the two paths, and SmolLM2's texts are unchanged). On SmolLM2 a
+        decode step of a grafted model runs ~1.15x faster than through the dispatch (BENCHMARKS.md).
+        """
+        B, T, d = x.shape
+        N, K = B * T, self.cfg.k
+        if positions is None:
+            positions = torch.arange(T, device=x.device)
+        c, draws = self._creativity(creativity, noise, B, x)
+        k_range = self.cfg.k_min is not None and self.cfg.k_min < K
+        if k_range or self.router._forward_hooks or self.router._forward_pre_hooks:  # a hook may ban branches
+            r = self.route(x, noise=noise, positions=positions, creativity=creativity)
+            idx, active = r.idx, r.active
+            w, _ = slot_weights(r.z, idx, active)  # (B, T, K)
+        else:  # finite logits: scaled_logits, gumbel_top_k and slot_weights with every slot active
+            z = self.router(x) / self.tau  # (B, T, E)
+            idx = (z + c * self.router_draws(noise, positions, None, x)[0] if draws else z).topk(K, dim=-1).indices
+            active = None
+            w = torch.log_softmax(z.gather(-1, idx), dim=-1).exp() if K > 1 else torch.softmax(z, -1).gather(-1, idx)
+        k = K if draws else 1  # rows of the branch per token: one without noise
+        xin = x.reshape(N, d)
+        if draws:
+            relative = self.cfg.noise_scale == "relative"
+            c_slot = c if isinstance(c, float) else c.reshape(B, 1, 1)
+            a1 = (c_slot * self.s_in[idx]).reshape(N, k, 1)
+            if relative:
+                a1 = a1 * row_rms(xin).view(N, 1, 1)
+            n1 = self.slot_normals(noise, rng.INPUT_NOISE, positions, d, x).view(N, k, d)
+            xin = torch.addcmul(xin.view(N, 1, d), a1, n1).view(N * k, d)
+        hid, up = self._shared_in(xin)
+        if draws:
+            a2 = (c_slot * self.s_hid[idx]).reshape(-1)
+            if relative:
+                a2 = a2 * row_rms(hid)
+            n2 = self.slot_normals(noise, rng.HIDDEN_NOISE, positions, self.hidden, x).view(N * k, -1)
+            hid = hid.addcmul_(a2.unsqueeze(1), n2)
+        a = self.act(hid) if up is None else self.act(hid) * up
+        if k > 1:  # the output projection is linear: the slots are combined before it, one row per token
+            out = self._grouped((a.view(N, k, -1) * w.view(N, k, 1)).sum(1), self.w_out, None)
+            if self.b_out is not None:
+                out = out + w.view(N, k).sum(1, keepdim=True) * self.b_out[0]
+            y = out.view(B, T, d)
+        else:  # one row per token already (k = 1, or no noise: the k slots are the same numbers)
+            out = self._grouped(a, self.w_out, None)
+            if self.b_out is not None:
+                out = out + self.b_out[0]
+            y = (out.view(B, T, 1, d) * w.unsqueeze(-1)).sum(2)
+        if active is not None:
+            stats = self._routing_stats(Routing(None, None, None, idx, active), w.dtype)
+        else:  # every slot active: each row's T K slots counted by branch
+            E = self.cfg.n_branches
+            counts = (idx.view(B, T * K, 1) == torch.arange(E, device=x.device)).sum(1, dtype=w.dtype)  # (B, E)
+            stats = {"load": counts.sum(0) / (N * K), "row_load": counts / (T * K),
+                     "active_k": torch.full((), float(K), device=x.device)}
+        return ThoughtOutput(self.dropout(y), x.new_zeros(()), stats)
+
+    def _shared_in(self, xin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The shared branch's hidden pre-activation and (gated form) its up projection."""
+        if self.form != "gated":
+            hid = self._grouped(xin, self.w_in, None)
+            return (hid if self.b_in is None else hid + self.b_in[0]), None
+        both = packed_matmul(xin, (self.w_in[0], self.w_up[0]), self)
+        if both is None:
+            hid, up = xin @ self.w_in[0], xin @ self.w_up[0]
+        else:
+            hid, up = both.split(self.hidden, dim=-1)  # views: the hidden noise is added to hid in place
+        if self.b_in is not None:
+            hid = hid + self.b_in[0]
+        if self.b_up is not None:
+            up = up + self.b_up[0]
+        return hid, up
 
 
 def get_path(obj, dotted: str):

@@ -67,19 +67,25 @@ class PackedLinear:
 _PACKED_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner module -> {weight key: packed}
 
 
-def packed_matmul(a: Tensor, w: Tensor, owner) -> Tensor | None:
+def packed_matmul(a: Tensor, w: Tensor | tuple[Tensor, ...], owner) -> Tensor | None:
     """``a @ w`` (``w`` of shape ``(K, N)``) through a :class:`PackedLinear` kept for ``owner`` (a
     module; held weakly, outside it, so copying or pickling the module never meets a packed tensor)
     while ``w`` is unchanged (same storage and in-place version); ``None`` where it does not apply (a
-    gradient is wanted, not a float32 CPU tensor, no oneDNN): then the caller multiplies as usual."""
-    if (torch.is_grad_enabled() or a.device.type != "cpu" or a.dtype != torch.float32 or w.dtype != torch.float32
-            or not packed_linear_available()):
+    gradient is wanted, not a float32 CPU tensor, no oneDNN): then the caller multiplies as usual.
+
+    A tuple of weights ``(K, N_i)`` is one product with their columns side by side, ``a @ cat(w, 1)``
+    (a gated MLP's gate and up: one read of ``a`` and one kernel call instead of two; each output
+    column is the same sum as in its own product)."""
+    ws = w if isinstance(w, tuple) else (w,)
+    if (torch.is_grad_enabled() or a.device.type != "cpu" or a.dtype != torch.float32
+            or any(t.dtype != torch.float32 for t in ws) or not packed_linear_available()):
         return None
     cache = _PACKED_CACHE.setdefault(owner, {})
-    key = (w.data_ptr(), tuple(w.shape), tuple(w.stride()))
+    key = tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride())) for t in ws)
+    version = tuple(t._version for t in ws)
     hit = cache.get(key)
-    if hit is None or hit[0] != w._version:
-        hit = cache[key] = (w._version, PackedLinear(w.t().contiguous(), None))
+    if hit is None or hit[0] != version:
+        hit = cache[key] = (version, PackedLinear(torch.cat([t.t() for t in ws]).contiguous(), None))
     return hit[1](a)
 
 
