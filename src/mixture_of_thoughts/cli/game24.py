@@ -22,9 +22,9 @@ def cmd_game24(args) -> int:
       mot game24 train --kind mgdm --out runs/game24-mgdm
       mot game24 train --kind modes --out runs/game24-modes
       mot game24 train-value --out runs/game24-value
-      mot game24 solve "4 5 6 10" --method beam --budget 1800
+      mot game24 solve "4 5 6 10" --budget 1800              # beam-value: beam search with the learned value
       mot game24 solve "4 5 6 10" --method solver
-      mot game24 solve "4 5 6 10" --method beam-value --budget 1800
+      mot game24 solve "4 5 6 10" --method beam --budget 1800  # ranked by the model's likelihood alone
       mot game24 solve "4 5 6 10" --method mgdm --budget 1800
       mot game24 eval --methods sample,sample@0.7,beam,mcts,random --budgets 450,1800,7200
       mot game24 export runs/game24-ar --out my-models/ar
@@ -299,8 +299,10 @@ def register(add) -> None:
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")
-    g.add_argument("--method", default="beam", help="solve: sample, thoughts, modes, beam, mcts, beam-value, "
-                   "mcts-value, hybrid, mgdm, random or solver "
+    g.add_argument("--method", default="beam-value",
+                   help="solve: beam-value (the default: beam search ranked and pruned by the learned value, "
+                   "which lifts beam search at every budget on the validation rows), beam, sample, thoughts, "
+                   "modes, mcts, mcts-value, hybrid, mgdm, random or solver "
                    "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
