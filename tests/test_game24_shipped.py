@@ -45,10 +45,10 @@ def test_solve_searches_with_the_learned_value_by_default(capsys):
     assert out["solutions"] and all(g.verify((4, 5, 6, 10), g.answer_of(t)) for t in out["solutions"])
 
 
-@pytest.mark.parametrize("method", ["sample", "beam", "beam-value"])
+@pytest.mark.parametrize("method", ["sample", "beam", "beam-value", "distinct@0.7"])
 def test_the_committed_report_is_what_the_shipped_models_do(method):
     """The first test puzzles, rerun: the same solutions found after the same positions as recorded."""
-    saved = json.loads((REPORT / "methods" / f"{method}.json").read_text())
+    saved = json.loads((REPORT / "methods" / f"{method.replace('@', '_at_')}.json").read_text())
     key = saved["key"]
     cfg = E.Game24EvalConfig(methods=(method,), budgets=(key["budget"],), seed=key["seed"],
                              temperature=key["temperature"], **({"width": key["width"], "proposals": key["proposals"]}

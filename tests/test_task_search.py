@@ -490,3 +490,59 @@ def test_cli_train_init_continues_a_copy_on_other_data(tmp_path, capsys):
     assert main(["game24", "train", "--init", str(run), "--data", str(second), "--steps", "3", "--out", str(cont),
                  "--quiet", "--force"]) == 0
     assert load_checkpoint(cont, which="latest").meta["step"] == 3 and (cont / "notes.txt").read_text() == "mine"
+
+
+def test_truncated_gumbel_is_the_papers_formula_with_its_max_at_the_parent():
+    from mixture_of_thoughts.tasks.search.models import truncated_gumbel
+
+    g = torch.Generator().manual_seed(0)
+    Gc = torch.randn(5, 7, generator=g, dtype=torch.float64) * 3
+    G = torch.randn(5, 1, generator=g, dtype=torch.float64) + 1
+    direct = -torch.log(torch.exp(-G) - torch.exp(-Gc.max(-1, keepdim=True).values) + torch.exp(-Gc))
+    out = truncated_gumbel(G, Gc)
+    torch.testing.assert_close(out, direct)
+    assert torch.allclose(out.max(-1).values, G[:, 0]) and torch.equal(out.argsort(-1), Gc.argsort(-1))
+
+
+def test_sampling_without_replacement_is_distinct_seeded_and_samples_the_model(tiny_model_factory):
+    """Stochastic beam search: the rows are distinct texts; its first row is a sample from the model's
+    distribution over whole texts at the temperature (checked against the exact probabilities of the
+    first character and of the likeliest two-character text over many seeds)."""
+    model, tok = tiny_model_factory
+    lm = S.LineModel(model, tok, temperature=0.5)
+    prompt = "\n4 5 6 10:\n"
+    rows = lm.sample_distinct(prompt, 3, 8, 12, "\n")
+    texts = [r[0] for r in rows]
+    assert len(texts) == 8 and len(set(texts)) == 8
+    assert rows[0][2] == len(prompt) + len(texts[0]) and all(r[2] == len(r[0]) for r in rows[1:])
+    assert all(len(t) <= 12 and "\n" not in t[:-1] and r[1] <= 0 for t, r in zip(texts, rows, strict=True))
+    assert lm.sample_distinct(prompt, 3, 8, 12, "\n") == rows and lm.sample_distinct(prompt, 4, 8, 12, "\n") != rows
+    # exactness over two characters: p(c1) and p(c1 c2) at the temperature, from the model itself
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        p1 = torch.softmax(model(ids).logits[0, -1] / 0.5, -1)
+        c1 = int(p1.argmax())
+        p2 = torch.softmax(model(torch.cat([ids, torch.tensor([[c1]])], 1)).logits[0, -1] / 0.5, -1)
+    c2 = int(p2.argmax())
+    n = 600
+    firsts = [lm.sample_distinct(prompt, s, 4, 2, "\n\n")[0][0] for s in range(n)]
+    freq = torch.tensor([sum(f[0] == tok.decode([v]) for f in firsts) for v in range(len(p1))], dtype=torch.float) / n
+    assert 0.5 * (freq - p1).abs().sum() < 0.1  # total variation of the first character
+    p_top = float(p1[c1] * p2[c2])
+    hits = sum(f == tok.decode([c1, c2]) for f in firsts) / n
+    assert abs(hits - p_top) < 4 * (p_top * (1 - p_top) / n) ** 0.5 + 0.01
+
+
+def test_distinct_traces_spend_at_most_the_budget_and_never_repeat_a_text(tiny_model_factory):
+    model, tok = tiny_model_factory
+    lm = S.LineModel(model, tok, temperature=1.0)
+    b = S.Budget(300)
+    r = S.distinct_traces(lm, S.Game24Task(), (4, 5, 6, 10), b, width=16)
+    assert r.method == "distinct" and 0 < r.positions <= 300 and 1 <= r.attempts <= 16
+    with pytest.raises(ConfigError, match="dense model"):
+        from mixture_of_thoughts.config import ModelConfig, ThoughtConfig
+        from mixture_of_thoughts.models.transformer import Transformer
+
+        cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32,
+                          thought_layers="all", thoughts=ThoughtConfig(n_branches=2, k=1))
+        S.LineModel(Transformer(cfg), tok).sample_distinct("\n4 5 6 10:\n", 0, 4, 8, "\n")

@@ -301,8 +301,8 @@ def register(add) -> None:
                    help="train, train-value, export: overwrite an existing run, value or copy")
     g.add_argument("--method", default="beam-value",
                    help="solve: beam-value (the default: beam search ranked and pruned by the learned value, "
-                   "which lifts beam search at every budget on the validation rows), beam, sample, thoughts, "
-                   "modes, mcts, mcts-value, hybrid, mgdm, random or solver "
+                   "which lifts beam search at every budget on the validation rows), beam, sample, distinct "
+                   "(sampled without replacement), thoughts, modes, mcts, mcts-value, hybrid, mgdm, random or solver "
                    "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")

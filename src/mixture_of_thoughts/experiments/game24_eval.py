@@ -8,7 +8,9 @@ GPT-4 figures on the same 100 puzzles as anchors.
 Every method is anytime (:mod:`..tasks.search`), so each runs once per puzzle at the largest budget
 and is read off at the smaller ones. A method may carry its knob after ``@``: ``sample@0.7`` samples
 at temperature 0.7, ``thoughts@2`` runs the thought model at creativity 2 (``beam@0.8``, ``mcts@0.8``
-and ``hybrid@0.8`` set their proposal temperature). ``beam-value`` and ``mcts-value`` are beam search
+and ``hybrid@0.8`` set their proposal temperature). ``distinct`` is best-of-N over traces sampled
+without replacement (stochastic beam search: no two attempts of a batch are the same text;
+``distinct@0.7`` at temperature 0.7). ``beam-value`` and ``mcts-value`` are beam search
 and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
 the shipped one; its reads are charged to the budget). ``mgdm`` is the masked-diffusion model alone,
 trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
@@ -48,11 +50,12 @@ from ..tasks.modes import modes_of
 from .report import file_digest, finite_json, load_record, save_record
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
-MODEL_METHODS = ("sample", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value", "hybrid", "mgdm")
+MODEL_METHODS = ("sample", "distinct", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value", "hybrid",
+                 "mgdm")
 METHODS = (*MODEL_METHODS, "random")
 SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value")
 VALUE_METHODS = ("beam-value", "mcts-value")
-SAMPLING_METHODS = ("sample", "thoughts", "modes")
+SAMPLING_METHODS = ("sample", "distinct", "thoughts", "modes")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
 GOAL_SMALLEST, GOAL_MIDDLE = 0.74, 0.90  # success the best method should reach at the smallest and middle budget
@@ -64,7 +67,7 @@ SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusio
 # search reaches more states and deeper with 2 (0.80 vs 0.59 at 1,800 with the value), MCTS's progressive
 # widening needs more to count (0.44 with 2 vs 0.53 with 8); the hybrid's first level is a beam's.
 PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8}
-NEEDS = {"model": ("sample", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
+NEEDS = {"model": ("sample", "distinct", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
          "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
 
 
@@ -281,6 +284,8 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
         r = S.random_steps(task, puzzle, b, seed=cfg.seed)
     elif spec.name == "sample":
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
+    elif spec.name == "distinct":
+        r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
     elif spec.name == "modes":  # row with seed s decodes with mode s mod M, no thought noise

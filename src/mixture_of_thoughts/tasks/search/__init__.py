@@ -15,6 +15,8 @@ Methods:
 
 * :func:`sample_traces`: whole traces sampled at a temperature (and, with a thought model, a
   creativity), best-of-N by the verifier;
+* :func:`distinct_traces`: whole traces sampled without replacement (stochastic beam search: the
+  rows of a batch see each other, and no two are the same text), best-of-N by the verifier;
 * :func:`beam_search`: Tree of Thoughts' BFS over steps: the model proposes next lines, invalid
   ones are dropped, the ``width`` states with the highest model log-likelihood are kept (or, with a
   learned value, the ``width`` with the highest value, dead ones pruned);
@@ -45,6 +47,7 @@ from .methods import (
     beam_schedule,
     beam_search,
     denoised_answers,
+    distinct_traces,
     exact,
     hybrid,
     mcts,
@@ -57,6 +60,6 @@ from .models import Infiller, LineModel
 __all__ = [
     "BLOCK_SEP", "Budget", "FREE_SIMULATIONS", "Game24Task", "Infiller", "LINE_CHARS", "LineModel",
     "REST_CHARS", "SearchResult", "StateValue", "TRACE_CHARS", "Task", "TaskEvaluator", "TaskState", "beam_schedule",
-    "beam_search", "denoised_answers", "exact", "hybrid", "judge", "mcts", "random_steps", "sample_traces",
-    "trace_cost",
+    "beam_search", "denoised_answers", "distinct_traces", "exact", "hybrid", "judge", "mcts", "random_steps",
+    "sample_traces", "trace_cost",
 ]

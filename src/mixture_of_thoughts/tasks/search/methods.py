@@ -14,16 +14,17 @@ from .models import Infiller, LineModel
 TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this (or in the model's block)
 
 
-def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: int = 16, seed: int = 0,
-                  method: str = "sample") -> SearchResult:
-    """Whole traces, ``batch`` rows at a time, until the budget is spent; best-of-N by the verifier."""
+def _best_of_n(lm: LineModel, task: Task, puzzle, budget: Budget, method: str, draw) -> SearchResult:
+    """Best-of-N by the verifier over whole traces: ``draw(prompt, call, room)`` writes the ``call``-th
+    batch of rows (``(text, log-likelihood, positions)`` each, at most ``room`` characters), charged in
+    their order until the budget is spent."""
     res = SearchResult(method)
     start = task.start(puzzle)
     prompt = BLOCK_SEP + start.prompt()
-    k, room = 0, min(TRACE_CHARS, lm.block_size - len(prompt))
+    call, room = 0, min(TRACE_CHARS, lm.block_size - len(prompt))
     while budget.left > 0:
-        rows = lm.continue_([prompt] * batch, [seed + k + i for i in range(batch)], room, "\n\n")
-        k += batch
+        rows = draw(prompt, call, room)
+        call += 1
         used = budget.take([r[2] for r in rows])
         for (text, _, _), at in zip(rows[:used], budget.marks, strict=True):
             res.add(task.check_text(start.puzzle, start.prompt() + text), text, at)
@@ -31,6 +32,23 @@ def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: i
         if used < len(rows):
             break
     return res.finish(budget)
+
+
+def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: int = 16, seed: int = 0,
+                  method: str = "sample") -> SearchResult:
+    """Whole traces, ``batch`` independent rows at a time, until the budget is spent; best-of-N."""
+    return _best_of_n(lm, task, puzzle, budget, method, lambda prompt, call, room: lm.continue_(
+        [prompt] * batch, [seed + call * batch + i for i in range(batch)], room, "\n\n"))
+
+
+def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 64, seed: int = 0,
+                    method: str = "distinct") -> SearchResult:
+    """Whole traces sampled *without replacement* (:meth:`LineModel.sample_distinct`, stochastic beam
+    search), ``width`` at a time, until the budget is spent; best-of-N where no two attempts of a batch
+    are the same text. The rows are charged in their sampled order, so at any budget the traces read
+    are a sample without replacement."""
+    return _best_of_n(lm, task, puzzle, budget, method, lambda prompt, call, room: lm.sample_distinct(
+        prompt, seed + call, width, room, "\n\n"))
 
 
 LINE_CHARS = 40  # one step line

@@ -80,6 +80,92 @@ class LineModel:
         return out
 
 
+    @torch.no_grad()
+    def sample_distinct(self, prompt: str, seed: int, width: int, max_chars: int,
+                        stop: str) -> list[tuple[str, float, int]]:
+        """``width`` distinct continuations of ``prompt``, sampled *without replacement* from the model at
+        its temperature: stochastic beam search (Kool, van Hoof & Welling, 2019, "Stochastic Beams and
+        Where to Find Them", ICML).
+
+        Every partial text carries its log-probability ``phi`` and a perturbed value ``G``, the largest
+        Gumbel-perturbed log-probability among its completions; a child's Gumbel draw is conditioned on
+        its siblings' maximum being the parent's ``G`` (the paper's eq. 23, in its stable form), and the
+        beam keeps the ``width`` partial texts of largest ``G`` at every step, a finished one as its own
+        single child. The beam ends as the exact top-``width`` of the perturbed values of whole texts:
+        sorted by ``G``, its first ``m`` rows are a sample without replacement of size ``m`` (what
+        best-of-N reads at a smaller budget), and no two rows are the same text. The rows see each
+        other, where independent samples repeat the model's likeliest texts.
+
+        Returns per row, in ``G`` order: ``(text written up to and including stop, its log-likelihood
+        at temperature 1, positions used)``; the prompt is read once, charged to the first row. A dense
+        model only (a thought model's rows would each read the prompt with their own noise).
+        """
+        from ... import rng
+
+        if self.model.config.has_thoughts:
+            raise ConfigError("sampling without replacement runs a dense model (its beam rows share one prompt read)")
+        if not self.temperature > 0:
+            raise ConfigError(f"sampling without replacement needs a temperature > 0, got {self.temperature}")
+        ids = self.tok.encode(prompt, unknown="replace")
+        T0 = len(ids)
+        if T0 + max_chars > self.block_size:
+            raise ConfigError(f"a prompt of {T0} characters plus {max_chars} new ones is longer than the model's "
+                              f"block size {self.block_size}")
+        stop_ids = torch.tensor(self.tok.encode(stop), device=self.dev)
+        S_ = len(stop_ids)
+        cache = self.model.new_cache(1)
+        logits = self.model(torch.tensor([ids], device=self.dev), cache=cache, last_only=True).logits[:, -1]
+        V = logits.shape[-1]
+        noise = RowNoise([seed], self.dev)
+        stream = rng.stream_id(rng.SAMPLE, 0, 1)
+        tokens = torch.full((1, max_chars), self.pad, dtype=torch.long, device=self.dev)
+        phi = torch.zeros(1, device=self.dev)  # log-probability at the temperature
+        ll = torch.zeros(1, device=self.dev)  # log-likelihood at temperature 1
+        G = torch.zeros(1, device=self.dev)  # the root's perturbed value: any constant
+        lengths = torch.zeros(1, dtype=torch.long, device=self.dev)
+        done = torch.zeros(1, dtype=torch.bool, device=self.dev)
+        for i in range(max_chars):
+            R = G.shape[0]
+            logp1 = torch.log_softmax(logits.float(), -1)  # (R, V)
+            phi_c = phi[:, None] + torch.log_softmax(logits.float() / self.temperature, -1)
+            g = noise.gumbel(stream, torch.tensor([T0 + i], device=self.dev), (width, V))[0, 0, :R]
+            Gc = phi_c + g  # (R, V): unconditioned perturbed values of the children
+            # a finished text has no children, but stays in the beam as itself
+            Gt = truncated_gumbel(G[:, None], Gc).masked_fill(done[:, None], float("-inf"))
+            cands = torch.cat([Gt.reshape(-1), G.masked_fill(~done, float("-inf"))])
+            keep = min(width, int(torch.isfinite(cands).sum()))
+            top, idx = cands.topk(keep)
+            fin = idx >= R * V
+            parent = torch.where(fin, idx - R * V, idx // V)
+            tok = torch.where(fin, self.pad, idx % V)
+            new = ~fin
+            tokens = tokens[parent]
+            tokens[new, i] = tok[new]
+            phi = torch.where(fin, phi[parent], phi_c[parent, tok])
+            ll = torch.where(fin, ll[parent], ll[parent] + logp1[parent, tok])
+            lengths = torch.where(fin, lengths[parent], i + 1)
+            G = top
+            ends = (lengths >= S_) & (tokens[:, max(0, i + 1 - S_):i + 1] == stop_ids).all(-1) if i + 1 >= S_ \
+                else torch.zeros_like(fin)
+            done = fin | (new & ends)
+            if bool(done.all()) or i == max_chars - 1:
+                break
+            cache.reorder(parent)
+            logits = self.model(tok[:, None], cache=cache, last_only=True).logits[:, -1]
+        texts = [self.tok.decode(row[:L]) for row, L in zip(tokens.tolist(), lengths.tolist(), strict=True)]
+        return [(t, float(x), int(L) + (T0 if b == 0 else 0))
+                for b, (t, x, L) in enumerate(zip(texts, ll.tolist(), lengths.tolist(), strict=True))]
+
+
+def truncated_gumbel(G: torch.Tensor, Gc: torch.Tensor) -> torch.Tensor:
+    """Children's perturbed values ``Gc`` ``(R, V)`` conditioned on their maximum being the parent's ``G``
+    ``(R, 1)``: ``-log(exp(-G) - exp(-max Gc) + exp(-Gc))`` in the stable form of Kool et al. (2019),
+    appendix B.3 (the largest child gets exactly ``G``, the order of the children is kept)."""
+    Z = Gc.max(-1, keepdim=True).values
+    v = G - Gc + torch.log(-torch.expm1(Gc - Z).clamp(max=-1e-30))  # log(1 - exp(Gc - Z)), finite at the max
+    return G - v.clamp(min=0) - torch.log1p(torch.exp(-v.abs()))
+
+
 def _shared_prompt_step(model, ctl: ExpertController | None = None, modes: torch.Tensor | None = None):
     """A decoder step function that reads each distinct prompt row once: a dense causal model, or a
     thought model without noise whose rows force the branches ``modes`` through ``ctl`` (a distinct
