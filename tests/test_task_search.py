@@ -546,3 +546,51 @@ def test_distinct_traces_spend_at_most_the_budget_and_never_repeat_a_text(tiny_m
         cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=32,
                           thought_layers="all", thoughts=ThoughtConfig(n_branches=2, k=1))
         S.LineModel(Transformer(cfg), tok).sample_distinct("\n4 5 6 10:\n", 0, 4, 8, "\n")
+
+
+def test_a_pruning_hook_that_keeps_every_row_changes_nothing_but_the_charges(tiny_model_factory):
+    """``sample_distinct(prune=...)``: asked at every line a row ends (not at the stop), a hook that keeps
+    every row leaves the texts as they were; each row is charged what it wrote plus what judging its
+    lines cost."""
+    model, tok = tiny_model_factory
+    lm = S.LineModel(model, tok, temperature=1.5)
+    prompt = "\n4 5 6 10:\n"
+    plain = lm.sample_distinct(prompt, 2, 16, 40, "\n\n")
+    calls: list[str] = []
+
+    def keep_all(texts):
+        calls.extend(texts)
+        return [True] * len(texts), [3] * len(texts)
+
+    judged = lm.sample_distinct(prompt, 2, 16, 40, "\n\n", keep_all)
+    assert [(t, x) for t, x, _ in judged] == [(t, x) for t, x, _ in plain]
+    assert calls and all(c.endswith("\n") for c in calls)
+    for b, (t, _, cost) in enumerate(judged):
+        lines = t.count("\n") - t.endswith("\n\n")  # the stop's second newline ends the row, unjudged
+        assert cost == len(t) + 3 * lines + (len(prompt) if b == 0 else 0)
+
+
+def test_a_pruning_hook_drops_rows_and_charges_them_in_the_beams_order(tiny_model_factory):
+    model, tok = tiny_model_factory
+    lm = S.LineModel(model, tok, temperature=1.5)
+    prompt = "\n4 5 6 10:\n"
+    seen: list[str] = []
+
+    def drop_all(texts):
+        seen.extend(texts)
+        return [False] * len(texts), [5] * len(texts)
+
+    rows = lm.sample_distinct(prompt, 2, 16, 40, "\n\n", drop_all)
+    kept = [t for t, _, _ in rows if t is not None]
+    assert all("\n" not in t for t in kept)  # any newline is judged (a stop's first one too), so dropped
+    dropped = [c for t, _, c in rows if t is None]
+    assert len(dropped) == len(seen) > 0  # a row ends at its first judged line
+    first = len(prompt) if rows[0][0] is None else 0
+    assert sorted(c - (first if i == 0 else 0) for i, (t, _, c) in enumerate(rows) if t is None) == \
+        sorted(len(s) + 5 for s in seen)
+    # the distinct method reads the dropped rows as charged, not as attempts
+    b = S.Budget(2000)
+    lm_drop = S.LineModel(model, tok, temperature=1.5)
+    lm_drop.sample_distinct = lambda *a, **k: [(None, float("nan"), 30)] * 4 + [("x\n\n", -1.0, 5)]
+    r = S.distinct_traces(lm_drop, S.Game24Task(), (4, 5, 6, 10), b, width=5)
+    assert r.attempts >= 1 and r.positions <= 2000 and r.attempts * 30 < r.positions

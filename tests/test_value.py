@@ -275,3 +275,34 @@ def test_the_solver_as_a_value_is_for_validation_rows_only(tmp_path):
                                               puzzles=[(4, 5, 6, 10)]))
     states = [g.State.start((4, 5, 6, 10)), g.State.start((1, 1, 1, 1))]
     assert list(V.SolverValue().probs(states)) == [1.0, 0.0]
+
+
+def test_distinct_value_continues_only_the_states_the_value_lets_through():
+    """The beam of sampling without replacement, pruned at every step line: with the solver as the value
+    (tests only), every trace it returns passes only through states that can still make 24, the rows it
+    dropped are charged, and the value never reads the start or a finished state."""
+    from mixture_of_thoughts.experiments import game24_eval as E
+
+    task, p = S.Game24Task(), (1, 1, 4, 6)
+    lm = E.load_line_models(E.Game24EvalConfig(methods=("distinct",), budgets=(1800,))).line("model", 1.0)
+    value = OracleValue()
+    start = task.start(p)
+    prompt = S.BLOCK_SEP + start.prompt()
+    prune = S.methods._line_pruner(task, start, value, value.threshold)
+    rows = lm.sample_distinct(prompt, 0, 32, 100, "\n\n", prune)
+    texts = [t for t, _, _ in rows if t is not None]
+    assert texts and any(t is None for t, _, _ in rows)
+    for t in texts:
+        s = start
+        for line in t.split("\n"):
+            if line.startswith(g.ANSWER) or not line:
+                break
+            s = s.apply(task.parse_line(s, line))  # every step line is valid ...
+            assert g.solve_from(s)  # ... and leads to a live state
+    assert value.read and all(not s.done and len(s.numbers) < 4 for s in value.read)
+    # the method: solved within its budget, the value's reads and the dropped rows paid for
+    budget = S.Budget(1800)
+    r = S.distinct_traces(lm, task, p, budget, width=32, value=OracleValue())
+    assert r.method == "distinct-value" and r.solved and r.positions <= 1800
+    plain = S.distinct_traces(lm, task, p, S.Budget(1800), width=32)
+    assert plain.method == "distinct" and r.attempts <= plain.attempts

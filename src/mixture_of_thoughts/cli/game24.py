@@ -22,7 +22,8 @@ def cmd_game24(args) -> int:
       mot game24 train --kind mgdm --out runs/game24-mgdm
       mot game24 train --kind modes --out runs/game24-modes
       mot game24 train-value --out runs/game24-value
-      mot game24 solve "4 5 6 10" --budget 1800              # beam-value: beam search with the learned value
+      mot game24 solve "4 5 6 10" --budget 1800              # distinct-value@0.7: sampled without replacement,
+                                                             # the beam pruned by the learned value
       mot game24 solve "4 5 6 10" --method solver
       mot game24 solve "4 5 6 10" --method beam --budget 1800  # ranked by the model's likelihood alone
       mot game24 solve "4 5 6 10" --method mgdm --budget 1800
@@ -299,11 +300,10 @@ def register(add) -> None:
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")
-    g.add_argument("--method", default="beam-value",
-                   help="solve: beam-value (the default: beam search ranked and pruned by the learned value, "
-                   "which lifts beam search at every budget on the validation rows), beam, sample, distinct "
-                   "(sampled without replacement), thoughts, modes, mcts, mcts-value, hybrid, mgdm, random or solver "
-                   "(a knob after @: sample@0.7 is temperature 0.7, thoughts@2 creativity 2)")
+    g.add_argument("--method", default="distinct-value@0.7",
+                   help="solve: distinct-value@0.7 (traces sampled without replacement at T = 0.7, the beam "
+                   "pruned by the learned value: best on the validation rows), distinct, beam-value, beam, sample, "
+                   "thoughts, modes, mcts, mcts-value, hybrid, mgdm, random or solver (@ sets a knob: sample@0.7)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
     g.add_argument("--width", type=int, default=5, help="beam: states kept per level (the widest pass)")
@@ -320,12 +320,13 @@ def register(add) -> None:
     g.add_argument("--mgdm-steps", type=int, default=8,
                    help="mgdm: denoising steps (an answer costs steps x its model's length positions)")
     g.add_argument("--value", default=None,
-                   help="a value from train-value (beam-value, mcts-value; default: shipped), or "
+                   help="a value from train-value (beam-value, mcts-value, distinct-value; default: shipped), or "
                    "solver: the exact solver as the value's ceiling, with --split val only")
     g.add_argument("--c-puct", type=float, default=None,
                    help="mcts, mcts-value: the exploration constant (default 1.5)")
     g.add_argument("--threshold", type=float, default=None,
-                   help="beam-value, mcts-value: prune states the value puts below this (default: the value's own)")
+                   help="beam-value, mcts-value, distinct-value: prune states the value puts below this "
+                        "(default, chosen on the validation rows: 0.3 for distinct-value, else the value's own)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")

@@ -12,7 +12,8 @@ and ``hybrid@0.8`` set their proposal temperature). ``distinct`` is best-of-N ov
 without replacement (stochastic beam search: no two attempts of a batch are the same text;
 ``distinct@0.7`` at temperature 0.7). ``beam-value`` and ``mcts-value`` are beam search
 and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
-the shipped one; its reads are charged to the budget). ``mgdm`` is the masked-diffusion model alone,
+the shipped one; its reads are charged to the budget); ``distinct-value`` is the beam of ``distinct``
+pruned by it, each time a row ends a step line. ``mgdm`` is the masked-diffusion model alone,
 trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
 the default 0 takes the most likely ones). ``modes`` is the thought model trained winner-takes-all
 over its branches (:mod:`..tasks.modes`; ``--modes-model``): consecutive rows decode with consecutive
@@ -50,11 +51,11 @@ from ..tasks.modes import modes_of
 from .report import file_digest, finite_json, load_record, save_record
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
-MODEL_METHODS = ("sample", "distinct", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value", "hybrid",
-                 "mgdm")
+MODEL_METHODS = ("sample", "distinct", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value",
+                 "distinct-value", "hybrid", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
-SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value")
-VALUE_METHODS = ("beam-value", "mcts-value")
+SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value", "distinct-value")
+VALUE_METHODS = ("beam-value", "mcts-value", "distinct-value")
 SAMPLING_METHODS = ("sample", "distinct", "thoughts", "modes")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
@@ -67,6 +68,11 @@ SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusio
 # search reaches more states and deeper with 2 (0.80 vs 0.59 at 1,800 with the value), MCTS's progressive
 # widening needs more to count (0.44 with 2 vs 0.53 with 8); the hybrid's first level is a beam's.
 PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8}
+# The value's pruning threshold where a method's own was chosen on the validation rows
+# (docs/report-game24-val/shipped-30min-distinct-value*): the pruned beam of distinct-value solves 0.72 /
+# 0.75 / 0.80 / 0.80 at 450 with 0 / the value's own 0.045 / 0.3 / 0.5, the same 0.97 at 1,800; the
+# others keep the value's own.
+THRESHOLDS = {"distinct-value": 0.3}
 NEEDS = {"model": ("sample", "distinct", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
          "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
 
@@ -159,6 +165,12 @@ class Game24EvalConfig:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {v}")
+
+    def threshold_for(self, spec: MethodSpec, value) -> float:
+        """The value's pruning threshold for ``spec``: ``threshold``, the method's own or the value's."""
+        if self.threshold is not None:
+            return self.threshold
+        return THRESHOLDS.get(spec.name, value.threshold)
 
     def proposals_for(self, spec: MethodSpec) -> int:
         """Next lines asked per state by ``spec`` (beam, mcts, hybrid): ``proposals`` or the method's own."""
@@ -284,8 +296,10 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
         r = S.random_steps(task, puzzle, b, seed=cfg.seed)
     elif spec.name == "sample":
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
-    elif spec.name == "distinct":
-        r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
+    elif spec.name in ("distinct", "distinct-value"):
+        value = models.value if spec.name == "distinct-value" else None
+        r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed, value=value,
+                              threshold=None if value is None else cfg.threshold_for(spec, value))
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
     elif spec.name == "modes":  # row with seed s decodes with mode s mod M, no thought noise
@@ -298,12 +312,13 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name in ("mcts", "mcts-value"):
         value = models.value if spec.name == "mcts-value" else None
         r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals_for(spec), seed=cfg.seed,
-                   value=value, threshold=cfg.threshold,
+                   value=value, threshold=None if value is None else cfg.threshold_for(spec, value),
                    **({} if cfg.c_puct is None else {"c_puct": cfg.c_puct}))
     else:
         value = models.value if spec.name == "beam-value" else None
+        cut = None if value is None else cfg.threshold_for(spec, value)
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals_for(spec),
-                          seed=cfg.seed, value=value, threshold=cfg.threshold)
+                          seed=cfg.seed, value=value, threshold=cut)
     r.method = spec.label
     return r
 
@@ -334,7 +349,7 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
     if spec.name in ("mcts", "mcts-value") and cfg.c_puct is not None:  # records at the default keep their key
         key["c_puct"] = cfg.c_puct
     if spec.name in VALUE_METHODS:
-        key["threshold"] = cfg.threshold if cfg.threshold is not None else models.value.threshold
+        key["threshold"] = cfg.threshold_for(spec, models.value)
     if spec.name == "hybrid":
         key["diffusion_steps"] = cfg.diffusion_steps
     if spec.name == "mgdm":

@@ -27,8 +27,9 @@ def _best_of_n(lm: LineModel, task: Task, puzzle, budget: Budget, method: str, d
         call += 1
         used = budget.take([r[2] for r in rows])
         for (text, _, _), at in zip(rows[:used], budget.marks, strict=True):
-            res.add(task.check_text(start.puzzle, start.prompt() + text), text, at)
-        res.attempts += used
+            if text is not None:  # None: a row the search dropped, charged but not an attempt
+                res.add(task.check_text(start.puzzle, start.prompt() + text), text, at)
+                res.attempts += 1
         if used < len(rows):
             break
     return res.finish(budget)
@@ -42,13 +43,52 @@ def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: i
 
 
 def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 64, seed: int = 0,
-                    method: str = "distinct") -> SearchResult:
+                    value: StateValue | None = None, threshold: float | None = None,
+                    method: str | None = None) -> SearchResult:
     """Whole traces sampled *without replacement* (:meth:`LineModel.sample_distinct`, stochastic beam
     search), ``width`` at a time, until the budget is spent; best-of-N where no two attempts of a batch
     are the same text. The rows are charged in their sampled order, so at any budget the traces read
-    are a sample without replacement."""
-    return _best_of_n(lm, task, puzzle, budget, method, lambda prompt, call, room: lm.sample_distinct(
-        prompt, seed + call, width, room, "\n\n"))
+    are a sample without replacement.
+
+    With a ``value`` the beam searches (``distinct-value``): each step line a row writes is checked
+    (a line that is not a valid step from the row's state drops the row, free, as beam search drops
+    invalid proposals), the state it reaches is read by the value (charged, :func:`judge`'s cost) and
+    a row whose state is below the threshold is dropped, its place in the beam taken by other
+    continuations; a state of one number is judged by the verifier, free. Dropped rows are charged
+    what they wrote and what judging them cost, in the beam's order (:meth:`LineModel.sample_distinct`).
+    """
+    prune = None if value is None else _line_pruner(task, task.start(puzzle), value,
+                                                    value.threshold if threshold is None else threshold)
+    name = method or ("distinct" if value is None else "distinct-value")
+    return _best_of_n(lm, task, puzzle, budget, name, lambda prompt, call, room: lm.sample_distinct(
+        prompt, seed + call, width, room, "\n\n", prune))
+
+
+def _line_pruner(task: Task, start, value: StateValue, cut: float):
+    """``prune(texts)`` for :meth:`LineModel.sample_distinct`: texts that end a line -> (keep, cost)."""
+    def prune(texts: list[str]) -> tuple[list[bool], list[int]]:
+        keep, cost, open_ = [True] * len(texts), [0] * len(texts), []
+        for j, text in enumerate(texts):
+            s = start
+            for line in text.split("\n")[:-1]:
+                if line.startswith(game24.ANSWER):  # the answer line: the verifier reads it at the end
+                    break
+                move = task.parse_line(s, line)
+                if move is None:
+                    keep[j] = False
+                    break
+                s = task.apply(s, move)
+            else:
+                if s.done:
+                    keep[j] = s.solved
+                elif s is not start:
+                    open_.append((j, s))
+        if open_:
+            p = value.probs([s for _, s in open_])
+            for (j, s), q in zip(open_, p, strict=True):
+                keep[j], cost[j] = float(q) >= cut, value.cost(s)
+        return keep, cost
+    return prune
 
 
 LINE_CHARS = 40  # one step line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 
@@ -81,8 +82,9 @@ class LineModel:
 
 
     @torch.no_grad()
-    def sample_distinct(self, prompt: str, seed: int, width: int, max_chars: int,
-                        stop: str) -> list[tuple[str, float, int]]:
+    def sample_distinct(self, prompt: str, seed: int, width: int, max_chars: int, stop: str,
+                        prune: Callable[[list[str]], tuple[list[bool], list[int]]] | None = None,
+                        ) -> list[tuple[str | None, float, int]]:
         """``width`` distinct continuations of ``prompt``, sampled *without replacement* from the model at
         its temperature: stochastic beam search (Kool, van Hoof & Welling, 2019, "Stochastic Beams and
         Where to Find Them", ICML).
@@ -95,6 +97,15 @@ class LineModel:
         sorted by ``G``, its first ``m`` rows are a sample without replacement of size ``m`` (what
         best-of-N reads at a smaller budget), and no two rows are the same text. The rows see each
         other, where independent samples repeat the model's likeliest texts.
+
+        With ``prune`` the beam is a search (the value's pruning, Tree of Thoughts' BFS inside the beam):
+        each time rows end a line, ``prune(texts)`` gets their texts so far and returns whether to keep
+        each and the positions its judgement cost (a learned value's reads); a row it drops leaves the
+        beam (its perturbed value set to -inf), its place taken by the next candidates of the following
+        step. A dropped row is returned too, with text ``None`` and charged what it wrote and what
+        judging it cost, in ``G`` order among the finished rows: a row read at any budget pays for the
+        dropped rows ranked above it, which a beam of that width would have carried (an over-count
+        where rows share prefixes, never an under-count of what was judged).
 
         Returns per row, in ``G`` order: ``(text written up to and including stop, its log-likelihood
         at temperature 1, positions used)``; the prompt is read once, charged to the first row. A dense
@@ -124,6 +135,9 @@ class LineModel:
         G = torch.zeros(1, device=self.dev)  # the root's perturbed value: any constant
         lengths = torch.zeros(1, dtype=torch.long, device=self.dev)
         done = torch.zeros(1, dtype=torch.bool, device=self.dev)
+        judged = torch.zeros(1, dtype=torch.long, device=self.dev)  # positions spent judging each row's lines
+        newline = self.tok.encode("\n")[0]
+        dropped: list[tuple[float, int]] = []  # (G when dropped, positions charged)
         for i in range(max_chars):
             R = G.shape[0]
             logp1 = torch.log_softmax(logits.float(), -1)  # (R, V)
@@ -144,17 +158,29 @@ class LineModel:
             phi = torch.where(fin, phi[parent], phi_c[parent, tok])
             ll = torch.where(fin, ll[parent], ll[parent] + logp1[parent, tok])
             lengths = torch.where(fin, lengths[parent], i + 1)
+            judged = judged[parent]
             G = top
             ends = (lengths >= S_) & (tokens[:, max(0, i + 1 - S_):i + 1] == stop_ids).all(-1) if i + 1 >= S_ \
                 else torch.zeros_like(fin)
             done = fin | (new & ends)
+            if prune is not None:
+                lines = (new & ~done & (tok == newline)).nonzero().flatten().tolist()
+                if lines:
+                    keep, cost = prune([self.tok.decode(tokens[r, :i + 1].tolist()) for r in lines])
+                    judged[lines] += torch.tensor(cost, dtype=torch.long, device=self.dev)
+                    drop = [r for r, k in zip(lines, keep, strict=True) if not k]
+                    dropped += [(float(G[r]), int(lengths[r] + judged[r])) for r in drop]
+                    G[drop], done[drop] = float("-inf"), True
             if bool(done.all()) or i == max_chars - 1:
                 break
             cache.reorder(parent)
             logits = self.model(tok[:, None], cache=cache, last_only=True).logits[:, -1]
-        texts = [self.tok.decode(row[:L]) for row, L in zip(tokens.tolist(), lengths.tolist(), strict=True)]
-        return [(t, float(x), int(L) + (T0 if b == 0 else 0))
-                for b, (t, x, L) in enumerate(zip(texts, ll.tolist(), lengths.tolist(), strict=True))]
+        live = torch.isfinite(G).tolist()
+        rows = [(g, self.tok.decode(row[:L]), x, L + j) for g, row, x, L, j, ok in zip(
+            G.tolist(), tokens.tolist(), ll.tolist(), lengths.tolist(), judged.tolist(), live, strict=True) if ok]
+        rows += [(g, None, float("nan"), cost) for g, cost in dropped]
+        rows.sort(key=lambda r: -r[0])  # stable: the beam's rows keep their order (already by G)
+        return [(t, x, int(c) + (T0 if b == 0 else 0)) for b, (_, t, x, c) in enumerate(rows)]
 
 
 def truncated_gumbel(G: torch.Tensor, Gc: torch.Tensor) -> torch.Tensor:
