@@ -10,6 +10,8 @@
    forward (the reference) and through the lean step (``hf/fast.py``) in float32 and bfloat16,
    transformers' ``model.generate(do_sample=True, num_return_sequences=8)``, and the grafted model at
    creativity 1 (all 30 layers, and the upper half), each through both steps.
+   The grafted model's floor: its thought layers reduced to each token's k = 2 slots through the MLP
+   (no router, no noise), what any fusion of the rest could at best reach.
 3. 8 branches in one batch vs 8 one-branch runs (grafted, all layers, creativity 1).
 4. The memory-bound ceiling: the weights' bytes read once a step at the machine's read bandwidth.
 5. Side by side (when llama-cpp-python is installed): llama.cpp on the same GGUF, as shipped (Q4_1)
@@ -71,6 +73,32 @@ def _no_eos():
         G.stop_token_ids = real
 
 
+@contextlib.contextmanager
+def _mlp_only():
+    """A grafted layer reduced to what no implementation of it can skip: each token's k slots through the
+    shared MLP (k rows of the gate and up products, combined before the down one), with no router, no
+    noise and no routing statistics. Its speed bounds what fusing the rest could reach (texts not used)."""
+    from mixture_of_thoughts.hf.graft import GraftedThoughts
+    from mixture_of_thoughts.layers.thoughts import ThoughtOutput
+
+    real = GraftedThoughts._shared_forward
+
+    def floor(self, x, noise, positions, creativity):
+        B, T, d = x.shape
+        N, K, E = B * T, self.cfg.k, self.cfg.n_branches
+        hid, up = self._shared_in(x.reshape(N, 1, d).expand(N, K, d).reshape(N * K, d))
+        out = self._grouped((self.act(hid) * up).view(N, K, -1).sum(1), self.w_out, None)
+        stats = {"load": x.new_full((E,), 1 / E), "row_load": x.new_full((B, E), 1 / E),
+                 "active_k": x.new_full((), float(K))}
+        return ThoughtOutput(out.view(B, T, d), x.new_zeros(()), stats)
+
+    GraftedThoughts._shared_forward = floor
+    try:
+        yield
+    finally:
+        GraftedThoughts._shared_forward = real
+
+
 def _timed(fn, repeat: int = 2) -> float:
     fn()
     best = float("inf")
@@ -125,6 +153,12 @@ def generation(n: int, grafted: bool = True) -> list[dict]:
                 how = "model's own forward" if lean is False else "lean step, float32"
                 rows.append({"contender": f"{name}, {how}", "tokens/s": 8 * n / t, "vs reference": t_ref / t})
             if layers == "all":
+                with _mlp_only():
+                    t = _timed(lambda m=m, tk=tk: think_hf(m, tk, PROMPT, branch_seeds=seeds, creativity=1.0,
+                                                           max_new_tokens=n))
+                rows.append({"contender": "grafted all, the floor: each token's k = 2 slots through the MLP, "
+                                          "no router, no noise (lean)",
+                             "tokens/s": 8 * n / t, "vs reference": t_ref / t})
                 t_one = _timed(lambda m=m, tk=tk: [think_hf(m, tk, PROMPT, branch_seeds=[s], creativity=1.0,
                                                              max_new_tokens=n) for s in seeds], repeat=1)
                 rows.append({"contender": "grafted all, 8 one-branch runs in turn (lean)", "tokens/s": 8 * n / t_one,
