@@ -560,7 +560,7 @@ def test_a_pruning_hook_that_keeps_every_row_changes_nothing_but_the_charges(tin
 
     def keep_all(texts):
         calls.extend(texts)
-        return [True] * len(texts), [3] * len(texts)
+        return [0.0] * len(texts), [3] * len(texts)
 
     judged = lm.sample_distinct(prompt, 2, 16, 40, "\n\n", keep_all)
     assert [(t, x) for t, x, _ in judged] == [(t, x) for t, x, _ in plain]
@@ -578,7 +578,7 @@ def test_a_pruning_hook_drops_rows_and_charges_them_in_the_beams_order(tiny_mode
 
     def drop_all(texts):
         seen.extend(texts)
-        return [False] * len(texts), [5] * len(texts)
+        return [float("-inf")] * len(texts), [5] * len(texts)
 
     rows = lm.sample_distinct(prompt, 2, 16, 40, "\n\n", drop_all)
     kept = [t for t, _, _ in rows if t is not None]
@@ -594,3 +594,25 @@ def test_a_pruning_hook_drops_rows_and_charges_them_in_the_beams_order(tiny_mode
     lm_drop.sample_distinct = lambda *a, **k: [(None, float("nan"), 30)] * 4 + [("x\n\n", -1.0, 5)]
     r = S.distinct_traces(lm_drop, S.Game24Task(), (4, 5, 6, 10), b, width=5)
     assert r.attempts >= 1 and r.positions <= 2000 and r.attempts * 30 < r.positions
+
+
+def test_a_pruning_hook_that_weights_rows_reads_them_later(tiny_model_factory):
+    """A log-weight moves a row's perturbed value and every completion's with it (a twist): rows the hook
+    weights by -50 at their first line come after every other row, where unweighted one leads others."""
+    model, tok = tiny_model_factory
+    lm = S.LineModel(model, tok, temperature=1.5)
+    prompt = "\n4 5 6 10:\n"
+    plain = [t for t, _, _ in lm.sample_distinct(prompt, 2, 16, 40, "\n\n")]
+    lined = [t for t in plain if "\n" in t]
+    assert lined  # the tiny model writes lines
+    first = lined[0][0]
+
+    def heavy(texts):
+        return [-50.0 if t.count("\n") == 1 and t[0] == first else 0.0 for t in texts], [0] * len(texts)
+
+    rows = [t for t, _, _ in lm.sample_distinct(prompt, 2, 16, 40, "\n\n", heavy)]
+    hit = [t[0] == first and "\n" in t for t in rows]
+    before = [t[0] == first and "\n" in t for t in plain]
+    assert before != sorted(before)  # unweighted, such a row leads some other
+    assert hit == sorted(hit)  # weighted, every one comes after every other (or leaves the beam)
+    assert len(set(rows)) == len(rows)

@@ -222,7 +222,8 @@ def _solve(args) -> int:
         parse_method(method)  # one-line error for an unknown method or a bad knob
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
                            mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
-                           value=args.value, threshold=args.threshold, width=args.width, proposals=args.proposals,
+                           value=args.value, threshold=args.threshold, twist=args.twist, width=args.width,
+                           proposals=args.proposals,
                            methods=(method,) if method != "solver" else (), budgets=(args.budget,),
                            temperature=args.temperature, creativity=args.creativity, seed=args.seed,
                            device=args.device)
@@ -253,7 +254,7 @@ def _eval(args) -> int:
     cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
                            mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
                            methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
-                           threshold=args.threshold, c_puct=args.c_puct,
+                           threshold=args.threshold, twist=args.twist, c_puct=args.c_puct,
                            budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
                            thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
                            creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
@@ -317,16 +318,16 @@ def register(add) -> None:
     g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
     g.add_argument("--mgdm-model", default=None, help="a run of train --kind mgdm (mgdm; default: shipped)")
     g.add_argument("--modes-model", default=None, help="a run of train --kind modes (modes; default: shipped)")
-    g.add_argument("--mgdm-steps", type=int, default=8,
-                   help="mgdm: denoising steps (an answer costs steps x its model's length positions)")
+    g.add_argument("--mgdm-steps", type=int, default=8, help="mgdm: denoising steps (steps x length positions)")
     g.add_argument("--value", default=None,
                    help="a value from train-value (beam-value, mcts-value, distinct-value; default: shipped), or "
                    "solver: the exact solver as the value's ceiling, with --split val only")
-    g.add_argument("--c-puct", type=float, default=None,
-                   help="mcts, mcts-value: the exploration constant (default 1.5)")
+    g.add_argument("--c-puct", type=float, default=None, help="mcts, mcts-value: exploration constant (default 1.5)")
     g.add_argument("--threshold", type=float, default=None,
                    help="beam-value, mcts-value, distinct-value: prune states the value puts below this "
                         "(default, chosen on the validation rows: 0.3 for distinct-value, else the value's own)")
+    g.add_argument("--twist", type=float, default=None, help="distinct-value: weight kept rows by P(live) ** twist "
+                   "(default: chosen on the validation rows)")
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")

@@ -73,6 +73,7 @@ PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8
 # 0.75 / 0.80 / 0.80 at 450 with 0 / the value's own 0.045 / 0.3 / 0.5, the same 0.97 at 1,800; the
 # others keep the value's own.
 THRESHOLDS = {"distinct-value": 0.3}
+TWIST = 0.0  # distinct-value's weight on the value's P(live), chosen on the validation rows
 NEEDS = {"model": ("sample", "distinct", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
          "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
 
@@ -129,6 +130,7 @@ class Game24EvalConfig:
     proposals: int | None = None  # next lines per state (default: PROPOSALS, the method's own)
     value: str | None = None  # a value trained with mot game24 train-value (beam-value, mcts-value); default: shipped
     threshold: float | None = None  # the value's pruning threshold (default: the one chosen on validation)
+    twist: float | None = None  # distinct-value: kept rows weighted by P(live) ** twist (default: TWIST)
     c_puct: float | None = None  # MCTS's exploration constant (default: the search's own)
     seed: int = 0
     out: str = "reports/game24"
@@ -159,6 +161,8 @@ class Game24EvalConfig:
             raise ConfigError(f"--c-puct must be a number >= 0, got {self.c_puct}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
             raise ConfigError(f"--threshold is a probability in [0, 1], got {self.threshold}")
+        if self.twist is not None and not (np.isfinite(self.twist) and self.twist >= 0):
+            raise ConfigError(f"--twist must be a number >= 0, got {self.twist}")
         if isinstance(self.mgdm_steps, bool) or not isinstance(self.mgdm_steps, int) or self.mgdm_steps < 1:
             raise ConfigError(f"--mgdm-steps must be a whole number >= 1, got {self.mgdm_steps!r}")
         for name in ("temperature", "thoughts_temperature"):
@@ -171,6 +175,12 @@ class Game24EvalConfig:
         if self.threshold is not None:
             return self.threshold
         return THRESHOLDS.get(spec.name, value.threshold)
+
+    def twist_for(self, spec: MethodSpec) -> float:
+        """distinct-value's weight on the value: ``twist`` or the one chosen on validation (0 elsewhere)."""
+        if spec.name != "distinct-value":
+            return 0.0
+        return TWIST if self.twist is None else self.twist
 
     def proposals_for(self, spec: MethodSpec) -> int:
         """Next lines asked per state by ``spec`` (beam, mcts, hybrid): ``proposals`` or the method's own."""
@@ -299,7 +309,8 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name in ("distinct", "distinct-value"):
         value = models.value if spec.name == "distinct-value" else None
         r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed, value=value,
-                              threshold=None if value is None else cfg.threshold_for(spec, value))
+                              threshold=None if value is None else cfg.threshold_for(spec, value),
+                              twist=cfg.twist_for(spec))
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
     elif spec.name == "modes":  # row with seed s decodes with mode s mod M, no thought noise
@@ -350,6 +361,8 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["c_puct"] = cfg.c_puct
     if spec.name in VALUE_METHODS:
         key["threshold"] = cfg.threshold_for(spec, models.value)
+    if spec.name == "distinct-value" and cfg.twist_for(spec):  # records without a twist keep their key
+        key["twist"] = cfg.twist_for(spec)
     if spec.name == "hybrid":
         key["diffusion_steps"] = cfg.diffusion_steps
     if spec.name == "mgdm":

@@ -43,7 +43,7 @@ def sample_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, batch: i
 
 
 def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int = 64, seed: int = 0,
-                    value: StateValue | None = None, threshold: float | None = None,
+                    value: StateValue | None = None, threshold: float | None = None, twist: float = 0.0,
                     method: str | None = None) -> SearchResult:
     """Whole traces sampled *without replacement* (:meth:`LineModel.sample_distinct`, stochastic beam
     search), ``width`` at a time, until the budget is spent; best-of-N where no two attempts of a batch
@@ -54,20 +54,26 @@ def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width:
     (a line that is not a valid step from the row's state drops the row, free, as beam search drops
     invalid proposals), the state it reaches is read by the value (charged, :func:`judge`'s cost) and
     a row whose state is below the threshold is dropped, its place in the beam taken by other
-    continuations; a state of one number is judged by the verifier, free. Dropped rows are charged
+    continuations; a state of one number is judged by the verifier, free. With ``twist`` > 0 a kept
+    row's completions are weighted by ``P(live) ** twist``: the beam samples without replacement from
+    the model's distribution times the value's, so the live-looking traces are read first. Dropped rows are charged
     what they wrote and what judging them cost, in the beam's order (:meth:`LineModel.sample_distinct`).
     """
     prune = None if value is None else _line_pruner(task, task.start(puzzle), value,
-                                                    value.threshold if threshold is None else threshold)
+                                                    value.threshold if threshold is None else threshold, twist)
     name = method or ("distinct" if value is None else "distinct-value")
     return _best_of_n(lm, task, puzzle, budget, name, lambda prompt, call, room: lm.sample_distinct(
         prompt, seed + call, width, room, "\n\n", prune))
 
 
-def _line_pruner(task: Task, start, value: StateValue, cut: float):
-    """``prune(texts)`` for :meth:`LineModel.sample_distinct`: texts that end a line -> (keep, cost)."""
-    def prune(texts: list[str]) -> tuple[list[bool], list[int]]:
-        keep, cost, open_ = [True] * len(texts), [0] * len(texts), []
+def _line_pruner(task: Task, start, value: StateValue, cut: float, twist: float = 0.0):
+    """``prune(texts)`` for :meth:`LineModel.sample_distinct`: texts that end a line -> (log-weight,
+    cost) each: -inf drops a row (an invalid step, a one-number miss, a value below ``cut``); a kept
+    state read by the value is weighted by ``P(live) ** twist`` (0: no weight)."""
+    drop = float("-inf")
+
+    def prune(texts: list[str]) -> tuple[list[float], list[int]]:
+        w, cost, open_ = [0.0] * len(texts), [0] * len(texts), []
         for j, text in enumerate(texts):
             s = start
             for line in text.split("\n")[:-1]:
@@ -75,19 +81,21 @@ def _line_pruner(task: Task, start, value: StateValue, cut: float):
                     break
                 move = task.parse_line(s, line)
                 if move is None:
-                    keep[j] = False
+                    w[j] = drop
                     break
                 s = task.apply(s, move)
             else:
                 if s.done:
-                    keep[j] = s.solved
+                    w[j] = 0.0 if s.solved else drop
                 elif s is not start:
                     open_.append((j, s))
         if open_:
             p = value.probs([s for _, s in open_])
             for (j, s), q in zip(open_, p, strict=True):
-                keep[j], cost[j] = float(q) >= cut, value.cost(s)
-        return keep, cost
+                q = float(q)
+                w[j] = drop if q < cut else twist * math.log(max(q, 1e-6))
+                cost[j] = value.cost(s)
+        return w, cost
     return prune
 
 

@@ -83,7 +83,7 @@ class LineModel:
 
     @torch.no_grad()
     def sample_distinct(self, prompt: str, seed: int, width: int, max_chars: int, stop: str,
-                        prune: Callable[[list[str]], tuple[list[bool], list[int]]] | None = None,
+                        prune: Callable[[list[str]], tuple[list[float], list[int]]] | None = None,
                         ) -> list[tuple[str | None, float, int]]:
         """``width`` distinct continuations of ``prompt``, sampled *without replacement* from the model at
         its temperature: stochastic beam search (Kool, van Hoof & Welling, 2019, "Stochastic Beams and
@@ -99,13 +99,16 @@ class LineModel:
         other, where independent samples repeat the model's likeliest texts.
 
         With ``prune`` the beam is a search (the value's pruning, Tree of Thoughts' BFS inside the beam):
-        each time rows end a line, ``prune(texts)`` gets their texts so far and returns whether to keep
-        each and the positions its judgement cost (a learned value's reads); a row it drops leaves the
-        beam (its perturbed value set to -inf), its place taken by the next candidates of the following
-        step. A dropped row is returned too, with text ``None`` and charged what it wrote and what
-        judging it cost, in ``G`` order among the finished rows: a row read at any budget pays for the
-        dropped rows ranked above it, which a beam of that width would have carried (an over-count
-        where rows share prefixes, never an under-count of what was judged).
+        each time rows end a line, ``prune(texts)`` gets their texts so far and returns a log-weight for
+        each and the positions its judgement cost (a learned value's reads). A weight ``w`` multiplies
+        the probability of every completion of the row by ``exp(w)``: its ``phi`` and ``G`` move by
+        ``w`` (the perturbed maximum of a subtree scaled by a constant moves by its log, so the beam
+        samples without replacement from the weighted distribution: a twist). 0 keeps the row as it is;
+        -inf drops it: it leaves the beam, its place taken by the next candidates of the following step.
+        A dropped row is returned too, with text ``None`` and charged what it wrote and what judging it
+        cost, in ``G`` order among the finished rows: a row read at any budget pays for the dropped rows
+        ranked above it, which a beam of that width would have carried (an over-count where rows share
+        prefixes, never an under-count of what was judged).
 
         Returns per row, in ``G`` order: ``(text written up to and including stop, its log-likelihood
         at temperature 1, positions used)``; the prompt is read once, charged to the first row. A dense
@@ -166,11 +169,14 @@ class LineModel:
             if prune is not None:
                 lines = (new & ~done & (tok == newline)).nonzero().flatten().tolist()
                 if lines:
-                    keep, cost = prune([self.tok.decode(tokens[r, :i + 1].tolist()) for r in lines])
+                    w, cost = prune([self.tok.decode(tokens[r, :i + 1].tolist()) for r in lines])
                     judged[lines] += torch.tensor(cost, dtype=torch.long, device=self.dev)
-                    drop = [r for r, k in zip(lines, keep, strict=True) if not k]
+                    drop = [r for r, x in zip(lines, w, strict=True) if x == float("-inf")]
                     dropped += [(float(G[r]), int(lengths[r] + judged[r])) for r in drop]
-                    G[drop], done[drop] = float("-inf"), True
+                    w = torch.tensor(w, dtype=G.dtype, device=self.dev)
+                    G[lines] += w  # -inf for a dropped row
+                    phi[lines] += w.clamp(min=torch.finfo(G.dtype).min)
+                    done[drop] = True
             if bool(done.all()) or i == max_chars - 1:
                 break
             cache.reorder(parent)
