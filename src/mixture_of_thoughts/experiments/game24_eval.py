@@ -170,8 +170,11 @@ class Game24EvalConfig:
             if v is not None and not v > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {v}")
 
-    def threshold_for(self, spec: MethodSpec, value) -> float:
-        """The value's pruning threshold for ``spec``: ``threshold``, the method's own or the value's."""
+    def threshold_for(self, spec: MethodSpec, value) -> float | None:
+        """The value's pruning threshold for ``spec``: ``threshold``, the method's own or the value's
+        (None without a value)."""
+        if value is None:
+            return None
         if self.threshold is not None:
             return self.threshold
         return THRESHOLDS.get(spec.name, value.threshold)
@@ -309,8 +312,7 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name in ("distinct", "distinct-value"):
         value = models.value if spec.name == "distinct-value" else None
         r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed, value=value,
-                              threshold=None if value is None else cfg.threshold_for(spec, value),
-                              twist=cfg.twist_for(spec))
+                              threshold=cfg.threshold_for(spec, value), twist=cfg.twist_for(spec))
     elif spec.name == "thoughts":
         r = S.sample_traces(models.line("mot_model", T, c), task, puzzle, b, seed=cfg.seed, method="thoughts")
     elif spec.name == "modes":  # row with seed s decodes with mode s mod M, no thought noise
@@ -323,13 +325,12 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name in ("mcts", "mcts-value"):
         value = models.value if spec.name == "mcts-value" else None
         r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals_for(spec), seed=cfg.seed,
-                   value=value, threshold=None if value is None else cfg.threshold_for(spec, value),
+                   value=value, threshold=cfg.threshold_for(spec, value),
                    **({} if cfg.c_puct is None else {"c_puct": cfg.c_puct}))
     else:
         value = models.value if spec.name == "beam-value" else None
-        cut = None if value is None else cfg.threshold_for(spec, value)
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals_for(spec),
-                          seed=cfg.seed, value=value, threshold=cut)
+                          seed=cfg.seed, value=value, threshold=cfg.threshold_for(spec, value))
     r.method = spec.label
     return r
 

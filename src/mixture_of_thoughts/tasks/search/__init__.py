@@ -16,7 +16,8 @@ Methods:
 * :func:`sample_traces`: whole traces sampled at a temperature (and, with a thought model, a
   creativity), best-of-N by the verifier;
 * :func:`distinct_traces`: whole traces sampled without replacement (stochastic beam search: the
-  rows of a batch see each other, and no two are the same text), best-of-N by the verifier;
+  rows of a batch see each other, and no two are the same text), best-of-N by the verifier; with a
+  learned value, the beam is pruned each time a row ends a step line (``distinct-value``);
 * :func:`beam_search`: Tree of Thoughts' BFS over steps: the model proposes next lines, invalid
   ones are dropped, the ``width`` states with the highest model log-likelihood are kept (or, with a
   learned value, the ``width`` with the highest value, dead ones pruned);

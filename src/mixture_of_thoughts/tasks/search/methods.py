@@ -56,8 +56,9 @@ def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width:
     a row whose state is below the threshold is dropped, its place in the beam taken by other
     continuations; a state of one number is judged by the verifier, free. With ``twist`` > 0 a kept
     row's completions are weighted by ``P(live) ** twist``: the beam samples without replacement from
-    the model's distribution times the value's, so the live-looking traces are read first. Dropped rows are charged
-    what they wrote and what judging them cost, in the beam's order (:meth:`LineModel.sample_distinct`).
+    the model's distribution times the value's, so the live-looking traces are read first. Dropped
+    rows are charged what they wrote and what judging them cost, in the beam's order
+    (:meth:`LineModel.sample_distinct`).
     """
     prune = None if value is None else _line_pruner(task, task.start(puzzle), value,
                                                     value.threshold if threshold is None else threshold, twist)

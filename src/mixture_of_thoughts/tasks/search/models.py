@@ -80,7 +80,6 @@ class LineModel:
             out.append((self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, read + L))
         return out
 
-
     @torch.no_grad()
     def sample_distinct(self, prompt: str, seed: int, width: int, max_chars: int, stop: str,
                         prune: Callable[[list[str]], tuple[list[float], list[int]]] | None = None,
