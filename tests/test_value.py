@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from fractions import Fraction
@@ -247,6 +248,21 @@ def test_eval_with_the_value_methods(tmp_path, small_value):
         E.Game24EvalConfig(**{**kw, "threshold": 1.5})
 
 
+def test_value_puzzles_add_every_other_multiset_solvable_or_not():
+    held = [(4, 5, 6, 10), (1, 1, 1, 1)]
+    train = [(3, 3, 8, 8), (1, 2, 4, 7)]
+    more = V.value_puzzles(train, 14, exclude=held)
+    assert more[:2] == train and len(set(more)) == len(more)
+    assert len(more) == math.comb(14 + 3, 4) - len(held)  # every multiset of 1..14 once, less the held-out ones
+    assert not set(held) & set(more)
+    assert (1, 1, 1, 2) in more and not g.solve((1, 1, 1, 2))  # dead puzzles too: their states are negatives
+    assert (1, 1, 1, 14) in more and (1, 1, 1, 15) not in more
+    assert len(V.value_puzzles(train, 13, exclude=held)) == math.comb(16, 4) - len(held)
+    for bad in (12, V.MAX_UP_TO + 1, True, 14.0):
+        with pytest.raises(DataError, match="up to something between 13"):
+            V.value_puzzles(train, bad)
+
+
 def test_cli_train_value(tmp_path, capsys, monkeypatch):
     from mixture_of_thoughts.cli import main
 
@@ -256,6 +272,17 @@ def test_cli_train_value(tmp_path, capsys, monkeypatch):
     assert main(["game24", "train-value", "--out", str(out), "--epochs", "1", "--quiet"]) == 0
     assert "pruning threshold" in capsys.readouterr().out
     assert V.load_value(out).meta["data"]["train_puzzles"] == 6
+    # --synthetic-up-to: every other multiset up to 13, less the held-out ones (the first 9 of them, for speed)
+    seen, real = [], V.value_puzzles
+    monkeypatch.setattr(V, "value_puzzles", lambda *a, **k: seen.append((a, k)) or real(*a, **k)[:9])
+    more = tmp_path / "more"
+    argv = ["game24", "train-value", "--out", str(more), "--epochs", "1", "--synthetic-up-to", "13", "--quiet"]
+    assert main(argv) == 0
+    assert seen == [((PUZZLES[:6], 13), {"exclude": PUZZLES[6:]})]
+    assert len(real(*seen[0][0], **seen[0][1])) == math.comb(16, 4) - 4
+    assert V.load_value(more).meta["data"]["train_puzzles"] == 9
+    assert main(["game24", "train-value", "--out", str(tmp_path / "m"), "--synthetic-up-to", "99"]) == 2
+    assert "up to something between 13" in capsys.readouterr().err
     assert main(["game24", "train-value", "--out", str(out), "--epochs", "1"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["game24", "solve", "4 5 6 10", "--method", "beam-value", "--value", str(tmp_path / "no")]) == 2

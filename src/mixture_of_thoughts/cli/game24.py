@@ -182,7 +182,7 @@ def _train_modes(args) -> int:
 
 def _train_value(args) -> int:
     from ..tasks import game24
-    from ..tasks.value import ValueConfig, train_value
+    from ..tasks.value import ValueConfig, train_value, value_puzzles
 
     if not args.out:
         raise ConfigError("--out is required (the folder to write value.safetensors and value.json into)")
@@ -190,7 +190,9 @@ def _train_value(args) -> int:
     if (out / "value.safetensors").exists() and not args.force:
         raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
     cfg = ValueConfig(epochs=args.epochs, seed=args.seed)
-    train, val, _ = game24.split(game24.load_puzzles())
+    train, val, test = game24.split(game24.load_puzzles())
+    if args.synthetic_up_to is not None:
+        train = value_puzzles(train, args.synthetic_up_to, exclude=val + test)
 
     def log(row):
         if not args.quiet:
@@ -287,8 +289,8 @@ def register(add) -> None:
     g.add_argument("--data", default=None, help=f"train: the traces (default {DEFAULT_DATA})")
     g.add_argument("--per-solution", type=int, default=2, help="data: step orders written per distinct solution")
     g.add_argument("--synthetic-up-to", type=int, default=None,
-                   help="data: also every puzzle with numbers up to this (at least one above 13) that can make "
-                        "24, less the validation and test multisets")
+                   help="data: also every puzzle with numbers up to this (one above 13) that can make 24; "
+                        "train-value: every multiset up to this, solvable or not; less the held-out multisets")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
                    "mgdm (a masked-diffusion model that solves alone, MGDM's recipe), or modes (the MoT "
                    "model's branches trained winner-takes-all to divide the solutions)")

@@ -20,6 +20,7 @@ vocabulary, sizes, training history, validation figures, the pruning threshold c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -75,6 +76,28 @@ def value_examples(puzzles, targets: Iterable[int] = (game24.TARGET,)) -> list[t
         states = reachable(p)
         keys |= {(n, int(t)) for n, _ in states for t in targets}
     return [(nums, t, game24.solvable(nums, t)) for nums, t in sorted(keys, key=lambda k: (len(k[0]), k))]
+
+
+MAX_UP_TO = 24  # every multiset up to 24: 17,550 puzzles, ~0.5 M states
+
+
+def value_puzzles(train_puzzles, up_to: int, exclude=()) -> list[tuple[int, ...]]:
+    """More data for the value: ``train_puzzles`` and then every other four-number multiset from 1 to
+    ``up_to``, *solvable or not* (a dead puzzle's states are all negatives), less every multiset in
+    ``exclude`` (pass the validation and test puzzles). Their states are labelled by the solver like the
+    training puzzles'; no validation or test state is labelled unless another puzzle reaches it too.
+
+    Raises:
+        DataError: ``up_to`` below 13 (the numbers of a puzzle) or above :data:`MAX_UP_TO`.
+    """
+    if isinstance(up_to, bool) or not isinstance(up_to, int) or not game24.HIGH <= up_to <= MAX_UP_TO:
+        raise DataError(f"the value's extra puzzles need numbers up to something between {game24.HIGH} and "
+                        f"{MAX_UP_TO}, got {up_to!r}")
+    held = {tuple(sorted(p)) for p in exclude}
+    seen = {tuple(sorted(p)) for p in train_puzzles}
+    extra = [p for p in itertools.combinations_with_replacement(range(game24.LOW, up_to + 1), game24.N_NUMBERS)
+             if p not in held and p not in seen]
+    return list(train_puzzles) + extra
 
 
 def state_text(numbers: Iterable[Fraction], target: int = game24.TARGET) -> str:
