@@ -283,6 +283,11 @@ def test_cli_train_value(tmp_path, capsys, monkeypatch):
     assert V.load_value(more).meta["data"]["train_puzzles"] == 9
     assert main(["game24", "train-value", "--out", str(tmp_path / "m"), "--synthetic-up-to", "99"]) == 2
     assert "up to something between 13" in capsys.readouterr().err
+    assert main(["game24", "train-value", "--kind", "head", "--out", str(tmp_path / "h"), "--epochs", "1"]) == 0
+    assert "a value head on the shipped model" in capsys.readouterr().out
+    assert isinstance(V.load_value(tmp_path / "h"), V.HeadValue)
+    assert main(["game24", "train-value", "--kind", "mot", "--out", str(tmp_path / "k")]) == 2
+    assert "--kind 'mot'" in capsys.readouterr().err
     assert main(["game24", "train-value", "--out", str(out), "--epochs", "1"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["game24", "solve", "4 5 6 10", "--method", "beam-value", "--value", str(tmp_path / "no")]) == 2
@@ -333,3 +338,81 @@ def test_distinct_value_continues_only_the_states_the_value_lets_through():
     assert r.method == "distinct-value" and r.solved and r.positions <= 1800
     plain = S.distinct_traces(lm, task, p, S.Budget(1800), width=32)
     assert plain.method == "distinct" and r.attempts <= plain.attempts
+
+
+def test_a_value_head_reads_the_models_own_lines_and_costs_nothing(tmp_path):
+    """The head on the language model: its examples are labelled step lines, its features the model's
+    hidden states at a line's end (the same in a batch as alone), it saves and loads, reads only with the
+    model it was trained on, only inside distinct-value, and its reads cost no positions."""
+    from mixture_of_thoughts.experiments.report import file_digest
+
+    models = E.load_line_models(E.Game24EvalConfig(methods=("distinct",), budgets=(1800,)))
+    ck, lm = models.ck["model"], models.line("model", 1.0)
+    digest = file_digest(ck.path / "model.safetensors")
+    texts, y, left = V.head_examples([(4, 5, 6, 10)], second=1)
+    s = g.State.start((4, 5, 6, 10))
+    assert (left == 3).sum() == len(s.moves()) and set(left.tolist()) == {2, 3}
+    for t, lab in zip(texts, y, strict=True):  # the solver's verdict on the state the last line reaches
+        assert t.startswith(s.prompt()) and t.endswith(")\n")
+        st = s
+        for line in t[len(s.prompt()):].split("\n")[:-1]:
+            st = st.apply(g.parse_step(st, line))
+        assert lab == g.solve_from(st)
+    f = V.line_features(ck.model, ck.tokenizer, texts[:5])
+    alone = torch.cat([V.line_features(ck.model, ck.tokenizer, [t]) for t in texts[:5]])
+    assert f.shape == (5, 2 * ck.model.config.n_embd) and torch.allclose(f, alone, atol=1e-5)
+
+    head = V.train_value_head(ck.model, ck.tokenizer, digest, PUZZLES[:6], PUZZLES[6:8], epochs=3)
+    h = head.meta["history"]
+    assert len(h) == 3 and h[-1]["train_loss"] < h[0]["train_loss"] and head.meta["model"] == digest
+    head.save(tmp_path / "h")
+    back = V.load_value(tmp_path / "h")
+    assert isinstance(back, V.HeadValue) and back.threshold == head.threshold
+    with pytest.raises(ConfigError, match="bind"):
+        back.probs_texts(texts[:2])
+    with pytest.raises(ConfigError, match="trained on the model"):
+        back.bind(ck.model, ck.tokenizer, "0" * 16)
+    head.bind(ck.model, ck.tokenizer, digest)
+    back.bind(ck.model, ck.tokenizer, digest)
+    np.testing.assert_allclose(back.probs_texts(texts[:8]), head.probs_texts(texts[:8]), atol=1e-6)
+    with pytest.raises(ConfigError, match="only distinct-value"):
+        back.probs([s])
+    assert back.cost(s) == 0
+
+    # in the search: a head that keeps every row reads for free, so texts and charges are those of the
+    # free checks alone (a value that keeps every state at no cost)
+    class KeepAll:
+        threshold = 0.5
+
+        def probs(self, states):
+            return np.ones(len(states))
+
+        def cost(self, state):
+            return 0
+
+    task, p = S.Game24Task(), (1, 1, 4, 6)
+    keep = S.distinct_traces(lm, task, p, S.Budget(900), width=16, value=back, threshold=-1.0)
+    free = S.distinct_traces(lm, task, p, S.Budget(900), width=16, value=KeepAll())
+    assert keep.solved and keep.positions == free.positions and keep.solutions == free.solutions
+    assert not S.distinct_traces(lm, task, p, S.Budget(900), width=16, value=back, threshold=2.0).solved
+    # the eval binds it to its model, and refuses it to the searches that read states, not lines
+    bound = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value",), value=str(tmp_path / "h")))
+    assert bound.value.model is bound.ck["model"].model
+    with pytest.raises(ConfigError, match="only distinct-value"):
+        E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value"), value=str(tmp_path / "h")))
+
+
+def test_distinct_value_reads_the_shipped_head_by_default_and_the_others_the_set_network(tmp_path):
+    models = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value")))
+    dv, bv = E.parse_method("distinct-value"), E.parse_method("beam-value")
+    assert isinstance(models.value_for(dv), V.HeadValue) and models.value_for(dv).model is models.ck["model"].model
+    assert isinstance(models.value_for(bv), V.Value)
+    assert models.fingerprint(dv)["value"] != models.fingerprint(bv)["value"]
+    assert "value head" in models.shown
+    # a model of one's own: the shipped head cannot read it, so distinct-value prunes with the set network
+    tok = CharTokenizer.from_text(ALPHABET)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32)
+    save_checkpoint(tmp_path / "ck", Transformer(cfg).init_weights(torch.Generator().manual_seed(0)), tok,
+                    objective="ar")
+    own = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value",), model=str(tmp_path / "ck")))
+    assert own.head is None and isinstance(own.value_for(dv), V.Value)

@@ -191,6 +191,15 @@ def _train_value(args) -> int:
         raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
     cfg = ValueConfig(epochs=args.epochs, seed=args.seed)
     train, val, test = game24.split(game24.load_puzzles())
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+        train = train[:args.limit]
+    if args.kind == "head":
+        return _train_value_head(args, train, val, out)
+    if args.kind != "ar":
+        raise ConfigError(f"train-value --kind {args.kind!r}: use head (a value head on --model's hidden states) "
+                          "or leave it out (a network of its own)")
     if args.synthetic_up_to is not None:
         train = value_puzzles(train, args.synthetic_up_to, exclude=val + test)
 
@@ -279,6 +288,29 @@ def _export(args) -> int:
     return 0
 
 
+def _train_value_head(args, train, val, out: Path) -> int:
+    from ..experiments.game24_eval import SHIPPED_RUNS
+    from ..experiments.report import file_digest
+    from ..tasks.value import train_value_head
+    from ..training.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(args.model or SHIPPED_RUNS["model"], expect="ar")
+
+    def log(row):
+        if not args.quiet:
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, val AUC {row['val_auc']:.3f} "
+                  f"(three numbers left: {row['val_auc_3']:.3f}, two: {row['val_auc_2']:.3f})", flush=True)
+
+    value = train_value_head(ck.model, ck.tokenizer, file_digest(ck.path / "model.safetensors"), train, val,
+                             epochs=args.epochs, seed=args.seed, log=log)
+    value.save(out, force=args.force)
+    d, v = value.meta["data"], value.meta["val"]
+    print(f"wrote {out}: a value head on {args.model or 'the shipped model'}, trained on {d['train_states']:,} step "
+          f"lines of {d['train_puzzles']} training puzzles in {value.meta['seconds']:.0f} s; on the validation "
+          f"puzzles' {d['val_states']:,} AUC {v['val_auc']:.3f} (three numbers left: {v['val_auc_3']:.3f})")
+    return 0
+
+
 def register(add) -> None:
     """Add ``game24``; ``add(name, fn)`` returns the new subparser."""
     g = add("game24", cmd_game24)
@@ -292,8 +324,8 @@ def register(add) -> None:
                    help="data: also every puzzle with numbers up to this (one above 13) that can make 24; "
                         "train-value: every multiset up to this, solvable or not; less the held-out multisets")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
-                   "mgdm (a masked-diffusion model that solves alone, MGDM's recipe), or modes (the MoT "
-                   "model's branches trained winner-takes-all to divide the solutions)")
+                   "mgdm (MGDM's recipe), or modes (the MoT model's branches trained winner-takes-all); "
+                   "train-value: head (on --model's hidden states, for distinct-value)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--init", default=None,
                    help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes: the MoT "
@@ -330,7 +362,7 @@ def register(add) -> None:
                         "(default, chosen on the validation rows: 0.3 for distinct-value, else the value's own)")
     g.add_argument("--twist", type=float, default=None, help="distinct-value: weight kept rows by P(live) ** twist "
                    "(default: chosen on the validation rows)")
-    g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles")
+    g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles; train-value: N training")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
     g.add_argument("--thoughts-temperature", type=float, default=None,

@@ -252,6 +252,26 @@ class Models:
             if flag == "modes_model" and not modes_of(ck):
                 raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes")
             self.ck[flag] = ck
+        self.head = self.head_path = None  # distinct-value's own value: a head on the model, where one is
+        if hasattr(self.value, "bind"):  # --value names a value head: it reads the model it was trained on
+            others = [n for n in dict.fromkeys(names) if n in VALUE_METHODS and n != "distinct-value"]
+            if others:
+                raise ConfigError(f"{cfg.value} is a value head: only distinct-value can read it, not "
+                                  f"{', '.join(others)} (give those a value from mot game24 train-value)")
+            self.head, self.head_path = self.value, self.value_path
+        elif "distinct-value" in names and cfg.value is None and cfg.model is None:
+            from ..tasks.value import SHIPPED_HEAD, load_value
+
+            if (SHIPPED_HEAD / "value.safetensors").is_file():  # the shipped head, for the shipped model
+                self.head, self.head_path = load_value(SHIPPED_HEAD), SHIPPED_HEAD
+                self.shown["value head"] = f"{SHIPPED_HEAD.relative_to(SHIPPED.parent.parent)} (shipped)"
+        if self.head is not None:
+            ck = self.ck["model"]
+            self.head.bind(ck.model, ck.tokenizer, file_digest(ck.path / "model.safetensors"))
+
+    def value_for(self, spec: MethodSpec):
+        """The value ``spec`` searches with: distinct-value's head where there is one, else the value."""
+        return self.head if spec.name == "distinct-value" and self.head is not None else self.value
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
         key = (flag, temperature, creativity)
@@ -286,8 +306,8 @@ class Models:
                 f = self.ck[flag].path / "model.safetensors"
                 out[flag] = file_digest(f)
         if spec.name in VALUE_METHODS:
-            f = self.value_path / "value.safetensors" if self.value_path else None
-            out["value"] = file_digest(f) if f else "solver"
+            path = self.head_path if self.value_for(spec) is self.head and self.head is not None else self.value_path
+            out["value"] = file_digest(path / "value.safetensors") if path else "solver"
         return out
 
 
@@ -310,7 +330,7 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name == "sample":
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
     elif spec.name in ("distinct", "distinct-value"):
-        value = models.value if spec.name == "distinct-value" else None
+        value = models.value_for(spec) if spec.name == "distinct-value" else None
         r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed, value=value,
                               threshold=cfg.threshold_for(spec, value), twist=cfg.twist_for(spec))
     elif spec.name == "thoughts":
@@ -361,7 +381,7 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
     if spec.name in ("mcts", "mcts-value") and cfg.c_puct is not None:  # records at the default keep their key
         key["c_puct"] = cfg.c_puct
     if spec.name in VALUE_METHODS:
-        key["threshold"] = cfg.threshold_for(spec, models.value)
+        key["threshold"] = cfg.threshold_for(spec, models.value_for(spec))
     if spec.name == "distinct-value" and cfg.twist_for(spec):  # records without a twist keep their key
         key["twist"] = cfg.twist_for(spec)
     if spec.name == "hybrid":

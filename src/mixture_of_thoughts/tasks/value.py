@@ -13,6 +13,12 @@ logit. A read is charged to the search budget at one position per character of t
 (``"4 9 -> 24"``, :meth:`Value.cost`), as if a character model read it: more than the network's own
 token count, so a search that uses the value pays at least what the value costs.
 
+A *value head* (:class:`HeadValue`) reads the language model itself instead: a small MLP on the model's
+hidden states at the end of the step line that reached the state, trained on solver-labelled lines of
+the training puzzles; its reads cost no positions (the row already wrote them), and it is what
+``distinct-value`` prunes with by default (``assets/game24/value-head``, ``mot game24 train-value --kind
+head``).
+
 The trained value ships in ``assets/game24/value`` (``value.safetensors`` and ``value.json``:
 vocabulary, sizes, training history, validation figures, the pruning threshold chosen on validation);
 ``mot game24 train-value`` rebuilds it.
@@ -42,6 +48,7 @@ WEIGHTS, META = "value.safetensors", "value.json"
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
 SHIPPED = Path(__file__).parent.parent / "assets" / "game24" / "value"
+SHIPPED_HEAD = SHIPPED.parent / "value-head"  # distinct-value's default: a head on the shipped model
 
 
 # ------------------------------------------------------------------------------------ data
@@ -219,17 +226,179 @@ class Value:
 
     def save(self, out: str | Path, *, force: bool = False) -> Path:
         """``value.safetensors`` and ``value.json`` in ``out``, written under temporary names and renamed."""
-        out = Path(out)
-        if (out / WEIGHTS).exists() and not force:
-            raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
-        out.mkdir(parents=True, exist_ok=True)
-        tmp_w, tmp_m = out / (WEIGHTS + ".tmp"), out / (META + ".tmp")
-        save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()}, str(tmp_w))
         meta = {"config": asdict(self.cfg), "vocab": sorted(self.vocab, key=self.vocab.get), **self.meta}
-        tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        tmp_w.replace(out / WEIGHTS)
-        tmp_m.replace(out / META)
-        return out
+        return _save(out, self.net, meta, force)
+
+
+def _save(out: str | Path, net: nn.Module, meta: dict, force: bool) -> Path:
+    out = Path(out)
+    if (out / WEIGHTS).exists() and not force:
+        raise ConfigError(f"{out} already holds a value: pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_w, tmp_m = out / (WEIGHTS + ".tmp"), out / (META + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp_w))
+    tmp_m.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    tmp_w.replace(out / WEIGHTS)
+    tmp_m.replace(out / META)
+    return out
+
+
+class HeadNet(nn.Module):
+    """Features of the language model at a step line's end -> one logit of "solvable": the features
+    standardised by the training set's mean and spread (buffers), then a one-hidden-layer MLP."""
+
+    def __init__(self, n_features: int, hidden: int = 256):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.mlp = nn.Sequential(nn.Linear(n_features, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.mlp((f - self.mean) / self.std).squeeze(-1)
+
+
+@torch.no_grad()
+def line_features(model, tokenizer, texts: list[str], batch: int = 512) -> torch.Tensor:
+    """The language model's final hidden states (after its last norm) at the last two characters of each
+    text (a step line's ``)`` and its newline), side by side: ``(len(texts), 2 * n_embd)``. One padded,
+    batched forward per ``batch`` texts (causal, so the padding on the right changes nothing)."""
+    model.eval()
+    seen: list[torch.Tensor] = []
+    hook = model.norm_f.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    try:
+        out = []
+        for i in range(0, len(texts), batch):
+            chunk = texts[i:i + batch]
+            ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
+            for j, t in enumerate(chunk):  # building a batch from Python strings is per row by nature
+                ids[j, :len(t)] = torch.tensor(tokenizer.encode(t))
+            last = torch.tensor([len(t) - 1 for t in chunk])
+            seen.clear()
+            model(ids, aux=False)
+            h, rows = seen[-1], torch.arange(len(chunk))
+            out.append(torch.cat([h[rows, last], h[rows, last - 1]], -1).float())
+    finally:
+        hook.remove()
+    return torch.cat(out) if out else torch.zeros(0, 2 * model.config.n_embd)
+
+
+class HeadValue:
+    """A value read off the language model itself (the issue's "head on the AR model"): a small MLP on
+    the model's hidden states at the end of the step line that reached a state. The row has already
+    written (and paid for) those positions, so a read is charged nothing (:meth:`cost` 0); it needs the
+    text of the row, so only the search inside the sampler (``distinct-value``) can use it, and only
+    with the model it was trained on (:meth:`bind` checks the model file's sha256)."""
+
+    def __init__(self, net: HeadNet, meta: dict):
+        self.net, self.meta = net.eval(), dict(meta)
+        self.model = self.tokenizer = None
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+    def bind(self, model, tokenizer, digest: str) -> HeadValue:
+        """Read with ``model`` (whose ``model.safetensors`` has sha256 ``digest``): the one trained on."""
+        if digest != self.meta.get("model"):
+            raise ConfigError(f"this value head was trained on the model with sha256 {self.meta.get('model')}, "
+                              f"not {digest}: train one for this model with mot game24 train-value --kind head "
+                              "--model <run>")
+        self.model, self.tokenizer = model, tokenizer
+        return self
+
+    @staticmethod
+    def cost(state: game24.State) -> int:
+        return 0
+
+    def probs(self, states: list[game24.State]) -> np.ndarray:
+        raise ConfigError("a value head reads the model's hidden states at the end of a row's step line: only "
+                          "distinct-value can use it (beam-value and mcts-value need a value trained with "
+                          "mot game24 train-value)")
+
+    @torch.no_grad()
+    def probs_texts(self, texts: list[str]) -> np.ndarray:
+        """P(solvable) of the state each text (the prompt and its step lines, each ending ``\n``) reaches."""
+        if self.model is None:
+            raise ConfigError("bind the value head to its model first (HeadValue.bind)")
+        return torch.sigmoid(self.net(line_features(self.model, self.tokenizer, texts))).numpy()
+
+    def save(self, out: str | Path, *, force: bool = False) -> Path:
+        return _save(out, self.net, {"kind": "head", **self.meta}, force)
+
+
+def head_examples(puzzles, *, second: int = 3, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(texts, solvable, numbers left)`` for a value head: every first step of each puzzle (prompt and
+    line), and every second step after ``second`` first steps drawn at random (seeded), labelled by the
+    solver. Pass training puzzles only."""
+    rng = np.random.default_rng(seed)
+    texts, ys, left = [], [], []
+    for q in puzzles:
+        s = game24.State.start(q)
+        moves = s.moves()
+        firsts = [(st, s.apply(st)) for st in moves]
+        deeper = set(rng.choice(len(firsts), min(second, len(firsts)), replace=False).tolist()) if firsts else set()
+        for i, (st, c) in enumerate(firsts):
+            line = s.prompt() + st.line(c.numbers) + "\n"
+            todo = [(line, c)]
+            if i in deeper:
+                todo += [(line + st2.line(c.apply(st2).numbers) + "\n", c.apply(st2)) for st2 in c.moves()]
+            for text, state in todo:
+                texts.append(text)
+                ys.append(game24.solvable(tuple(sorted(state.numbers))))
+                left.append(len(state.numbers))
+    return texts, np.array(ys, dtype=bool), np.array(left)
+
+
+def train_value_head(model, tokenizer, digest: str, train_puzzles, val_puzzles, *, epochs: int = 8,
+                     seed: int = 0, log=None) -> HeadValue:
+    """Train a :class:`HeadValue` for ``model`` (sha256 ``digest``) on the steps of ``train_puzzles``
+    (:func:`head_examples`, solver labels), measure it on those of ``val_puzzles``, and pick the
+    threshold there as :func:`train_value` does."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"value head epochs must be an integer >= 1, got {epochs!r}")
+    t0 = time.time()
+    texts, y, _ = head_examples(train_puzzles, seed=seed)
+    if not texts:
+        raise DataError("no training states: give at least one training puzzle")
+    vtexts, vy, vleft = head_examples(val_puzzles, seed=seed)
+    f, vf = line_features(model, tokenizer, texts), line_features(model, tokenizer, vtexts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = HeadNet(f.shape[1])
+    net.mean.copy_(f.mean(0))
+    net.std.copy_(f.std(0) + 1e-5)
+    yt = torch.tensor(y, dtype=torch.float32)
+    pos_weight = ((1 - yt.mean()) / yt.mean().clamp_min(1e-6)).detach()
+    opt = torch.optim.AdamW(net.mlp.parameters(), lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed + 1)
+    value, history = HeadValue(net, {}), []
+    for epoch in range(epochs):
+        net.train()
+        perm, total = torch.randperm(len(y), generator=g), 0.0
+        for i in range(0, len(y), 512):
+            idx = perm[i:i + 512]
+            loss = nn.functional.binary_cross_entropy_with_logits(net(f[idx]), yt[idx], pos_weight=pos_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        net.eval()
+        with torch.no_grad():
+            vp = torch.sigmoid(net(vf)).numpy() if len(vy) else np.zeros(0)
+        three = vleft == 3
+        row = {"epoch": epoch + 1, "train_loss": total / len(y), "val_auc": _auc(vp, vy),
+               "val_auc_3": _auc(vp[three], vy[three]), "val_auc_2": _auc(vp[~three], vy[~three])}
+        history.append(row)
+        if log is not None:
+            log(row)
+    threshold = choose_threshold(vp, vy)
+    value.meta = {"threshold": threshold, "model": digest, "history": history, "epochs": epochs, "seed": seed,
+                  "data": {"train_puzzles": len(train_puzzles), "train_states": len(y),
+                           "train_solvable": float(y.mean()), "val_puzzles": len(val_puzzles),
+                           "val_states": len(vy)},
+                  "val": {**history[-1], **(classify(vp, vy, threshold) if len(vy) else {})},
+                  "seconds": time.time() - t0}
+    return value
 
 
 class SolverValue:
@@ -246,7 +415,7 @@ class SolverValue:
     cost = staticmethod(Value.cost)
 
 
-def load_value(path: str | Path | None = None) -> Value:
+def load_value(path: str | Path | None = None) -> Value | HeadValue:
     """A value saved by :meth:`Value.save` (default: the shipped one); a clear error for anything else."""
     p = Path(path) if path is not None else SHIPPED
     if not (p / WEIGHTS).is_file() or not (p / META).is_file():
@@ -254,6 +423,11 @@ def load_value(path: str | Path | None = None) -> Value:
                           f"mot game24 train-value --out {p}")
     try:
         meta = json.loads((p / META).read_text(encoding="utf-8"))
+        if meta.pop("kind", None) == "head":
+            weights = load_file(str(p / WEIGHTS))
+            head = HeadNet(weights["mean"].numel(), weights["mlp.0.weight"].shape[0])
+            head.load_state_dict(weights)
+            return HeadValue(head, meta)
         cfg = ValueConfig(**meta.pop("config"))
         vocab = {w: i for i, w in enumerate(meta.pop("vocab"))}
         net = ValueNet(len(vocab), cfg)

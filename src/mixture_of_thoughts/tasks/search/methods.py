@@ -52,7 +52,8 @@ def distinct_traces(lm: LineModel, task: Task, puzzle, budget: Budget, *, width:
 
     With a ``value`` the beam searches (``distinct-value``): each step line a row writes is checked
     (a line that is not a valid step from the row's state drops the row, free, as beam search drops
-    invalid proposals), the state it reaches is read by the value (charged, :func:`judge`'s cost) and
+    invalid proposals), the state it reaches is read by the value (charged, :func:`judge`'s cost; a
+    value head, :class:`..value.HeadValue`, reads the row's own line from the model, free) and
     a row whose state is below the threshold is dropped, its place in the beam taken by other
     continuations; a state of one number is judged by the verifier, free. With ``twist`` > 0 a kept
     row's completions are weighted by ``P(live) ** twist``: the beam samples without replacement from
@@ -90,8 +91,9 @@ def _line_pruner(task: Task, start, value: StateValue, cut: float, twist: float 
                     w[j] = 0.0 if s.solved else drop
                 elif s is not start:
                     open_.append((j, s))
-        if open_:
-            p = value.probs([s for _, s in open_])
+        if open_:  # a value head (value.HeadValue) reads the row's own text, the others its state
+            reads = getattr(value, "probs_texts", None)
+            p = reads([start.prompt() + texts[j] for j, _ in open_]) if reads else value.probs([s for _, s in open_])
             for (j, s), q in zip(open_, p, strict=True):
                 q = float(q)
                 w[j] = drop if q < cut else twist * math.log(max(q, 1e-6))
