@@ -288,6 +288,9 @@ def test_cli_train_value(tmp_path, capsys, monkeypatch):
     assert isinstance(V.load_value(tmp_path / "h"), V.HeadValue)
     assert main(["game24", "train-value", "--kind", "mot", "--out", str(tmp_path / "k")]) == 2
     assert "--kind 'mot'" in capsys.readouterr().err
+    head_more = ["game24", "train-value", "--kind", "head", "--out", str(tmp_path / "k"), "--synthetic-up-to", "16"]
+    assert main(head_more) == 2
+    assert "leave out --synthetic-up-to" in capsys.readouterr().err and not (tmp_path / "k").exists()
     assert main(["game24", "train-value", "--out", str(out), "--epochs", "1"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["game24", "solve", "4 5 6 10", "--method", "beam-value", "--value", str(tmp_path / "no")]) == 2

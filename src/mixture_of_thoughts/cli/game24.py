@@ -196,6 +196,9 @@ def _train_value(args) -> int:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         train = train[:args.limit]
     if args.kind == "head":
+        if args.synthetic_up_to is not None:
+            raise ConfigError("train-value --kind head learns from the training puzzles' step lines: leave out "
+                              "--synthetic-up-to (it adds puzzles to the network of its own)")
         return _train_value_head(args, train, val, out)
     if args.kind != "ar":
         raise ConfigError(f"train-value --kind {args.kind!r}: use head (a value head on --model's hidden states) "

@@ -269,9 +269,12 @@ class Models:
             ck = self.ck["model"]
             self.head.bind(ck.model, ck.tokenizer, file_digest(ck.path / "model.safetensors"))
 
+    def _reads_head(self, spec: MethodSpec) -> bool:
+        return spec.name == "distinct-value" and self.head is not None
+
     def value_for(self, spec: MethodSpec):
         """The value ``spec`` searches with: distinct-value's head where there is one, else the value."""
-        return self.head if spec.name == "distinct-value" and self.head is not None else self.value
+        return self.head if self._reads_head(spec) else self.value
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
         key = (flag, temperature, creativity)
@@ -306,7 +309,7 @@ class Models:
                 f = self.ck[flag].path / "model.safetensors"
                 out[flag] = file_digest(f)
         if spec.name in VALUE_METHODS:
-            path = self.head_path if self.value_for(spec) is self.head and self.head is not None else self.value_path
+            path = self.head_path if self._reads_head(spec) else self.value_path
             out["value"] = file_digest(path / "value.safetensors") if path else "solver"
         return out
 

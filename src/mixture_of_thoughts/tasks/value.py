@@ -341,7 +341,7 @@ def head_examples(puzzles, *, second: int = 3, seed: int = 0) -> tuple[list[str]
             line = s.prompt() + st.line(c.numbers) + "\n"
             todo = [(line, c)]
             if i in deeper:
-                todo += [(line + st2.line(c.apply(st2).numbers) + "\n", c.apply(st2)) for st2 in c.moves()]
+                todo += [(line + st2.line(d.numbers) + "\n", d) for st2, d in ((m, c.apply(m)) for m in c.moves())]
             for text, state in todo:
                 texts.append(text)
                 ys.append(game24.solvable(tuple(sorted(state.numbers))))
