@@ -130,6 +130,80 @@ def test_hybrid_infills_after_the_first_steps():
     assert poor.positions <= 3000
 
 
+class SlipInfiller(ScriptedInfiller):
+    """The scripted infiller, but its first infill of each prompt writes one right step, then a wrong one."""
+
+    def __init__(self):
+        self.seen, self.prompts = set(), []
+
+    def complete(self, prompts, seeds, length):
+        self.prompts.append(list(prompts))
+        out = super().complete(prompts, seeds, length)
+        for i, p in enumerate(prompts):
+            if p not in self.seen:
+                self.seen.add(p)
+                out[i] = (out[i][0].split("\n")[0] + "\n1 + 1 = 3 (left: 3)\n", out[i][1])
+        return out
+
+
+class ConstValue:
+    """A value that puts every state at ``p``, read for ``cost`` positions."""
+
+    def __init__(self, p: float, cost: int = 0):
+        self.p, self.threshold, self.c = p, 0.5, cost
+
+    def probs(self, states):
+        return [self.p] * len(states)
+
+    def cost(self, state):
+        return self.c
+
+
+def test_kept_lines_stop_at_the_first_step_the_verifier_rejects():
+    task, s = S.Game24Task(), g.State.start((4, 5, 6, 10))
+    state, lines = S.methods._kept_lines(task, s, "10 - 6 = 4 (left: 4 4 5)\n4 * 4 = 17 (left: 5 17)\n5 + 17 = 22\n")
+    assert lines == "10 - 6 = 4 (left: 4 4 5)\n" and sorted(state.numbers) == [4, 4, 5]
+    # a last step that ends away from 24 is not kept: a repair rewrites it
+    miss = "10 - 6 = 4 (left: 4 4 5)\n4 * 5 = 20 (left: 4 20)\n4 + 20 = 24 (left: 24)\n"
+    state, lines = S.methods._kept_lines(task, s, miss.replace("4 + 20 = 24 (left: 24)", "20 - 4 = 16 (left: 16)"))
+    assert lines.count("\n") == 2 and not state.done
+    state, lines = S.methods._kept_lines(task, s, miss + "answer: whatever\n")
+    assert lines == miss and state.solved
+
+
+def test_hybrid_repairs_rewrite_what_follows_the_last_right_step():
+    task, p = S.Game24Task(), (4, 5, 6, 10)
+    slip = SlipInfiller()
+    none = S.hybrid(ScriptedLM(solve_first=True), slip, task, p, S.Budget(3000), batch=2, depth=1)
+    assert none.attempts > 0 and not none.solved  # every first infill slips, and nothing repairs it
+    slip = SlipInfiller()
+    r = S.hybrid(ScriptedLM(solve_first=True), slip, task, p, S.Budget(8000), batch=2, depth=1, repairs=1)
+    assert r.solved and r.attempts >= 2
+    first, repair = slip.prompts[:2]
+    # the repair's prompt is the first's with the right step the row wrote, the wrong one dropped
+    assert all(b.startswith(a) and b.count("\n") == a.count("\n") + 1 for a, b in zip(first, repair, strict=True))
+    for key, text in r.solutions.items():
+        assert g.check_trace(p, text) == key
+
+
+def test_hybrid_value_and_depth_pick_the_directions():
+    task, p = S.Game24Task(), (4, 5, 6, 10)
+    deep = SlipInfiller()
+    r = S.hybrid(ScriptedLM(solve_first=True), deep, task, p, S.Budget(6000), batch=2, depth=2, repairs=1)
+    assert r.solved and all(q.count("\n") >= 4 for q in deep.prompts[0])  # the prompt, two steps by the search
+    keep = S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(3000), batch=2,
+                    value=ConstValue(1.0))
+    plain = S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(3000), batch=2)
+    assert keep.method == "hybrid-value" and keep.found == plain.found and keep.positions == plain.positions
+    # a value that drops every direction: proposals asked again and again, no infill, the budget kept to
+    drop = S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(3000), value=ConstValue(0.0))
+    assert not drop.solved and drop.attempts == 0 and drop.positions <= 3000
+    # the value's reads are charged
+    paid = S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(3000), batch=2,
+                    value=ConstValue(1.0, cost=50))
+    assert paid.found != plain.found or paid.positions != plain.positions
+
+
 def test_infiller_with_a_tiny_diffusion_model(tiny_model_factory):
     from mixture_of_thoughts.config import ModelConfig
     from mixture_of_thoughts.models.transformer import Transformer
@@ -283,6 +357,8 @@ def test_every_method_is_anytime():
         "mcts": lambda b: S.mcts(ScriptedLM(0.7, True), task, p, S.Budget(b), proposals=4, seed=2),
         "hybrid": lambda b: S.hybrid(ScriptedLM(solve_first=True), ScriptedInfiller(), task, p, S.Budget(b),
                                      proposals=3, batch=2),
+        "hybrid, depth 2, repairs": lambda b: S.hybrid(ScriptedLM(solve_first=True), SlipInfiller(), task, p,
+                                                       S.Budget(b), proposals=3, batch=2, depth=2, repairs=2),
         "random": lambda b: S.random_steps(task, (1, 1, 4, 6), S.Budget(b), seed=2),
     }
     for name, run in runs.items():
@@ -616,3 +692,27 @@ def test_a_pruning_hook_that_weights_rows_reads_them_later(tiny_model_factory):
     assert before != sorted(before)  # unweighted, such a row leads some other
     assert hit == sorted(hit)  # weighted, every one comes after every other (or leaves the beam)
     assert len(set(rows)) == len(rows)
+
+
+def test_hybrid_value_from_the_command_line_and_its_knobs(capsys, tmp_path):
+    """The shipped AR model, value head and denoiser: solve runs the hybrid with the knobs chosen on the
+    validation rows (recorded in the eval's key); bad knobs are one-line errors."""
+    import json
+
+    from mixture_of_thoughts.cli import main
+    from mixture_of_thoughts.experiments import game24_eval as E
+
+    rc = main(["game24", "solve", "4 5 6 10", "--method", "hybrid-value", "--budget", "3600", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc in (0, 1) and out["method"] == "hybrid-value" and 0 < out["positions"] <= 3600
+    assert all(g.check_trace((4, 5, 6, 10), t) for t in out["solutions"])
+    cfg = E.Game24EvalConfig(methods=("hybrid-value",), budgets=(900,), puzzles=[(4, 5, 6, 10)],
+                             out=str(tmp_path / "rep"))
+    E.run_eval(cfg)
+    key = json.loads((tmp_path / "rep" / "methods" / "hybrid-value.json").read_text())["key"]
+    assert (key["depth"], key["diffusion_steps"], key["repairs"]) == (2, 4, 0) and "threshold" in key
+    for args, match in ((["--depth", "3"], "--depth is 1 or 2"), (["--repairs", "-1"], "--repairs must"),
+                        (["--diffusion-steps", "0"], "--diffusion-steps must")):
+        assert main(["game24", "solve", "4 5 6 10", "--method", "hybrid", *args]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1

@@ -364,6 +364,13 @@ def test_a_value_head_reads_the_models_own_lines_and_costs_nothing(tmp_path):
     f = V.line_features(ck.model, ck.tokenizer, texts[:5])
     alone = torch.cat([V.line_features(ck.model, ck.tokenizer, [t]) for t in texts[:5]])
     assert f.shape == (5, 2 * ck.model.config.n_embd) and torch.allclose(f, alone, atol=1e-5)
+    # the states a search's row computes: the text read after the blank line the row starts from
+    seen = []
+    hook = ck.model.norm_f.register_forward_hook(lambda mod, inp, out: seen.append(out))
+    with torch.no_grad():
+        ck.model(torch.tensor([ck.tokenizer.encode(S.BLOCK_SEP + texts[0])]), aux=False)
+    hook.remove()
+    assert torch.allclose(f[0], torch.cat([seen[0][0, -1], seen[0][0, -2]]), atol=1e-5)
 
     head = V.train_value_head(ck.model, ck.tokenizer, digest, PUZZLES[:6], PUZZLES[6:8], epochs=3)
     h = head.meta["history"]
@@ -378,7 +385,7 @@ def test_a_value_head_reads_the_models_own_lines_and_costs_nothing(tmp_path):
     head.bind(ck.model, ck.tokenizer, digest)
     back.bind(ck.model, ck.tokenizer, digest)
     np.testing.assert_allclose(back.probs_texts(texts[:8]), head.probs_texts(texts[:8]), atol=1e-6)
-    with pytest.raises(ConfigError, match="only distinct-value"):
+    with pytest.raises(ConfigError, match="probs_texts"):
         back.probs([s])
     assert back.cost(s) == 0
 
@@ -398,20 +405,35 @@ def test_a_value_head_reads_the_models_own_lines_and_costs_nothing(tmp_path):
     free = S.distinct_traces(lm, task, p, S.Budget(900), width=16, value=KeepAll())
     assert keep.solved and keep.positions == free.positions and keep.solutions == free.solutions
     assert not S.distinct_traces(lm, task, p, S.Budget(900), width=16, value=back, threshold=2.0).solved
-    # the eval binds it to its model, and refuses it to the searches that read states, not lines
-    bound = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value",), value=str(tmp_path / "h")))
+    # beam search and MCTS hand it the text each child's row wrote: its reads are charged nothing, and it prunes
+    class Ledger(S.Budget):
+        def take(self, costs):
+            self.takes = [*getattr(self, "takes", []), list(costs)]
+            return super().take(costs)
+
+    for search in (S.beam_search, S.mcts):
+        ledger = Ledger(900)
+        assert search(lm, task, p, ledger, value=back, threshold=-1.0).solved
+        reads = [t for t in ledger.takes if t and not any(t)]  # the value's reads: one zero per state
+        assert reads and all(all(c > 0 for c in t) for t in ledger.takes if t not in reads)
+    assert not S.beam_search(lm, task, p, S.Budget(900), value=back, threshold=2.0).solved  # (MCTS rolls out)
+    # the eval binds it to its model, for every search that reads a value
+    bound = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value", "mcts-value"),
+                                                  value=str(tmp_path / "h")))
     assert bound.value.model is bound.ck["model"].model
-    with pytest.raises(ConfigError, match="only distinct-value"):
-        E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value"), value=str(tmp_path / "h")))
+    assert all(bound.value_for(E.parse_method(m)) is bound.value for m in ("beam-value", "mcts-value"))
 
 
-def test_distinct_value_reads_the_shipped_head_by_default_and_the_others_the_set_network(tmp_path):
-    models = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value")))
-    dv, bv = E.parse_method("distinct-value"), E.parse_method("beam-value")
-    assert isinstance(models.value_for(dv), V.HeadValue) and models.value_for(dv).model is models.ck["model"].model
-    assert isinstance(models.value_for(bv), V.Value)
-    assert models.fingerprint(dv)["value"] != models.fingerprint(bv)["value"]
-    assert "value head" in models.shown
+def test_the_searches_read_the_shipped_head_by_default_and_the_set_network_when_asked(tmp_path):
+    dv, bv, mv = (E.parse_method(m) for m in ("distinct-value", "beam-value", "mcts-value"))
+    models = E.load_line_models(E.Game24EvalConfig(methods=("distinct-value", "beam-value", "mcts-value")))
+    for spec in (dv, bv, mv):
+        head = models.value_for(spec)
+        assert isinstance(head, V.HeadValue) and head.model is models.ck["model"].model
+    assert "value head" in models.shown and "value" not in models.shown  # the set network is not read
+    net = E.load_line_models(E.Game24EvalConfig(methods=("beam-value",), value=str(V.SHIPPED)))
+    assert net.head is None and isinstance(net.value_for(bv), V.Value)
+    assert models.fingerprint(bv)["value"] != net.fingerprint(bv)["value"]
     # a model of one's own: the shipped head cannot read it, so distinct-value prunes with the set network
     tok = CharTokenizer.from_text(ALPHABET)
     cfg = ModelConfig(vocab_size=tok.vocab_size, block_size=192, n_layer=2, n_head=2, n_embd=32)

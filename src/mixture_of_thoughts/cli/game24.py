@@ -222,6 +222,14 @@ def _train_value(args) -> int:
     return 0
 
 
+def _knobs(args) -> dict:
+    """The models and the methods' knobs, as solve and eval share them."""
+    names = ("model", "mot_model", "diffusion_model", "mgdm_model", "mgdm_steps", "diffusion_steps", "repairs",
+             "depth", "modes_model", "value", "threshold", "twist", "width", "proposals", "temperature",
+             "creativity", "seed", "device")
+    return {n: getattr(args, n) for n in names}
+
+
 def _solve(args) -> int:
     from ..experiments.game24_eval import Game24EvalConfig, load_line_models, parse_method, run_method
     from ..tasks import game24, mgdm
@@ -234,13 +242,7 @@ def _solve(args) -> int:
         raise ConfigError(f"--budget must be a whole number of token positions >= 1, got {args.budget}")
     if method != "solver":
         parse_method(method)  # one-line error for an unknown method or a bad knob
-    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
-                           value=args.value, threshold=args.threshold, twist=args.twist, width=args.width,
-                           proposals=args.proposals,
-                           methods=(method,) if method != "solver" else (), budgets=(args.budget,),
-                           temperature=args.temperature, creativity=args.creativity, seed=args.seed,
-                           device=args.device)
+    cfg = Game24EvalConfig(methods=(method,) if method != "solver" else (), budgets=(args.budget,), **_knobs(args))
     models = load_line_models(cfg) if method != "solver" else None
     r = run_method(method, puzzle, args.budget, models=models, cfg=cfg)
     if args.json:
@@ -265,14 +267,9 @@ def _eval(args) -> int:
         budgets = tuple(int(x) for x in args.budgets.split(","))
     except ValueError:
         raise ConfigError(f"--budgets takes whole numbers separated by commas, got {args.budgets!r}") from None
-    cfg = Game24EvalConfig(model=args.model, mot_model=args.mot_model, diffusion_model=args.diffusion_model,
-                           mgdm_model=args.mgdm_model, mgdm_steps=args.mgdm_steps, modes_model=args.modes_model,
-                           methods=tuple(args.methods.split(",")), split=args.split, value=args.value,
-                           threshold=args.threshold, twist=args.twist, c_puct=args.c_puct,
-                           budgets=budgets, limit=args.limit, width=args.width, proposals=args.proposals,
-                           thoughts_temperature=args.thoughts_temperature, temperature=args.temperature,
-                           creativity=args.creativity, seed=args.seed, out=args.out or "reports/game24",
-                           device=args.device, command=typed_command("game24"))
+    cfg = Game24EvalConfig(methods=tuple(args.methods.split(",")), split=args.split, c_puct=args.c_puct,
+                           budgets=budgets, limit=args.limit, thoughts_temperature=args.thoughts_temperature,
+                           out=args.out or "reports/game24", command=typed_command("game24"), **_knobs(args))
     res = run_eval(cfg, track=None if args.quiet else tqdm_track)
     print(f"report: {cfg.out}/report.md ({res['n_puzzles']} puzzles, {res['seconds']:.0f} s)")
     for r in res["rows"]:
@@ -328,7 +325,7 @@ def register(add) -> None:
                         "train-value: every multiset up to this, solvable or not; less the held-out multisets")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
                    "mgdm (MGDM's recipe), or modes (the MoT model's branches trained winner-takes-all); "
-                   "train-value: head (on --model's hidden states, for distinct-value)")
+                   "train-value: head (on --model's hidden states, for the -value methods)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--init", default=None,
                    help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes: the MoT "
@@ -341,30 +338,11 @@ def register(add) -> None:
     g.add_argument("--method", default="distinct-value@0.7",
                    help="solve: distinct-value@0.7 (traces sampled without replacement at T = 0.7, the beam "
                    "pruned by the learned value: best on the validation rows), distinct, beam-value, beam, sample, "
-                   "thoughts, modes, mcts, mcts-value, hybrid, mgdm, random or solver (@ sets a knob: sample@0.7)")
+                   "thoughts, modes, mcts, mcts-value, hybrid, hybrid-value, mgdm, random or solver (@ sets a knob: "
+                   "sample@0.7)")
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
-    g.add_argument("--width", type=int, default=5, help="beam: states kept per level (the widest pass)")
-    g.add_argument("--proposals", type=int, default=None,
-                   help="beam, mcts, hybrid: next lines asked per state (default: chosen on the validation rows, "
-                        "2 for beam and beam-value, 8 for mcts, mcts-value and hybrid)")
-    g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
-    g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
-    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
-    g.add_argument("--mot-model", default=None, help="a MoT run (thoughts; default: shipped)")
-    g.add_argument("--diffusion-model", default=None, help="a diffusion run (hybrid; default: shipped)")
-    g.add_argument("--mgdm-model", default=None, help="a run of train --kind mgdm (mgdm; default: shipped)")
-    g.add_argument("--modes-model", default=None, help="a run of train --kind modes (modes; default: shipped)")
-    g.add_argument("--mgdm-steps", type=int, default=8, help="mgdm: denoising steps (steps x length positions)")
-    g.add_argument("--value", default=None,
-                   help="a value from train-value (beam-value, mcts-value, distinct-value; default: shipped), or "
-                   "solver: the exact solver as the value's ceiling, with --split val only")
-    g.add_argument("--c-puct", type=float, default=None, help="mcts, mcts-value: exploration constant (default 1.5)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="beam-value, mcts-value, distinct-value: prune states the value puts below this "
-                        "(default, chosen on the validation rows: 0.3 for distinct-value, else the value's own)")
-    g.add_argument("--twist", type=float, default=None, help="distinct-value: weight kept rows by P(live) ** twist "
-                   "(default: chosen on the validation rows)")
+    _method_arguments(g)
     g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles; train-value: N training")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
@@ -374,3 +352,31 @@ def register(add) -> None:
     g.add_argument("--json", action="store_true", help="solve: one JSON line")
     g.add_argument("--device", default=None)
     g.add_argument("--quiet", action="store_true")
+
+
+def _method_arguments(g) -> None:
+    """The models ``solve`` and ``eval`` read, and the methods' knobs."""
+    g.add_argument("--width", type=int, default=5, help="beam: states kept per level (the widest pass)")
+    g.add_argument("--proposals", type=int, default=None,
+                   help="beam, mcts, hybrid: next lines asked per state (default: chosen on the validation rows, "
+                        "2 for beam and beam-value, 8 for mcts, mcts-value and hybrid)")
+    g.add_argument("--budget", type=int, default=1800, help="solve: model token positions to spend")
+    g.add_argument("--budgets", default="450,1800,7200", help="eval: budgets, comma-separated")
+    g.add_argument("--model", default=None, help="an autoregressive run (sample, beam, mcts; default: shipped)")
+    for flag, what in (("mot", "a MoT run (thoughts"), ("diffusion", "a diffusion run (hybrid, hybrid-value"),
+                       ("mgdm", "a run of train --kind mgdm (mgdm"), ("modes", "a run of train --kind modes (modes")):
+        g.add_argument(f"--{flag}-model", default=None, help=f"{what}; default: shipped)")
+    for flag, n, what in (("mgdm-steps", 8, "mgdm: denoising steps (steps x length positions)"),
+                          ("diffusion-steps", 4, "hybrid, hybrid-value: denoising steps of an infill"),
+                          ("repairs", 0, "hybrid, hybrid-value: repairs of a trace the verifier rejects"),
+                          ("depth", 2, "hybrid, hybrid-value: steps the search picks before diffusion")):
+        g.add_argument(f"--{flag}", type=int, default=n, help=what)
+    g.add_argument("--value", default=None,
+                   help="a value from train-value (the -value methods; default: the shipped value head, with --model "
+                   "the shipped set network), or solver: the exact solver as a ceiling (with --split val only)")
+    g.add_argument("--c-puct", type=float, default=None, help="mcts, mcts-value: exploration constant (default 1.5)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="the -value methods: prune states the value puts below this "
+                        "(default, chosen on the validation rows: 0.3 for distinct-value, else the value's own)")
+    g.add_argument("--twist", type=float, default=None, help="distinct-value: weight kept rows by P(live) ** twist "
+                   "(default: chosen on the validation rows)")

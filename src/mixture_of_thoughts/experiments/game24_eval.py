@@ -12,8 +12,9 @@ and ``hybrid@0.8`` set their proposal temperature). ``distinct`` is best-of-N ov
 without replacement (stochastic beam search: no two attempts of a batch are the same text;
 ``distinct@0.7`` at temperature 0.7). ``beam-value`` and ``mcts-value`` are beam search
 and MCTS ranking and pruning states with a learned value (:mod:`..tasks.value`; ``--value``, default
-the shipped one; its reads are charged to the budget); ``distinct-value`` is the beam of ``distinct``
-pruned by it, each time a row ends a step line. ``mgdm`` is the masked-diffusion model alone,
+with the shipped model the shipped value head, which reads the model's own hidden states for free, else
+the shipped set network, whose reads are charged to the budget); ``distinct-value`` is the beam of
+``distinct`` pruned by it, each time a row ends a step line. ``mgdm`` is the masked-diffusion model alone,
 trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
 the default 0 takes the most likely ones). ``modes`` is the thought model trained winner-takes-all
 over its branches (:mod:`..tasks.modes`; ``--modes-model``): consecutive rows decode with consecutive
@@ -52,10 +53,10 @@ from .report import file_digest, finite_json, load_record, save_record
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
 MODEL_METHODS = ("sample", "distinct", "thoughts", "modes", "beam", "mcts", "beam-value", "mcts-value",
-                 "distinct-value", "hybrid", "mgdm")
+                 "distinct-value", "hybrid", "hybrid-value", "mgdm")
 METHODS = (*MODEL_METHODS, "random")
-SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value", "distinct-value")
-VALUE_METHODS = ("beam-value", "mcts-value", "distinct-value")
+SEARCH_METHODS = ("beam", "mcts", "beam-value", "mcts-value", "distinct-value", "hybrid-value")
+VALUE_METHODS = ("beam-value", "mcts-value", "distinct-value", "hybrid-value")
 SAMPLING_METHODS = ("sample", "distinct", "thoughts", "modes")
 # Tree of Thoughts (Yao et al., 2023), GPT-4 on the same 100 puzzles (rows 900-999)
 TOT_ANCHORS = {"IO prompting": 0.073, "CoT": 0.04, "CoT best of 100": 0.49, "ToT (b=5)": 0.74}
@@ -67,7 +68,7 @@ SHIPPED_RUNS = {"model": SHIPPED / "ar", "mot_model": SHIPPED / "mot", "diffusio
 # Next lines asked per state, chosen on the validation rows (docs/report-game24-val/proposals*): beam
 # search reaches more states and deeper with 2 (0.80 vs 0.59 at 1,800 with the value), MCTS's progressive
 # widening needs more to count (0.44 with 2 vs 0.53 with 8); the hybrid's first level is a beam's.
-PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8}
+PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8, "hybrid-value": 8}
 # The value's pruning threshold where a method's own was chosen on the validation rows
 # (docs/report-game24-val/shipped-30min-distinct-value*): the pruned beam of distinct-value solves 0.72 /
 # 0.75 / 0.80 / 0.80 at 450 with 0 / the value's own 0.045 / 0.3 / 0.5, the same 0.97 at 1,800; the
@@ -75,7 +76,7 @@ PROPOSALS = {"beam": 2, "beam-value": 2, "mcts": 8, "mcts-value": 8, "hybrid": 8
 THRESHOLDS = {"distinct-value": 0.3}
 TWIST = 0.0  # distinct-value's weight on the value's P(live), chosen on the validation rows
 NEEDS = {"model": ("sample", "distinct", "beam", "mcts", *VALUE_METHODS, "hybrid"), "mot_model": ("thoughts",),
-         "diffusion_model": ("hybrid",), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
+         "diffusion_model": ("hybrid", "hybrid-value"), "mgdm_model": ("mgdm",), "modes_model": ("modes",)}
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,12 @@ class Game24EvalConfig:
     model: str | None = None  # an AR run (sample, beam, mcts, hybrid); default: the shipped one
     mot_model: str | None = None  # a MoT run (thoughts); default: the shipped one
     diffusion_model: str | None = None  # a diffusion run (hybrid); default: the shipped one
-    diffusion_steps: int = 16
+    # the hybrid's knobs, chosen on the validation rows (docs/report-game24-val/hybrid-*): the steps its search
+    # picks before diffusion writes the rest (at 1 the diffusion model solves nothing), the denoising steps of
+    # an infill (a row costs steps x length positions), and the repairs of a trace the verifier rejects
+    depth: int = 2
+    diffusion_steps: int = 4
+    repairs: int = 0
     mgdm_model: str | None = None  # a denoiser trained with MGDM's recipe (mgdm); default: the shipped one
     mgdm_steps: int = 8  # its denoising steps (a row costs steps x length positions)
     modes_model: str | None = None  # a MoT run trained winner-takes-all over modes (modes); default: shipped
@@ -163,8 +169,12 @@ class Game24EvalConfig:
             raise ConfigError(f"--threshold is a probability in [0, 1], got {self.threshold}")
         if self.twist is not None and not (np.isfinite(self.twist) and self.twist >= 0):
             raise ConfigError(f"--twist must be a number >= 0, got {self.twist}")
-        if isinstance(self.mgdm_steps, bool) or not isinstance(self.mgdm_steps, int) or self.mgdm_steps < 1:
-            raise ConfigError(f"--mgdm-steps must be a whole number >= 1, got {self.mgdm_steps!r}")
+        for name, low in (("mgdm_steps", 1), ("diffusion_steps", 1), ("repairs", 0), ("depth", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number >= {low}, got {v!r}")
+        if self.depth > 2:
+            raise ConfigError(f"--depth is 1 or 2 (the hybrid's diffusion writes the last step), got {self.depth}")
         for name in ("temperature", "thoughts_temperature"):
             v = getattr(self, name)
             if v is not None and not v > 0:
@@ -252,28 +262,25 @@ class Models:
             if flag == "modes_model" and not modes_of(ck):
                 raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes")
             self.ck[flag] = ck
-        self.head = self.head_path = None  # distinct-value's own value: a head on the model, where one is
+        self.head = self.head_path = None  # a value head on the model, where one is: the searches read it
         if hasattr(self.value, "bind"):  # --value names a value head: it reads the model it was trained on
-            others = [n for n in dict.fromkeys(names) if n in VALUE_METHODS and n != "distinct-value"]
-            if others:
-                raise ConfigError(f"{cfg.value} is a value head: only distinct-value can read it, not "
-                                  f"{', '.join(others)} (give those a value from mot game24 train-value)")
             self.head, self.head_path = self.value, self.value_path
-        elif "distinct-value" in names and cfg.value is None and cfg.model is None:
+        elif any(n in VALUE_METHODS for n in names) and cfg.value is None and cfg.model is None:
             from ..tasks.value import SHIPPED_HEAD, load_value
 
             if (SHIPPED_HEAD / "value.safetensors").is_file():  # the shipped head, for the shipped model
                 self.head, self.head_path = load_value(SHIPPED_HEAD), SHIPPED_HEAD
+                self.shown.pop("value", None)  # the set network is not read
                 self.shown["value head"] = f"{SHIPPED_HEAD.relative_to(SHIPPED.parent.parent)} (shipped)"
         if self.head is not None:
             ck = self.ck["model"]
             self.head.bind(ck.model, ck.tokenizer, file_digest(ck.path / "model.safetensors"))
 
     def _reads_head(self, spec: MethodSpec) -> bool:
-        return spec.name == "distinct-value" and self.head is not None
+        return spec.name in VALUE_METHODS and self.head is not None
 
     def value_for(self, spec: MethodSpec):
-        """The value ``spec`` searches with: distinct-value's head where there is one, else the value."""
+        """The value ``spec`` searches with: the head where there is one, else the value."""
         return self.head if self._reads_head(spec) else self.value
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
@@ -342,16 +349,18 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
         r = S.sample_traces(models.line("modes_model", T, 0.0), task, puzzle, b, seed=cfg.seed, method="modes")
     elif spec.name == "mgdm":
         r = S.denoised_answers(models.denoiser(T), puzzle, b, seed=cfg.seed)
-    elif spec.name == "hybrid":
+    elif spec.name in ("hybrid", "hybrid-value"):
+        value = models.value_for(spec) if spec.name == "hybrid-value" else None
         r = S.hybrid(models.line("model", T), models.infiller(T), task, puzzle, b, proposals=cfg.proposals_for(spec),
-                     seed=cfg.seed)
+                     seed=cfg.seed, value=value, threshold=cfg.threshold_for(spec, value), repairs=cfg.repairs,
+                     depth=cfg.depth)
     elif spec.name in ("mcts", "mcts-value"):
-        value = models.value if spec.name == "mcts-value" else None
+        value = models.value_for(spec) if spec.name == "mcts-value" else None
         r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals_for(spec), seed=cfg.seed,
                    value=value, threshold=cfg.threshold_for(spec, value),
                    **({} if cfg.c_puct is None else {"c_puct": cfg.c_puct}))
     else:
-        value = models.value if spec.name == "beam-value" else None
+        value = models.value_for(spec) if spec.name == "beam-value" else None
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals_for(spec),
                           seed=cfg.seed, value=value, threshold=cfg.threshold_for(spec, value))
     r.method = spec.label
@@ -387,8 +396,8 @@ def _record_key(cfg: Game24EvalConfig, spec: MethodSpec, models: Models, puzzles
         key["threshold"] = cfg.threshold_for(spec, models.value_for(spec))
     if spec.name == "distinct-value" and cfg.twist_for(spec):  # records without a twist keep their key
         key["twist"] = cfg.twist_for(spec)
-    if spec.name == "hybrid":
-        key["diffusion_steps"] = cfg.diffusion_steps
+    if spec.name in ("hybrid", "hybrid-value"):
+        key.update(diffusion_steps=cfg.diffusion_steps, repairs=cfg.repairs, depth=cfg.depth)
     if spec.name == "mgdm":
         key["mgdm_steps"] = cfg.mgdm_steps
     return key

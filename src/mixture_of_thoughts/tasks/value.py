@@ -16,8 +16,8 @@ token count, so a search that uses the value pays at least what the value costs.
 A *value head* (:class:`HeadValue`) reads the language model itself instead: a small MLP on the model's
 hidden states at the end of the step line that reached the state, trained on solver-labelled lines of
 the training puzzles; its reads cost no positions (the row already wrote them), and it is what
-``distinct-value`` prunes with by default (``assets/game24/value-head``, ``mot game24 train-value --kind
-head``).
+``distinct-value``, ``beam-value`` and ``mcts-value`` prune with by default (``assets/game24/value-head``,
+``mot game24 train-value --kind head``).
 
 The trained value ships in ``assets/game24/value`` (``value.safetensors`` and ``value.json``:
 vocabulary, sizes, training history, validation figures, the pruning threshold chosen on validation);
@@ -43,12 +43,13 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from . import game24
+from .search.base import BLOCK_SEP
 
 WEIGHTS, META = "value.safetensors", "value.json"
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
 SHIPPED = Path(__file__).parent.parent / "assets" / "game24" / "value"
-SHIPPED_HEAD = SHIPPED.parent / "value-head"  # distinct-value's default: a head on the shipped model
+SHIPPED_HEAD = SHIPPED.parent / "value-head"  # the searches' default: a head on the shipped model
 
 
 # ------------------------------------------------------------------------------------ data
@@ -260,15 +261,16 @@ class HeadNet(nn.Module):
 @torch.no_grad()
 def line_features(model, tokenizer, texts: list[str], batch: int = 512) -> torch.Tensor:
     """The language model's final hidden states (after its last norm) at the last two characters of each
-    text (a step line's ``)`` and its newline), side by side: ``(len(texts), 2 * n_embd)``. One padded,
-    batched forward per ``batch`` texts (causal, so the padding on the right changes nothing)."""
+    text (a step line's ``)`` and its newline), side by side: ``(len(texts), 2 * n_embd)``. Each text is
+    read after ``BLOCK_SEP``, the blank line a search's rows start from. One padded, batched forward per
+    ``batch`` texts (causal, so the padding on the right changes nothing)."""
     model.eval()
     seen: list[torch.Tensor] = []
     hook = model.norm_f.register_forward_hook(lambda mod, inp, out: seen.append(out))
     try:
         out = []
         for i in range(0, len(texts), batch):
-            chunk = texts[i:i + batch]
+            chunk = [BLOCK_SEP + t for t in texts[i:i + batch]]
             ids = torch.zeros(len(chunk), max(map(len, chunk)), dtype=torch.long)
             for j, t in enumerate(chunk):  # building a batch from Python strings is per row by nature
                 ids[j, :len(t)] = torch.tensor(tokenizer.encode(t))
@@ -285,8 +287,8 @@ def line_features(model, tokenizer, texts: list[str], batch: int = 512) -> torch
 class HeadValue:
     """A value read off the language model itself (the issue's "head on the AR model"): a small MLP on
     the model's hidden states at the end of the step line that reached a state. The row has already
-    written (and paid for) those positions, so a read is charged nothing (:meth:`cost` 0); it needs the
-    text of the row, so only the search inside the sampler (``distinct-value``) can use it, and only
+    written (and paid for) those positions, so a read is charged nothing (:meth:`cost` 0); it reads the
+    text the row wrote (:meth:`probs_texts`; every search hands it over, :func:`.search.judge`), and only
     with the model it was trained on (:meth:`bind` checks the model file's sha256)."""
 
     def __init__(self, net: HeadNet, meta: dict):
@@ -311,9 +313,8 @@ class HeadValue:
         return 0
 
     def probs(self, states: list[game24.State]) -> np.ndarray:
-        raise ConfigError("a value head reads the model's hidden states at the end of a row's step line: only "
-                          "distinct-value can use it (beam-value and mcts-value need a value trained with "
-                          "mot game24 train-value)")
+        raise ConfigError("a value head reads the model's hidden states at the end of the step line a row "
+                          "wrote, not a state: call probs_texts with the rows' texts")
 
     @torch.no_grad()
     def probs_texts(self, texts: list[str]) -> np.ndarray:

@@ -153,13 +153,22 @@ class StateValue(Protocol):
     def cost(self, state) -> int: ...
 
 
-def judge(value: StateValue, states: list, budget: Budget) -> list[float] | None:
+def read_values(value: StateValue, states: list, texts: list[str]) -> Sequence[float]:
+    """P(live) of each state: a value head (:class:`..tasks.value.HeadValue`) reads ``texts`` (what the
+    row wrote to reach the state, the prompt and its step lines), any other value the states."""
+    reads = getattr(value, "probs_texts", None)
+    return reads(texts) if reads else value.probs(states)
+
+
+def judge(value: StateValue, states: list, budget: Budget, texts: list[str]) -> list[float] | None:
     """The value of each state, its reads charged to ``budget``; None when the budget runs out first.
-    A finished state (one number left) is judged by the verifier, free: 1 if it is a solution, else 0."""
+    ``texts[i]`` is what the row wrote to reach ``states[i]`` (:func:`read_values`). A finished state
+    (one number left) is judged by the verifier, free: 1 if it is a solution, else 0."""
     open_ = [i for i, s in enumerate(states) if not s.done]
     if budget.take([value.cost(states[i]) for i in open_]) < len(open_):
         return None
     p = [1.0 if s.solved else 0.0 for s in states]
-    for i, q in zip(open_, value.probs([states[i] for i in open_]) if open_ else [], strict=True):
-        p[i] = float(q)
+    if open_:
+        for i, q in zip(open_, read_values(value, [states[i] for i in open_], [texts[i] for i in open_]), strict=True):
+            p[i] = float(q)
     return p

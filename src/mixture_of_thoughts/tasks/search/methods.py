@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import game24
-from .base import BLOCK_SEP, Budget, SearchResult, StateValue, Task, judge
+from .base import BLOCK_SEP, Budget, SearchResult, StateValue, Task, judge, read_values
 from .models import Infiller, LineModel
 
 TRACE_CHARS = 160  # a whole trace: 3 step lines and the answer line fit in this (or in the model's block)
@@ -91,9 +91,8 @@ def _line_pruner(task: Task, start, value: StateValue, cut: float, twist: float 
                     w[j] = 0.0 if s.solved else drop
                 elif s is not start:
                     open_.append((j, s))
-        if open_:  # a value head (value.HeadValue) reads the row's own text, the others its state
-            reads = getattr(value, "probs_texts", None)
-            p = reads([start.prompt() + texts[j] for j, _ in open_]) if reads else value.probs([s for _, s in open_])
+        if open_:
+            p = read_values(value, [s for _, s in open_], [start.prompt() + texts[j] for j, _ in open_])
             for (j, s), q in zip(open_, p, strict=True):
                 q = float(q)
                 w[j] = drop if q < cut else twist * math.log(max(q, 1e-6))
@@ -132,35 +131,35 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
     root = task.start(puzzle)
     k = 0
     for w, n in beam_schedule(width, proposals):
-        frontier: list[tuple[float, game24.State]] = [(0.0, root)]
+        frontier: list[tuple] = [(0.0, root)]
         while frontier and not frontier[0][1].done:
             prompts, owners = [], []
-            for i, (_, s) in enumerate(frontier):
-                prompts += [BLOCK_SEP + s.text()] * n
+            for i, f in enumerate(frontier):
+                prompts += [BLOCK_SEP + f[1].text()] * n
                 owners += [i] * n
             rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
             k += len(prompts)
             if budget.take([r[2] for r in rows]) < len(rows):  # the budget is spent within this level
                 return res.finish(budget)
-            children: dict[tuple, tuple[float, game24.State]] = {}
+            children: dict[tuple, tuple[float, game24.State, str]] = {}  # score, state, the text that reached it
             for (text, ll, _), i in zip(rows, owners, strict=True):
-                score, s = frontier[i]
+                score, s = frontier[i][:2]
                 move = task.parse_line(s, text.strip("\n"))
                 if move is None:
                     continue
                 child = task.apply(s, move)
                 key = task.state_key(child)
                 if key not in children or children[key][0] < score + ll:
-                    children[key] = (score + ll, child)
+                    children[key] = (score + ll, child, s.text() + text)
             ranked = sorted(children.values(), key=lambda x: -x[0])
             if value is not None:
-                p = judge(value, [c for _, c in ranked], budget)
+                p = judge(value, [c[1] for c in ranked], budget, [c[2] for c in ranked])
                 if p is None:
                     return res.finish(budget)
                 order = sorted((i for i in range(len(ranked)) if p[i] >= cut), key=lambda i: -p[i])  # stable: ll ties
                 ranked = [ranked[i] for i in order]
             frontier = ranked[:w]
-        for _, s in frontier:
+        for s in (f[1] for f in frontier):
             res.attempts += 1
             res.add(task.solution(s), s.text(), budget.spent)
     raise AssertionError("unreachable: the schedule never ends")
@@ -269,15 +268,15 @@ class _Tree:
         if self.budget.take([r[2] for r in rows]) < len(rows):
             return False
         node.asked += 1
-        new = {}
+        new, wrote = {}, {}
         for text, _, _ in rows:
             move = self.task.parse_line(node.state, text.strip("\n"))
             if move is not None:
                 node.counts[move] = node.counts.get(move, 0) + 1
                 if move not in node.children and move not in node.pruned and move not in new:
-                    new[move] = _Node(self.task.apply(node.state, move))
+                    new[move], wrote[move] = _Node(self.task.apply(node.state, move)), node.state.text() + text
         if self.value is not None and new:
-            p = judge(self.value, [ch.state for ch in new.values()], self.budget)
+            p = judge(self.value, [ch.state for ch in new.values()], self.budget, [wrote[m] for m in new])
             if p is None:
                 return False
             for (m, ch), q in zip(list(new.items()), p, strict=True):
@@ -339,43 +338,106 @@ def denoised_answers(den, puzzle, budget: Budget, *, batch: int = 8, seed: int =
     return res.finish(budget)
 
 
-REST_CHARS = 96  # what diffusion writes after the first step: two step lines and the answer line
+REST_CHARS = 32  # what diffusion writes per step left after the search's steps (one step line fits)
+
+
+def _kept_lines(task: Task, state, text: str) -> tuple:
+    """``(state, lines)``: the leading step lines of ``text`` valid from ``state`` (each with its
+    newline) and the state they reach; a last step that ends the numbers away from the target is not
+    kept (the verifier rejects it as surely as a wrong one)."""
+    kept, states = [], [state]
+    for line in text.split("\n")[:-1]:
+        move = None if states[-1].done else task.parse_line(states[-1], line)
+        if move is None:
+            break
+        states.append(task.apply(states[-1], move))
+        kept.append(line + "\n")
+    if states[-1].done and not states[-1].solved:
+        states.pop()
+        kept.pop()
+    return states[-1], "".join(kept)
+
+
+def _directions(lm: LineModel, task: Task, root, budget: Budget, *, proposals: int, depth: int, seed: int,
+                value: StateValue | None, cut: float | None) -> list | None:
+    """The states ``depth`` steps below ``root`` the search picks, each as often as the model proposed it
+    (its last level): every state of a level asks ``proposals`` next lines, the valid ones (read by the
+    ``value``, those below ``cut`` dropped) make the next level; a level with none asks again, new seeds.
+    None when the budget ran out."""
+    k, level = 0, [root]
+    for _ in range(depth):
+        found = []
+        while not found:
+            parents = list({task.state_key(s): s for s in level}.values())  # each distinct state asks once
+            prompts = [BLOCK_SEP + s.text() for s in parents for _ in range(proposals)]
+            rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
+            k += len(prompts)
+            if budget.take([r[2] for r in rows]) < len(rows):
+                return None
+            for j, (t, _, _) in enumerate(rows):
+                parent = parents[j // proposals]
+                move = task.parse_line(parent, t.strip("\n"))
+                if move:
+                    found.append((task.apply(parent, move), parent.text() + t))
+            if value is not None and found:
+                p = judge(value, [f[0] for f in found], budget, [f[1] for f in found])
+                if p is None:
+                    return None
+                found = [f for f, q in zip(found, p, strict=True) if q >= cut]
+        level = [f[0] for f in found]
+    return level
 
 
 def hybrid(lm: LineModel, infiller: Infiller, task: Task, puzzle, budget: Budget, *, proposals: int = 8,
-           batch: int = 8, rest: int = REST_CHARS, seed: int = 0) -> SearchResult:
-    """The search + diffusion hybrid: the search picks first steps, diffusion writes the rest.
+           batch: int = 2, rest: int | None = None, seed: int = 0, value: StateValue | None = None,
+           threshold: float | None = None, repairs: int = 0, depth: int = 1) -> SearchResult:
+    """The search + diffusion hybrid: the search picks the first steps, diffusion writes and repairs the rest.
 
-    The autoregressive model proposes ``proposals`` first lines (the search's first level); the
-    distinct valid ones are the directions, tried in proportion to how often the model proposed each.
-    For each direction the diffusion model infills the rest of the trace (``rest`` positions after
-    the longest prompt: the two remaining steps and the answer fit); the verifier scores it.
-    Proposals are asked again (new seeds) when none was valid.
+    The autoregressive model proposes ``proposals`` next lines per state for ``depth`` levels
+    (:func:`_directions`); the valid states of the last level are the directions, tried in proportion
+    to how often the model proposed each. With a ``value`` (``hybrid-value``) each proposed state is
+    read and those below the threshold are dropped. For each direction the diffusion model infills the
+    step lines left (``rest`` positions after the longest prompt, by default :data:`REST_CHARS` per
+    step left); the verifier replays them exactly and a trace whose steps reach the target is a
+    solution (its answer expression composed from the steps, as for ``mgdm``: the diffusion model
+    never learned to compose the answer line). A trace that fails is repaired up to ``repairs`` times:
+    its step lines from the first the verifier rejects onwards (or a last step that misses the target)
+    are masked again and denoised anew, the valid ones before it kept (the seed's multi-branch
+    denoising with an evaluator; each repair costs what an infill costs).
     """
-    res = SearchResult("hybrid")
+    res = SearchResult("hybrid" if value is None else "hybrid-value")
     root = task.start(puzzle)
-    k, firsts = 0, []
-    while not firsts:
-        rows = lm.continue_([BLOCK_SEP + root.text()] * proposals, [seed + k + j for j in range(proposals)],
-                            LINE_CHARS, "\n")
-        k += proposals
-        if budget.take([r[2] for r in rows]) < len(rows):
-            return res.finish(budget)
-        firsts = [task.apply(root, m) for m in (task.parse_line(root, t.strip("\n")) for t, _, _ in rows) if m]
+    rest = REST_CHARS * (len(puzzle) - 1 - depth) if rest is None else rest  # the steps left
+    firsts = _directions(lm, task, root, budget, proposals=proposals, depth=depth, seed=seed, value=value,
+                         cut=None if value is None else (value.threshold if threshold is None else threshold))
+    if firsts is None:
+        return res.finish(budget)
     i = 0
     while True:
         states = [firsts[(i + j) % len(firsts)] for j in range(batch)]  # proportional to the proposals
-        prompts = [BLOCK_SEP + s.text() for s in states]
-        length = min(infiller.model.config.block_size, max(map(len, prompts)) + rest)
-        done = infiller.complete(prompts, [seed + 7919 * (i + j) + 1 for j in range(batch)], length)
+        # per row: the state its kept lines reach, its trace so far, and the positions it may still write
+        # (``rest`` less the lines kept; every row of a call writes the most any of them may, the prompts
+        # being padded on the left)
+        rows, todo = [(s, s.text(), rest) for s in states], list(range(batch))
+        for r in range(repairs + 1):
+            prompts = [BLOCK_SEP + rows[j][1] for j in todo]
+            length = min(infiller.model.config.block_size, max(map(len, prompts)) + max(rows[j][2] for j in todo))
+            done = infiller.complete(prompts, [seed + 7919 * (i + j) + 104729 * r + 1 for j in todo], length)
+            used = budget.take([c for _, c in done])
+            failed = []
+            for j, (text, _), at in zip(todo[:used], done[:used], budget.marks, strict=True):
+                res.attempts += 1
+                state, lines = _kept_lines(task, rows[j][0], text)
+                rows[j] = (state, rows[j][1] + lines, rows[j][2] - len(lines))
+                res.add(task.solution(state), state.text(), at)  # solved: the answer line composed from the steps
+                if not state.solved and rows[j][2] >= LINE_CHARS // 2:  # room left to rewrite a line
+                    failed.append(j)
+            if used < len(done):
+                return res.finish(budget)
+            todo = failed
+            if not todo:
+                break
         i += batch
-        used = budget.take([c for _, c in done])
-        for s, (text, _), at in zip(states[:used], done[:used], budget.marks, strict=True):
-            res.attempts += 1
-            res.add(task.check_text(root.puzzle, s.text() + text), s.text() + text.split("\n\n")[0], at)
-        if used < len(done):
-            break
-    return res.finish(budget)
 
 
 def trace_cost(puzzle) -> int:
