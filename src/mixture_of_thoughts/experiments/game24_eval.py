@@ -239,9 +239,13 @@ class Models:
         self.value = None
         if any(n in VALUE_METHODS for n in names):
             from ..tasks.value import SHIPPED as VALUE_SHIPPED
-            from ..tasks.value import load_value
+            from ..tasks.value import SHIPPED_HEAD, load_value
 
-            if cfg.value == "solver":  # the ceiling of a value, on the validation rows only
+            if cfg.value is None and cfg.model is None and (SHIPPED_HEAD / "value.safetensors").is_file():
+                # the shipped value head, for the shipped model (a head reads only the model it was trained on)
+                self.value, self.value_path = load_value(SHIPPED_HEAD), SHIPPED_HEAD
+                self.shown["value head"] = f"{SHIPPED_HEAD.relative_to(SHIPPED.parent.parent)} (shipped)"
+            elif cfg.value == "solver":  # the ceiling of a value, on the validation rows only
                 if cfg.split != "val" or cfg.puzzles:
                     raise ConfigError("--value solver (the exact solver as a value) is a diagnostic for the "
                                       "validation rows: add --split val (it never runs on test puzzles)")
@@ -262,26 +266,14 @@ class Models:
             if flag == "modes_model" and not modes_of(ck):
                 raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes")
             self.ck[flag] = ck
-        self.head = self.head_path = None  # a value head on the model, where one is: the searches read it
-        if hasattr(self.value, "bind"):  # --value names a value head: it reads the model it was trained on
-            self.head, self.head_path = self.value, self.value_path
-        elif any(n in VALUE_METHODS for n in names) and cfg.value is None and cfg.model is None:
-            from ..tasks.value import SHIPPED_HEAD, load_value
-
-            if (SHIPPED_HEAD / "value.safetensors").is_file():  # the shipped head, for the shipped model
-                self.head, self.head_path = load_value(SHIPPED_HEAD), SHIPPED_HEAD
-                self.shown.pop("value", None)  # the set network is not read
-                self.shown["value head"] = f"{SHIPPED_HEAD.relative_to(SHIPPED.parent.parent)} (shipped)"
-        if self.head is not None:
+        self.head = self.value if hasattr(self.value, "bind") else None  # the value, when it is a head on the model
+        if self.head is not None:  # it reads only the model it was trained on
             ck = self.ck["model"]
             self.head.bind(ck.model, ck.tokenizer, file_digest(ck.path / "model.safetensors"))
 
-    def _reads_head(self, spec: MethodSpec) -> bool:
-        return spec.name in VALUE_METHODS and self.head is not None
-
     def value_for(self, spec: MethodSpec):
-        """The value ``spec`` searches with: the head where there is one, else the value."""
-        return self.head if self._reads_head(spec) else self.value
+        """The value ``spec`` searches with (None for a method without one)."""
+        return self.value if spec.name in VALUE_METHODS else None
 
     def line(self, flag: str, temperature: float, creativity: float | None = None) -> S.LineModel:
         key = (flag, temperature, creativity)
@@ -316,7 +308,7 @@ class Models:
                 f = self.ck[flag].path / "model.safetensors"
                 out[flag] = file_digest(f)
         if spec.name in VALUE_METHODS:
-            path = self.head_path if self._reads_head(spec) else self.value_path
+            path = self.value_path
             out["value"] = file_digest(path / "value.safetensors") if path else "solver"
         return out
 
@@ -340,7 +332,7 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name == "sample":
         r = S.sample_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed)
     elif spec.name in ("distinct", "distinct-value"):
-        value = models.value_for(spec) if spec.name == "distinct-value" else None
+        value = models.value_for(spec)
         r = S.distinct_traces(models.line("model", T), task, puzzle, b, seed=cfg.seed, value=value,
                               threshold=cfg.threshold_for(spec, value), twist=cfg.twist_for(spec))
     elif spec.name == "thoughts":
@@ -350,17 +342,17 @@ def run_method(spec: MethodSpec | str, puzzle, budget: int, *, models: Models | 
     elif spec.name == "mgdm":
         r = S.denoised_answers(models.denoiser(T), puzzle, b, seed=cfg.seed)
     elif spec.name in ("hybrid", "hybrid-value"):
-        value = models.value_for(spec) if spec.name == "hybrid-value" else None
+        value = models.value_for(spec)
         r = S.hybrid(models.line("model", T), models.infiller(T), task, puzzle, b, proposals=cfg.proposals_for(spec),
                      seed=cfg.seed, value=value, threshold=cfg.threshold_for(spec, value), repairs=cfg.repairs,
                      depth=cfg.depth)
     elif spec.name in ("mcts", "mcts-value"):
-        value = models.value_for(spec) if spec.name == "mcts-value" else None
+        value = models.value_for(spec)
         r = S.mcts(models.line("model", T), task, puzzle, b, proposals=cfg.proposals_for(spec), seed=cfg.seed,
                    value=value, threshold=cfg.threshold_for(spec, value),
                    **({} if cfg.c_puct is None else {"c_puct": cfg.c_puct}))
     else:
-        value = models.value_for(spec) if spec.name == "beam-value" else None
+        value = models.value_for(spec)
         r = S.beam_search(models.line("model", T), task, puzzle, b, width=cfg.width, proposals=cfg.proposals_for(spec),
                           seed=cfg.seed, value=value, threshold=cfg.threshold_for(spec, value))
     r.method = spec.label

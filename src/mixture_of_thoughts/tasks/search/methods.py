@@ -131,11 +131,11 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
     root = task.start(puzzle)
     k = 0
     for w, n in beam_schedule(width, proposals):
-        frontier: list[tuple] = [(0.0, root)]
+        frontier: list[tuple[float, game24.State, str]] = [(0.0, root, root.text())]
         while frontier and not frontier[0][1].done:
             prompts, owners = [], []
-            for i, f in enumerate(frontier):
-                prompts += [BLOCK_SEP + f[1].text()] * n
+            for i, (_, s, _) in enumerate(frontier):
+                prompts += [BLOCK_SEP + s.text()] * n
                 owners += [i] * n
             rows = lm.continue_(prompts, [seed + k + j for j in range(len(prompts))], LINE_CHARS, "\n")
             k += len(prompts)
@@ -143,7 +143,7 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                 return res.finish(budget)
             children: dict[tuple, tuple[float, game24.State, str]] = {}  # score, state, the text that reached it
             for (text, ll, _), i in zip(rows, owners, strict=True):
-                score, s = frontier[i][:2]
+                score, s, _ = frontier[i]
                 move = task.parse_line(s, text.strip("\n"))
                 if move is None:
                     continue
@@ -159,7 +159,7 @@ def beam_search(lm: LineModel, task: Task, puzzle, budget: Budget, *, width: int
                 order = sorted((i for i in range(len(ranked)) if p[i] >= cut), key=lambda i: -p[i])  # stable: ll ties
                 ranked = [ranked[i] for i in order]
             frontier = ranked[:w]
-        for s in (f[1] for f in frontier):
+        for _, s, _ in frontier:
             res.attempts += 1
             res.add(task.solution(s), s.text(), budget.spent)
     raise AssertionError("unreachable: the schedule never ends")
