@@ -26,6 +26,24 @@ def test_shipped_models_load_and_are_small(kind, objective, thoughts):
     assert recorded["val_loss"] == pytest.approx(ck.meta["val_loss"]) and recorded["trained_with"].startswith("mot ")
 
 
+def test_shipped_modes_are_codes_on_the_shipped_model(capsys):
+    """The shipped modes: the shipped AR model with 8 mode codes, inside the issue's limits; solve uses it."""
+    from mixture_of_thoughts.cli import main
+    from mixture_of_thoughts.tasks import modes as MD
+
+    ck, ar = load_checkpoint(E.SHIPPED / "modes"), load_checkpoint(E.SHIPPED / "ar")
+    assert MD.modes_of(ck) == 8 and MD.code_base(ck) == ar.tokenizer.vocab_size
+    assert ck.tokenizer.chars[:ar.tokenizer.vocab_size] == ar.tokenizer.chars and not ck.model.config.has_thoughts
+    assert sum(p.numel() for p in ck.model.parameters()) <= 10_000_000
+    recorded = json.loads((E.SHIPPED / "modes" / "RECORDED.json").read_text())
+    assert recorded["val_mixture_nll"] == pytest.approx(ck.meta["val_mixture_nll"])
+    assert recorded["step"] == ck.meta["step"]
+    assert main(["game24", "solve", "4 5 6 10", "--method", "modes@0.7", "--budget", "1800", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["positions"] <= 1800 and out["solutions"]
+    assert all(g.verify((4, 5, 6, 10), g.answer_of(t)) for t in out["solutions"])
+
+
 def test_solve_works_with_the_shipped_model(capsys):
     from mixture_of_thoughts.cli import main
 
@@ -46,7 +64,7 @@ def test_solve_searches_with_the_learned_value_by_default(capsys):
     assert out["solutions"] and all(g.verify((4, 5, 6, 10), g.answer_of(t)) for t in out["solutions"])
 
 
-@pytest.mark.parametrize("method", ["sample", "beam", "beam-value", "distinct@0.7", "distinct-value@0.7"])
+@pytest.mark.parametrize("method", ["sample", "beam", "beam-value", "distinct@0.7", "distinct-value@0.7", "modes@0.5"])
 def test_the_committed_report_is_what_the_shipped_models_do(method):
     """The first test puzzles, rerun: the same solutions found after the same positions as recorded."""
     saved = json.loads((REPORT / "methods" / f"{method.replace('@', '_at_')}.json").read_text())

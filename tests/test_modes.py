@@ -162,6 +162,8 @@ def _dense(tok):
 
 @pytest.mark.parametrize("args, match", [
     (["train", "--kind", "modes", "--out", "x", "--data", "t.txt"], "drop --data"),
+    (["train", "--kind", "codes", "--out", "x", "--data", "t.txt"], "--kind codes makes its own answers"),
+    (["train", "--kind", "codes", "--out", "x", "--modes", "-2"], "modes must be a positive integer"),
     (["train", "--kind", "modes", "--out", "x", "--modes", "0"], "modes must be a positive integer"),
     (["train", "--kind", "modes", "--out", "x", "--minutes", "-1"], "minutes must be > 0"),
     (["solve", "4 5 6 10", "--method", "modes", "--modes-model", "/nonexistent/run"], "does not exist"),
@@ -172,3 +174,108 @@ def test_cli_errors_are_one_line(args, match, capsys):
     assert main(["game24", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mot: error:") and match in err and len(err.splitlines()) == 1
+
+
+def _codes(M=3, seed=0):
+    """A dense model and its tokenizer given ``M`` mode codes."""
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    return MD.with_codes(_dense(tok), tok, M, torch.Generator().manual_seed(seed))
+
+
+def test_codes_extend_the_vocabulary_and_keep_the_model():
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    dense = _dense(tok)
+    model, ctok = MD.with_codes(dense, tok, 3, torch.Generator().manual_seed(0))
+    V = tok.vocab_size
+    assert ctok.vocab_size == V + 3 == model.config.vocab_size and ctok.chars[:V] == tok.chars
+    assert [ctok.encode(chr(MD.CODE_BASE + b)) for b in range(3)] == [[V], [V + 1], [V + 2]]
+    assert model.lm_head.weight is model.wte.weight
+    x = torch.tensor([tok.encode("\n4 5 6 10:\n10 - 6 = 4")])
+    with torch.no_grad():  # the codes leave every old token's logits as they were
+        torch.testing.assert_close(model(x).logits[..., :V], dense(x).logits)
+    with pytest.raises(ConfigError, match="already has mode codes"):
+        MD.with_codes(model, ctok, 2, torch.Generator())
+    # the code slot of each row holds its mode; the slot is never a target
+    ids, tgt = MD.encode(ctok, MD.answers([(4, 5, 6, 10)])[:2], V)
+    set_ = MD.code_setter(V)(ids, torch.tensor([2, 1]))
+    assert set_[0].tolist().count(V + 2) == 1 and set_[1].tolist().count(V + 1) == 1
+    assert torch.equal(set_[ids < V], ids[ids < V]) and (tgt < V).all()
+    slot = (ids >= V).int().argmax(-1)
+    assert (tgt[torch.arange(2), slot - 1] == -1).all()  # the code is read, not predicted
+
+
+def test_code_training_is_reproducible_and_loads_as_modes(tmp_path):
+    from mixture_of_thoughts.config import TrainConfig
+    from mixture_of_thoughts.data.tokenizer import CharTokenizer
+    from mixture_of_thoughts.training.checkpoint import load_checkpoint, save_checkpoint
+
+    tok = CharTokenizer.from_text(ALPHABET)
+    save_checkpoint(tmp_path / "ar", _dense(tok), tok, objective="ar")
+    cfg = MD.ModesConfig(modes=3, kind="codes", eps=0.1, eval_every=4,
+                         train=TrainConfig(batch_size=8, max_steps=8, lr=3e-3, min_lr=3e-4, warmup_steps=1, seed=0))
+    state = torch.get_rng_state()
+    a = MD.train_modes(tmp_path / "ar", PUZZLES[:4], PUZZLES[4:], cfg, tmp_path / "a")
+    assert torch.equal(torch.get_rng_state(), state)
+    b = MD.train_modes(tmp_path / "ar", PUZZLES[:4], PUZZLES[4:], cfg, tmp_path / "b")
+    assert a["val_mixture_nll"] == b["val_mixture_nll"]
+    rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_mixture_nll"] < rows[0]["val_mixture_nll"]
+    ck = load_checkpoint(tmp_path / "a" / "best", expect="ar")
+    assert MD.modes_of(ck) == 3 and MD.code_base(ck) == tok.vocab_size and ck.meta["modes"]["kind"] == "codes"
+    assert MD.code_base(load_checkpoint(tmp_path / "ar")) is None
+    ck.tokenizer.chars.pop()  # metadata that names codes its tokenizer lacks
+    ck.tokenizer.stoi.pop(chr(MD.CODE_BASE + 2))
+    with pytest.raises(ConfigError, match="does not hold"):
+        MD.code_base(ck)
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        MD.ModesConfig(kind="experts")
+
+
+def test_line_model_rows_write_their_code_first():
+    """Row with seed s reads code s mod M after the shared prompt (one position, charged to it) and
+    writes what the model writes after prompt + code, decoded by hand."""
+    model, tok = _codes(M=3, seed=1)
+    V = tok.vocab_size - 3
+    with torch.no_grad():  # make the codes matter: large, different embeddings
+        model.wte.weight[V:] = torch.randn(3, model.config.n_embd, generator=torch.Generator().manual_seed(2))
+    prompt = "\n4 5 6 10:\n"
+    lm = S.LineModel(model, tok, temperature=1e-6, modes=3, code=V)
+    seeds = [0, 1, 2, 3, 4]
+    rows = lm.continue_([prompt] * len(seeds), seeds, 12, "\n")
+    for i, (s, (text, _, pos)) in enumerate(zip(seeds, rows, strict=True)):
+        x = torch.tensor([tok.encode(prompt) + [V + s % 3]])
+        want = ""
+        with torch.no_grad():
+            for _ in range(12):
+                nxt = int(model(x).logits[0, -1].argmax())
+                want += tok.decode([nxt])
+                x = torch.cat([x, torch.tensor([[nxt]])], 1)
+                if want.endswith("\n"):
+                    break
+        assert text == want
+        assert pos == (len(prompt) if i == 0 else 0) + 1 + len(text)  # the prompt once, each row its code
+    assert len({r[0] for r in rows[:3]}) > 1  # the codes steer the rows apart
+    assert rows[3][0] == rows[0][0] and rows[4][0] == rows[1][0]  # greedy: a mode is one text
+    # the code takes one position of the block: a text may fill the rest, not more
+    assert lm.block_size == model.config.block_size - 1
+    room = lm.block_size - len(prompt)
+    assert lm.continue_([prompt], [0], room, "\n\n")[0][2] <= model.config.block_size
+    with pytest.raises(ConfigError, match="longer than the model's block size"):
+        lm.continue_([prompt], [0], room + 1, "\n\n")
+
+
+def test_eval_runs_code_modes(tmp_path):
+    from mixture_of_thoughts.experiments.game24_eval import Game24EvalConfig, run_eval
+    from mixture_of_thoughts.training.checkpoint import save_checkpoint
+
+    model, tok = _codes(M=2)
+    save_checkpoint(tmp_path / "codes", model, tok, objective="ar", meta={"modes": {"modes": 2, "kind": "codes"}})
+    cfg = Game24EvalConfig(model=str(tmp_path / "codes"), modes_model=str(tmp_path / "codes"),
+                           methods=("sample@1", "modes@1"), budgets=(60, 300), puzzles=PUZZLES[:2],
+                           out=str(tmp_path / "rep"))
+    rows = {(r["method"], r["budget"]): r for r in run_eval(cfg)["rows"]}
+    assert 0 < rows["modes@1", 60]["positions"] <= 60 and 0 < rows["modes@1", 300]["positions"] <= 300

@@ -10,7 +10,7 @@ from ..errors import ConfigError
 from .common import typed_command
 
 DEFAULT_DATA = "runs/game24/train.txt"
-KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None, "modes": None}
+KINDS = {"ar": "game24", "mot": "game24-mot", "diffusion": "game24", "mgdm": None, "modes": None, "codes": None}
 
 
 def cmd_game24(args) -> int:
@@ -21,6 +21,7 @@ def cmd_game24(args) -> int:
       mot game24 train --kind ar --out runs/game24-ar
       mot game24 train --kind mgdm --out runs/game24-mgdm
       mot game24 train --kind modes --out runs/game24-modes
+      mot game24 train --kind codes --out runs/game24-codes
       mot game24 train-value --out runs/game24-value
       mot game24 solve "4 5 6 10" --budget 1800              # distinct-value@0.7: sampled without replacement,
                                                              # the beam pruned by the learned value
@@ -64,7 +65,7 @@ def _train(args) -> int:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
     if args.kind == "mgdm":
         return _train_mgdm(args)
-    if args.kind == "modes":
+    if args.kind in ("modes", "codes"):
         return _train_modes(args)
     data = Path(args.data or DEFAULT_DATA)
     if not data.is_file():
@@ -152,8 +153,9 @@ def _train_mgdm(args) -> int:
 
 
 def _train_modes(args) -> int:
-    """The thought modes: the MoT model (--init, default the shipped one) fine-tuned so that its
-    branches divide each puzzle's solutions among them (winner-takes-all over modes)."""
+    """Modes that divide each puzzle's solutions among them (winner-takes-all over modes): the MoT
+    model's branches (--kind modes) or the autoregressive model with learned mode codes (--kind codes);
+    --init (default the shipped MoT or autoregressive model) is where they start."""
     from ..experiments.game24_eval import SHIPPED_RUNS
     from ..tasks import game24
     from ..tasks.modes import ModesConfig, train_modes
@@ -161,8 +163,9 @@ def _train_modes(args) -> int:
     if not args.out:
         raise ConfigError("--out is required (the run directory to create)")
     if args.data:
-        raise ConfigError("--kind modes makes its own answers from the training puzzles: drop --data")
-    cfg = ModesConfig(modes=args.modes, minutes=args.minutes)
+        raise ConfigError(f"--kind {args.kind} makes its own answers from the training puzzles: drop --data")
+    codes = args.kind == "codes"
+    cfg = ModesConfig(modes=args.modes, kind="codes" if codes else "branches", minutes=args.minutes)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
     train, val, _ = game24.split(game24.load_puzzles())
@@ -174,7 +177,8 @@ def _train_modes(args) -> int:
                   f"best mode {row['val_best_mode_nll']:.4f}; answers each mode wins: {wins} "
                   f"({row['minutes']:.1f} min)", flush=True)
 
-    res = train_modes(args.init or SHIPPED_RUNS["mot_model"], train, val, cfg, args.out, log=log, force=args.force)
+    init = args.init or SHIPPED_RUNS["model" if codes else "mot_model"]
+    res = train_modes(init, train, val, cfg, args.out, log=log, force=args.force)
     print(f"trained {res['steps']} steps in {res['minutes']:.1f} min on {res['answers']:,} answers; best at step "
           f"{res['best_step']} (validation mixture NLL {res['val_mixture_nll']:.4f}); run in {args.out}")
     return 0
@@ -324,14 +328,17 @@ def register(add) -> None:
                    help="data: also every puzzle with numbers up to this (one above 13) that can make 24; "
                         "train-value: every multiset up to this, solvable or not; less the held-out multisets")
     g.add_argument("--kind", default="ar", help="train: ar (autoregressive), mot (its thought twin), diffusion, "
-                   "mgdm (MGDM's recipe), or modes (the MoT model's branches trained winner-takes-all); "
+                   "mgdm (MGDM's recipe), modes (the MoT model's branches trained winner-takes-all) or codes (the "
+                   "autoregressive model with learned mode codes, trained the same way); "
                    "train-value: head (on --model's hidden states, for the -value methods)")
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--init", default=None,
-                   help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes: the MoT "
-                        "run to start from, default: shipped)")
-    g.add_argument("--modes", type=int, default=8, help="train --kind modes: modes (mode b forces branch b)")
-    g.add_argument("--minutes", type=float, default=None, help="train --kind modes: stop after this many minutes")
+                   help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes / codes: "
+                        "the MoT / autoregressive run to start from, default: shipped)")
+    g.add_argument("--modes", type=int, default=8, help="train --kind modes / codes: modes (mode b forces branch b / "
+                   "is code b)")
+    g.add_argument("--minutes", type=float, default=None, help="train --kind modes / codes: stop after this many "
+                   "minutes")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")

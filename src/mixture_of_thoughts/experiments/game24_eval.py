@@ -16,9 +16,10 @@ with the shipped model the shipped value head, which reads the model's own hidde
 the shipped set network, whose reads are charged to the budget); ``distinct-value`` is the beam of
 ``distinct`` pruned by it, each time a row ends a step line. ``mgdm`` is the masked-diffusion model alone,
 trained with MGDM's recipe (:mod:`..tasks.mgdm`; ``mgdm@0.5`` samples its tokens at temperature 0.5,
-the default 0 takes the most likely ones). ``modes`` is the thought model trained winner-takes-all
-over its branches (:mod:`..tasks.modes`; ``--modes-model``): consecutive rows decode with consecutive
-modes, without thought noise, at the knob's temperature. Each method's per-puzzle record is saved in
+the default 0 takes the most likely ones). ``modes`` is a model trained winner-takes-all
+over modes (:mod:`..tasks.modes`; ``--modes-model``): the thought model's branches, or the autoregressive
+model's learned mode codes; consecutive rows decode with consecutive modes, without thought noise, at the
+knob's temperature. Each method's per-puzzle record is saved in
 ``OUT/methods/`` and reused when the same method, models, puzzles and settings come again, so an
 interrupted evaluation resumes and the report can be rebuilt without running a model.
 
@@ -48,7 +49,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..tasks import game24
 from ..tasks import search as S
-from ..tasks.modes import modes_of
+from ..tasks.modes import code_base, modes_of
 from .report import file_digest, finite_json, load_record, save_record
 from .stats import bootstrap_indices, matched, resampled_means, wilson
 
@@ -220,7 +221,7 @@ class Models:
                "mot_model": "--mot-model RUN (a MoT run trained with mot game24 train --kind mot)",
                "diffusion_model": "--diffusion-model RUN (trained with mot game24 train --kind diffusion)",
                "mgdm_model": "--mgdm-model RUN (trained with mot game24 train --kind mgdm)",
-               "modes_model": "--modes-model RUN (trained with mot game24 train --kind modes)"}
+               "modes_model": "--modes-model RUN (trained with mot game24 train --kind modes or codes)"}
         expect = {"model": "ar", "mot_model": "ar", "diffusion_model": "diffusion", "mgdm_model": "diffusion",
                   "modes_model": "ar"}
         self.cfg, self.paths, self.shown, self.ck, self._lines = cfg, {}, {}, {}, {}
@@ -264,7 +265,8 @@ class Models:
             if flag == "mgdm_model" and "mgdm" not in ck.meta:
                 raise ConfigError(f"{path} is not an MGDM denoiser: train one with mot game24 train --kind mgdm")
             if flag == "modes_model" and not modes_of(ck):
-                raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes")
+                raise ConfigError(f"{path} has no trained modes: train it with mot game24 train --kind modes "
+                                  "(or --kind codes)")
             self.ck[flag] = ck
         self.head = self.value if hasattr(self.value, "bind") else None  # the value, when it is a head on the model
         if self.head is not None:  # it reads only the model it was trained on
@@ -279,8 +281,9 @@ class Models:
         key = (flag, temperature, creativity)
         if key not in self._lines:
             ck = self.ck[flag]
+            modes = flag == "modes_model"
             self._lines[key] = S.LineModel(ck.model, ck.tokenizer, temperature=temperature, creativity=creativity,
-                                           modes=modes_of(ck) if flag == "modes_model" else 0)
+                                           modes=modes_of(ck) if modes else 0, code=code_base(ck) if modes else None)
         return self._lines[key]
 
     def infiller(self, temperature: float) -> S.Infiller:

@@ -18,17 +18,19 @@ class LineModel:
 
     Prompts of different lengths are left-padded with newlines, which the training text has between
     traces; a row's cost is its own prompt plus what it writes. With ``modes`` (a model trained by
-    :func:`..modes.train_modes`), the row with seed ``s`` decodes with mode ``s mod modes`` (branch
-    ``s mod modes`` forced in every thought layer).
+    :func:`..modes.train_modes`), the row with seed ``s`` decodes with mode ``s mod modes``: branch
+    ``s mod modes`` forced in every thought layer, or, with ``code`` (the token id of mode code 0),
+    code ``code + s mod modes`` written as the row's first position after the shared prompt.
     """
 
     def __init__(self, model, tokenizer, *, temperature: float = 1.0, creativity: float | None = None,
-                 modes: int = 0):
+                 modes: int = 0, code: int | None = None):
         self.model, self.tok = model.eval(), tokenizer
         self.temperature, self.creativity, self.modes = float(temperature), creativity, int(modes)
+        self.code = code
         self.dev = next(model.parameters()).device
         self.pad = tokenizer.encode("\n")[0]
-        self.block_size = model.config.block_size
+        self.block_size = model.config.block_size - (code is not None)  # the characters a prompt and its text fill
 
     @property
     def shares_prompts(self) -> bool:
@@ -52,23 +54,26 @@ class LineModel:
         ids = [self.tok.encode(p, unknown="replace") for p in prompts]
         block = self.model.config.block_size
         T0 = max(len(x) for x in ids)
-        if T0 + max_chars > block:
-            raise ConfigError(f"a prompt of {T0} characters plus {max_chars} new ones is longer than the model's "
-                              f"block size {block}")
+        coded = self.code is not None
+        if T0 + coded + max_chars > block:
+            raise ConfigError(f"a prompt of {T0} characters plus {coded + max_chars} new ones is longer than the "
+                              f"model's block size {block}")
         batch, _ = left_pad(ids, self.pad, self.dev)
         noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
         stops = [self.tok.encode(stop)]
         modes = torch.tensor(seeds, device=self.dev) % self.modes if self.modes else None
         if self.shares_prompts:
             with contextlib.ExitStack() as stack:
-                ctl = stack.enter_context(ExpertController(self.model)) if modes is not None else None
-                gen = decode(_shared_prompt_step(self.model, ctl, modes), batch, max_chars, noise,
-                             Sampling(self.temperature), stop_sequences=stops)
+                ctl = stack.enter_context(ExpertController(self.model)) if modes is not None and not coded else None
+                step = (_shared_prompt_step(self.model, first=self.code + modes) if coded
+                        else _shared_prompt_step(self.model, ctl, modes))
+                gen = decode(step, batch, max_chars, noise, Sampling(self.temperature), stop_sequences=stops)
         else:
             c = None if self.creativity is None else torch.full((len(ids),), float(self.creativity), device=self.dev)
             gen = generate(self.model, batch, max_chars, noise, temperature=self.temperature, creativity=c,
                            stop_ids=stops[0])
-        keys = list(zip(prompts, modes.tolist() if modes is not None else [None] * len(prompts), strict=True))
+        keys = list(zip(prompts, modes.tolist() if modes is not None and not coded else [None] * len(prompts),
+                        strict=True))
         first = {}
         for b, key in enumerate(keys):
             first.setdefault(key, b)
@@ -76,7 +81,7 @@ class LineModel:
         lls = gen.logprobs.cumsum(-1)
         out = []
         for b, L in enumerate(gen.lengths.tolist()):
-            read = len(ids[b]) if not self.shares_prompts or first[keys[b]] == b else 0
+            read = (len(ids[b]) if not self.shares_prompts or first[keys[b]] == b else 0) + coded
             out.append((self.tok.decode(new[b][:L]), float(lls[b, L - 1]) if L else 0.0, read + L))
         return out
 
@@ -197,10 +202,12 @@ def truncated_gumbel(G: torch.Tensor, Gc: torch.Tensor) -> torch.Tensor:
     return G - v.clamp(min=0) - torch.log1p(torch.exp(-v.abs()))
 
 
-def _shared_prompt_step(model, ctl: ExpertController | None = None, modes: torch.Tensor | None = None):
+def _shared_prompt_step(model, ctl: ExpertController | None = None, modes: torch.Tensor | None = None,
+                        first: torch.Tensor | None = None):
     """A decoder step function that reads each distinct prompt row once: a dense causal model, or a
     thought model without noise whose rows force the branches ``modes`` through ``ctl`` (a distinct
-    prompt is then a distinct (prompt, mode) pair)."""
+    prompt is then a distinct (prompt, mode) pair). With ``first`` (B,), each row then reads that token
+    (a mode code) before its first sampled one; it is in the cache, not in the written text."""
     from ...generation.decoder import Step
 
     cache = None
@@ -218,6 +225,8 @@ def _shared_prompt_step(model, ctl: ExpertController | None = None, modes: torch
             cache.k, cache.v = cache.k[:, inv], cache.v[:, inv]
             if modes is not None:
                 ctl.force_rows(modes)
+            if first is not None:
+                return Step(model(first[:, None], cache=cache, last_only=True).logits[:, -1, :], {})
             return Step(out.logits[inv, -1, :], {})
         out = model(tokens[:, length - 1:length], cache=cache, last_only=True)
         return Step(out.logits[:, -1, :], {})
