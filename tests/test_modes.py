@@ -164,6 +164,7 @@ def _dense(tok):
     (["train", "--kind", "modes", "--out", "x", "--data", "t.txt"], "drop --data"),
     (["train", "--kind", "codes", "--out", "x", "--data", "t.txt"], "--kind codes makes its own answers"),
     (["train", "--kind", "codes", "--out", "x", "--modes", "-2"], "modes must be a positive integer"),
+    (["train", "--kind", "codes", "--out", "x", "--eps", "1"], "eps must be in [0, 1)"),
     (["train", "--kind", "modes", "--out", "x", "--modes", "0"], "modes must be a positive integer"),
     (["train", "--kind", "modes", "--out", "x", "--minutes", "-1"], "minutes must be > 0"),
     (["solve", "4 5 6 10", "--method", "modes", "--modes-model", "/nonexistent/run"], "does not exist"),

@@ -165,7 +165,8 @@ def _train_modes(args) -> int:
     if args.data:
         raise ConfigError(f"--kind {args.kind} makes its own answers from the training puzzles: drop --data")
     codes = args.kind == "codes"
-    cfg = ModesConfig(modes=args.modes, kind="codes" if codes else "branches", minutes=args.minutes)
+    eps = {} if args.eps is None else {"eps": args.eps}
+    cfg = ModesConfig(modes=args.modes, kind="codes" if codes else "branches", minutes=args.minutes, **eps)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
     train, val, _ = game24.split(game24.load_puzzles())
@@ -337,6 +338,9 @@ def register(add) -> None:
                         "the MoT / autoregressive run to start from, default: shipped)")
     g.add_argument("--modes", type=int, default=8, help="train --kind modes / codes: modes (mode b forces branch b / "
                    "is code b)")
+    g.add_argument("--eps", type=float, default=None,
+                   help="train --kind modes / codes: the relaxed winner-takes-all's share for the modes that lost "
+                   "(default 0.1; (M - 1) / M assigns every answer a mode uniformly at random, the ablation)")
     g.add_argument("--minutes", type=float, default=None, help="train --kind modes / codes: stop after this many "
                    "minutes")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
