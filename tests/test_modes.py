@@ -119,17 +119,22 @@ def test_line_model_rows_go_round_the_modes():
         assert pos == (len(prompt) if s < 3 else 0) + len(text)  # seeds 0, 1, 2 read the prompt for their mode
     # the mode is the forced branch: mode 1 decoded greedily equals branch 1 forced by hand
     greedy = S.LineModel(model, tok, temperature=1e-6, modes=3).continue_([prompt], [1], 12, "\n")[0][0]
-    with ExpertController(model) as ctl, torch.no_grad():
+    with ExpertController(model) as ctl:
         ctl.force_rows(torch.tensor([1]))
-        x = torch.tensor([tok.encode(prompt)])
-        text = ""
-        for _ in range(12):
-            nxt = int(model(x).logits[0, -1].argmax())
-            text += tok.decode([nxt])
-            x = torch.cat([x, torch.tensor([[nxt]])], 1)
-            if text.endswith("\n"):
-                break
-    assert greedy == text
+        assert greedy == _greedy_line(model, tok, tok.encode(prompt), 12)
+
+
+@torch.no_grad()
+def _greedy_line(model, tok, ids: list[int], n: int) -> str:
+    """Greedy decoding by hand, a whole forward per character, up to a newline or ``n`` characters."""
+    x, text = torch.tensor([ids]), ""
+    for _ in range(n):
+        nxt = int(model(x).logits[0, -1].argmax())
+        text += tok.decode([nxt])
+        x = torch.cat([x, torch.tensor([[nxt]])], 1)
+        if text.endswith("\n"):
+            break
+    return text
 
 
 def test_eval_runs_modes_beside_temperature(tmp_path):
@@ -248,19 +253,12 @@ def test_line_model_rows_write_their_code_first():
     seeds = [0, 1, 2, 3, 4]
     rows = lm.continue_([prompt] * len(seeds), seeds, 12, "\n")
     for i, (s, (text, _, pos)) in enumerate(zip(seeds, rows, strict=True)):
-        x = torch.tensor([tok.encode(prompt) + [V + s % 3]])
-        want = ""
-        with torch.no_grad():
-            for _ in range(12):
-                nxt = int(model(x).logits[0, -1].argmax())
-                want += tok.decode([nxt])
-                x = torch.cat([x, torch.tensor([[nxt]])], 1)
-                if want.endswith("\n"):
-                    break
-        assert text == want
+        assert text == _greedy_line(model, tok, tok.encode(prompt) + [V + s % 3], 12)
         assert pos == (len(prompt) if i == 0 else 0) + 1 + len(text)  # the prompt once, each row its code
     assert len({r[0] for r in rows[:3]}) > 1  # the codes steer the rows apart
     assert rows[3][0] == rows[0][0] and rows[4][0] == rows[1][0]  # greedy: a mode is one text
+    with pytest.raises(ConfigError, match="need the number of modes"):
+        S.LineModel(model, tok, code=V)
     # the code takes one position of the block: a text may fill the rest, not more
     assert lm.block_size == model.config.block_size - 1
     room = lm.block_size - len(prompt)

@@ -27,6 +27,8 @@ class LineModel:
                  modes: int = 0, code: int | None = None):
         self.model, self.tok = model.eval(), tokenizer
         self.temperature, self.creativity, self.modes = float(temperature), creativity, int(modes)
+        if code is not None and self.modes < 1:
+            raise ConfigError("mode codes need the number of modes: pass modes >= 1 with code")
         self.code = code
         self.dev = next(model.parameters()).device
         self.pad = tokenizer.encode("\n")[0]
@@ -62,18 +64,17 @@ class LineModel:
         noise = RowNoise(seeds, self.dev, lookahead=min(LOOKAHEAD, max_chars))
         stops = [self.tok.encode(stop)]
         modes = torch.tensor(seeds, device=self.dev) % self.modes if self.modes else None
+        forced = None if coded else modes  # branches forced per row (a code is read, not forced)
         if self.shares_prompts:
             with contextlib.ExitStack() as stack:
-                ctl = stack.enter_context(ExpertController(self.model)) if modes is not None and not coded else None
-                step = (_shared_prompt_step(self.model, first=self.code + modes) if coded
-                        else _shared_prompt_step(self.model, ctl, modes))
+                ctl = stack.enter_context(ExpertController(self.model)) if forced is not None else None
+                step = _shared_prompt_step(self.model, ctl, forced, first=self.code + modes if coded else None)
                 gen = decode(step, batch, max_chars, noise, Sampling(self.temperature), stop_sequences=stops)
         else:
             c = None if self.creativity is None else torch.full((len(ids),), float(self.creativity), device=self.dev)
             gen = generate(self.model, batch, max_chars, noise, temperature=self.temperature, creativity=c,
                            stop_ids=stops[0])
-        keys = list(zip(prompts, modes.tolist() if modes is not None and not coded else [None] * len(prompts),
-                        strict=True))
+        keys = list(zip(prompts, forced.tolist() if forced is not None else [None] * len(prompts), strict=True))
         first = {}
         for b, key in enumerate(keys):
             first.setdefault(key, b)
