@@ -241,3 +241,170 @@ def test_cli_train_and_solve(tmp_path, capsys, monkeypatch):
     assert main(["game24", "solve", "4 5 6 10", "--method", "mgdm", "--mgdm-model", str(tmp_path / "none")]) == 2
     assert main(["game24", "solve", "4 5 6 10", "--method", "mgdm"]) == 2  # no denoiser ships: it solves nothing
     assert "--mgdm-model RUN" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ adapted from the autoregressive model
+
+
+def _shipped_ar():
+    return str(E.SHIPPED_RUNS["model"])
+
+
+def test_adapting_keeps_the_autoregressive_weights_and_shifts_the_logits():
+    from mixture_of_thoughts.models.diffusion import denoiser_logits
+
+    ar = load_checkpoint(_shipped_ar(), expect="ar")
+    model = M.adapt(ar, M.MGDMConfig(init=_shipped_ar()), torch.Generator().manual_seed(0))
+    c, V = model.config, ar.model.config.vocab_size
+    assert (c.causal, c.time_conditioning, c.block_size, c.vocab_size) == (False, False, 64, V + 1)
+    assert not ar.model.config.time_conditioning and ar.model.config.causal  # the original is untouched
+    new = model.state_dict()
+    for name, w in ar.model.state_dict().items():
+        assert torch.equal(new[name][:V] if name in ("wte.weight", "lm_head.weight") else new[name], w.float())
+    assert model.lm_head.weight is model.wte.weight and new["wte.weight"][V].abs().max() < 0.2
+    x = torch.randint(0, V, (2, 64), generator=torch.Generator().manual_seed(1))
+    raw, _ = denoiser_logits(model, x, torch.ones(2))
+    shifted = M.logits_of(model, x, torch.ones(2), shift=True)
+    assert torch.equal(shifted[:, 1:], raw[:, :-1]) and torch.equal(shifted[:, 0], raw[:, 0])
+    assert torch.equal(M.logits_of(model, x, torch.ones(2), shift=False), raw)
+    cfg = M.MGDMConfig(init=_shipped_ar())
+    with pytest.raises(ConfigError, match="thought layers"):
+        M.adapt(load_checkpoint(E.SHIPPED_RUNS["mot_model"]), cfg, torch.Generator())
+
+
+def test_suffix_rows_mask_the_end_of_the_answer_at_their_fraction(monkeypatch):
+    cfg = M.MGDMConfig(**{**TINY, "suffix": 1.0})
+    pairs = M.examples(PUZZLES)[:16]
+    tok = M.tokenizer_for(pairs)
+    x, given = M.encode(tok, pairs, cfg.length)
+    model = M.build_model(cfg, tok.vocab_size)
+    seen = []
+    real = M.logits_of
+    monkeypatch.setattr(M, "logits_of", lambda m, x_t, t, **kw: seen.append(x_t) or real(m, x_t, t, **kw))
+    M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(0, cfg.diffusion_steps, (16,), generator=gen)
+    masked = seen[0] == mask_id(model)
+    n = (~given).sum(1)
+    expect = ((t + 1).float() / cfg.diffusion_steps * n).ceil().long()
+    assert masked.sum(1).tolist() == expect.tolist()
+    for row, k in zip(masked, expect.tolist(), strict=True):  # one block, ending at the last position
+        assert row[-k:].all() and not row[:-k].any()
+    with pytest.raises(ConfigError, match="suffix"):
+        M.MGDMConfig(suffix=1.5)
+
+
+class Knows(torch.nn.Module):
+    """A fake denoiser that writes the clean answers it is given at every position (no shift)."""
+
+    def __init__(self, clean, vocab):
+        super().__init__()
+        self.config = types.SimpleNamespace(vocab_size=vocab + 1, block_size=clean.shape[1], causal=False)
+        self.wte = torch.nn.Embedding(1, 1)
+        self.clean, self.seen = clean, []
+
+    def forward(self, x, noise=None, creativity=None, time=None):
+        self.seen.append(x.clone())
+        return types.SimpleNamespace(logits=F.one_hot(self.clean, self.config.vocab_size).float())
+
+
+def test_first_result_accuracy_masks_from_the_first_result_on():
+    pairs = M.examples(PUZZLES[:3])
+    tok = M.tokenizer_for(pairs)
+    clean, _ = M.encode(tok, pairs, 64)
+    model = Knows(clean, tok.vocab_size)
+    assert M.first_result_accuracy(model, tok, PUZZLES[:3], shift=False) == 1.0
+    seen = model.seen[0]
+    for row, (p, a) in zip(seen.tolist(), pairs, strict=True):
+        k = len(p) + a.index("= ") + 2  # the prompt and "10 - 6 = " stay; the rest is masked
+        assert tok.decode(row[:k]) == p + a[:a.index("= ") + 2] and set(row[k:]) == {mask_id(model)}
+    assert M.first_result_accuracy(model, tok, PUZZLES[:3], shift=True) < 0.5  # off by one position
+    M.first_result_accuracy(model, tok, PUZZLES[:3], shift=False, later_given=True)
+    for row, (p, a) in zip(model.seen[-1].tolist(), pairs, strict=True):  # the result alone is masked
+        k, n = len(p) + a.index("= ") + 2, len(p) + a.index("\n")
+        assert set(row[k:n]) == {mask_id(model)} and mask_id(model) not in row[:k] + row[n:]
+
+
+def test_first_result_accuracy_of_the_autoregressive_model_is_teacher_forced():
+    ar = load_checkpoint(_shipped_ar(), expect="ar")
+    acc = M.first_result_accuracy(ar.model, ar.tokenizer, PUZZLES, shift=True)
+    assert acc > 0.9  # the shipped model does its sums
+    assert M.first_result_accuracy(ar.model, ar.tokenizer, PUZZLES, shift=False) < 0.5  # unshifted: misread
+
+
+def test_cli_adapts_the_shipped_model(tmp_path, capsys, monkeypatch):
+    from mixture_of_thoughts.cli import main
+
+    monkeypatch.setattr(g, "load_puzzles", lambda: [])
+    monkeypatch.setattr(g, "split", lambda ps: (PUZZLES[:6], PUZZLES[6:], []))
+    out = tmp_path / "a"
+    assert main(["game24", "train", "--kind", "mgdm", "--adapt", "--suffix", "0.5", "--out", str(out),
+                 "--steps", "1"]) == 0
+    assert "first step's result written with the rest masked" in capsys.readouterr().out
+    ck = load_checkpoint(out)
+    assert ck.meta["shift"] and ck.meta["mgdm"]["init"] == _shipped_ar() and ck.meta["mgdm"]["suffix"] == 0.5
+    assert M.Denoiser.from_checkpoint(ck, steps=2).shift
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= row["val_first_result"] <= 1.0
+    assert main(["game24", "train", "--kind", "mgdm", "--init", str(E.SHIPPED_RUNS["mot_model"]),
+                 "--out", str(tmp_path / "b"), "--steps", "1"]) == 2
+    assert "thought layers" in capsys.readouterr().err
+    assert main(["game24", "train", "--kind", "mgdm", "--suffix", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "suffix must be" in capsys.readouterr().err
+
+
+def test_annealing_starts_from_the_autoregressive_model_and_opens_on_schedule(tmp_path, monkeypatch):
+    ar = load_checkpoint(_shipped_ar(), expect="ar")
+    model = M.adapt(ar, M.MGDMConfig(init=_shipped_ar()), torch.Generator().manual_seed(0))
+    x = torch.randint(0, ar.tokenizer.vocab_size, (2, 64), generator=torch.Generator().manual_seed(1))
+    causal = torch.ones(64, 64, dtype=torch.bool).tril().expand(2, 1, 64, 64)
+    with torch.no_grad():
+        opened = model(x, attn_mask=causal).logits[..., :-1]
+        assert torch.allclose(opened, ar.model(x).logits, atol=1e-5)  # closed attention: the AR model itself
+        assert not torch.allclose(model(x).logits[..., :-1], ar.model(x).logits, atol=1e-2)
+    futures = []
+    real = M.mgdm_loss
+    monkeypatch.setattr(M, "mgdm_loss",
+                        lambda *a, future=1.0, **k: futures.append(future) or real(*a, future=future, **k))
+    cfg = M.MGDMConfig(init=_shipped_ar(), anneal=2, eval_every=5, per_solution=1,
+                       train=TrainConfig(objective="diffusion", max_steps=3, batch_size=4, warmup_steps=1))
+    M.train_mgdm(PUZZLES, PUZZLES[:2], cfg, tmp_path / "run")
+    assert futures == [0.0, 0.5, 1.0]
+    with pytest.raises(ConfigError, match="needs init"):
+        M.MGDMConfig(anneal=10)
+
+
+def test_ties_join_a_result_to_its_later_use_and_mask_numbers_whole():
+    pair = ("4 5 6 10:\n", "10 - 6 = 4\n5 * 4 = 20\n20 + 4 = 24\n")
+    tie = M.ties([pair], 48)[0].tolist()
+    text = pair[0] + pair[1]
+    spans = {}
+    for i, k in enumerate(tie):
+        if k >= 0:
+            spans.setdefault(k, []).append(i)
+    as_text = {k: [text[i] for i in v] for k, v in spans.items()}
+    # step 0's 4 and its use in step 1; step 1's 20 and its use; the 4 of step 2 is the puzzle's (untied)
+    assert as_text == {0: ["4", "4"], 1: ["2", "0", "2", "0"], 2: ["2", "4"]}
+    assert text[spans[0][1] - 2:spans[0][1] + 1] == "* 4"
+    cfg = M.MGDMConfig(**{**TINY, "tie_values": True})
+    pairs = M.examples(PUZZLES)[:32]
+    tok = M.tokenizer_for(pairs)
+    x, given = M.encode(tok, pairs, cfg.length)
+    tie = M.ties(pairs, cfg.length)
+    seen = []
+    real = M.logits_of
+    model = M.build_model(cfg, tok.vocab_size)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(M, "logits_of", lambda m, x_t, t, **kw: seen.append(x_t) or real(m, x_t, t, **kw))
+        M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(4), tie=tie)
+    masked = seen[0] == mask_id(model)
+    split = 0
+    for row, ids, prompt in zip(masked, tie, given, strict=True):
+        for k in ids[ids >= 0].unique():
+            group = row[ids == k]
+            assert group.all() or not group.any()  # a number is masked whole, wherever it is written
+        free = (ids < 0) & ~prompt
+        split += int((row & free).any() and (~row & free).any())
+    assert split > 0  # the other positions are still drawn one by one
+    with pytest.raises(ConfigError, match="ties"):
+        M.mgdm_loss(model, x, given, cfg, torch.Generator())

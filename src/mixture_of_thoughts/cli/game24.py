@@ -136,7 +136,13 @@ def _train_mgdm(args) -> int:
         raise ConfigError("--out is required (the run directory to create)")
     if args.data:
         raise ConfigError("--kind mgdm makes its own traces from the training puzzles: drop --data")
-    cfg = MGDMConfig()
+    init = None
+    if args.adapt or args.init:
+        from ..experiments.game24_eval import SHIPPED_RUNS
+
+        init = str(args.init or SHIPPED_RUNS["model"])
+    cfg = MGDMConfig(init=init, suffix=args.suffix, anneal=args.anneal, tie_values=args.tie_values,
+                     minutes=args.minutes)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
     train, val, _ = game24.split(game24.load_puzzles())
@@ -144,7 +150,8 @@ def _train_mgdm(args) -> int:
     def log(row):
         if not args.quiet:
             print(f"step {row['step']}: loss {row['train_loss']:.4f}, validation puzzles solved by one greedy "
-                  f"decode {row['val_solved']:.2f} ({row['minutes']:.1f} min)", flush=True)
+                  f"decode {row['val_solved']:.2f}, first step's result written with the rest masked "
+                  f"{row['val_first_result']:.2f} ({row['minutes']:.1f} min)", flush=True)
 
     res = train_mgdm(train, val, cfg, args.out, log=log, force=args.force)
     print(f"trained {res['steps']} steps in {res['minutes']:.1f} min on {res['traces']:,} traces; best at step "
@@ -335,14 +342,23 @@ def register(add) -> None:
     g.add_argument("--steps", type=int, default=None, help="train: steps (default: the preset's)")
     g.add_argument("--init", default=None,
                    help="train: a run to continue on --data up to --steps in all, in a new --out (kind modes / codes: "
-                        "the MoT / autoregressive run to start from, default: shipped)")
+                        "the MoT / autoregressive run to start from, default: shipped; kind mgdm: the autoregressive "
+                        "run to adapt)")
+    g.add_argument("--adapt", action="store_true", help="train --kind mgdm: start the denoiser from the "
+                   "autoregressive model (--init, default the shipped one): bidirectional, shifted logits")
+    g.add_argument("--anneal", type=int, default=0, help="train --kind mgdm --adapt: steps over which "
+                   "attention opens from causal to bidirectional (default 0: at once)")
+    g.add_argument("--tie-values", action="store_true", help="train --kind mgdm: mask each intermediate number "
+                   "whole and everywhere it is written (its result and its later uses together)")
+    g.add_argument("--suffix", type=float, default=0.0, help="train --kind mgdm: share of training rows that "
+                   "mask a suffix of the answer instead of random positions (default 0)")
     g.add_argument("--modes", type=int, default=8, help="train --kind modes / codes: modes (mode b forces branch b / "
                    "is code b)")
     g.add_argument("--eps", type=float, default=None,
                    help="train --kind modes / codes: the relaxed winner-takes-all's share for the modes that lost "
                    "(default 0.1; (M - 1) / M assigns every answer a mode uniformly at random, the ablation)")
-    g.add_argument("--minutes", type=float, default=None, help="train --kind modes / codes: stop after this many "
-                   "minutes")
+    g.add_argument("--minutes", type=float, default=None, help="train --kind modes / codes / mgdm: stop after this "
+                   "many minutes")
     g.add_argument("--epochs", type=int, default=12, help="train-value: epochs over the training states")
     g.add_argument("--force", action="store_true",
                    help="train, train-value, export: overwrite an existing run, value or copy")

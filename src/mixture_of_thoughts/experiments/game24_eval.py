@@ -300,7 +300,7 @@ class Models:
         key = ("mgdm_model", temperature)
         if key not in self._lines:
             ck = self.ck["mgdm_model"]
-            self._lines[key] = Denoiser(ck.model, ck.tokenizer, steps=self.cfg.mgdm_steps, temperature=temperature)
+            self._lines[key] = Denoiser.from_checkpoint(ck, steps=self.cfg.mgdm_steps, temperature=temperature)
         return self._lines[key]
 
     def fingerprint(self, spec: MethodSpec) -> dict[str, str]:

@@ -263,8 +263,11 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """``rope``: precomputed ``rope_angles(positions, ...)``, shared by all layers of a model."""
+                layer: int = 0, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``rope``: precomputed ``rope_angles(positions, ...)``, shared by all layers of a model.
+        ``attn_mask``: (B, 1, T, T) bool, True where a query may read a key, in place of the layer's
+        own causal or bidirectional pattern (no cache)."""
         B, T, C = x.shape
         cos, sin = rope if rope is not None else rope_angles(positions, self.head_size, self.rope_base)
         if cache is None and torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad):
@@ -273,9 +276,11 @@ class SelfAttention(nn.Module):
             q, k, v = split_heads(self.qkv(x), self.n_head, cos, sin)
         p = self.dropout if self.training else 0.0
         if cache is not None:
-            if not self.causal:
+            if not self.causal or attn_mask is not None:
                 raise ValueError("a KV cache needs causal attention")
             y = cache.attend(layer, q, k, v, positions, dropout_p=p)
+        elif attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)

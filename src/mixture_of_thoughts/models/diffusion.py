@@ -79,17 +79,19 @@ def mask_id(model) -> int:
     return model.config.vocab_size - 1
 
 
-def denoiser_logits(model, x_t: torch.Tensor, t: torch.Tensor, *, noise=None, creativity=None):
+def denoiser_logits(model, x_t: torch.Tensor, t: torch.Tensor, *, noise=None, creativity=None, attn_mask=None):
     """Float logits of the clean tokens with the ``[MASK]`` logit at ``-inf``.
 
     Args:
         model: a time-conditioned bidirectional :class:`Transformer`.
         x_t: (B, L) partly masked ids.
         t: (B,) noise levels.
+        attn_mask: (B, 1, L, L) bool, which keys each query reads (default: all).
     Returns:
         ``(logits (B, L, V+1), ModelOutput)``.
     """
-    out = model(x_t, noise=noise, creativity=creativity, time=t)
+    mask = {} if attn_mask is None else {"attn_mask": attn_mask}
+    out = model(x_t, noise=noise, creativity=creativity, time=t, **mask)
     logits = out.logits.float()
     logits[..., mask_id(model)] = float("-inf")
     return logits, out

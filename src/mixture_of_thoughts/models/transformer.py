@@ -69,8 +69,8 @@ class Block(nn.Module):
             self.ffn = DenseFFN(cfg.n_embd, cfg.dense_hidden, bias=cfg.bias, dropout=cfg.dropout)
 
     def forward(self, x, positions, *, cache=None, noise=None, creativity=None, costly_stats=False, rope=None,
-                route=None, aux=True):
-        x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope)
+                route=None, aux=True, attn_mask=None):
+        x = x + self.attn(self.norm1(x), positions, cache, self.layer_idx, rope, attn_mask)
         h = self.norm2(x)
         if self.is_thought:
             out = self.ffn(h, noise=noise, positions=positions, creativity=creativity, route=route,
@@ -126,7 +126,8 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None,
                 noise=None, creativity=None, route: str | None = None, time: torch.Tensor | None = None,
-                last_only: bool = False, costly_stats: bool = False, aux: bool = True) -> ModelOutput:
+                last_only: bool = False, costly_stats: bool = False, aux: bool = True,
+                attn_mask: torch.Tensor | None = None) -> ModelOutput:
         """Run the model.
 
         Args:
@@ -140,6 +141,8 @@ class Transformer(nn.Module):
             time: (B,) noise levels in [0, 1] for a time-conditioned denoiser.
             last_only: compute logits for the last position only (generation).
             costly_stats: ask thought layers for their costly statistics (branch diversity).
+            attn_mask: (B, 1, T, T) bool, which keys each query reads, in place of the model's own
+                pattern (training a denoiser adapted from a causal model; no cache).
             aux: compute the thought layers' aux losses and statistics; ``False`` (generation) keeps
                 only their routing load (``load``, ``row_load``, ``active_k``) and a zero aux loss.
         Returns:
@@ -158,7 +161,7 @@ class Transformer(nn.Module):
         rope = rope_angles(positions, self.config.head_size, self.config.rope_base)  # once for all layers
         for block in self.blocks:
             x, a, s = block(x, positions, cache=cache, noise=noise, creativity=creativity, costly_stats=costly_stats,
-                            rope=rope, route=route, aux=aux)
+                            rope=rope, route=route, aux=aux, attn_mask=attn_mask)
             if a is not None:
                 aux_loss = aux_loss + a
                 stats[block.layer_idx] = s

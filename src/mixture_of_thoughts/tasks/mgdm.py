@@ -139,6 +139,21 @@ class MGDMConfig:
         minutes: stop after this many minutes even before ``train.max_steps`` (a CPU budget).
         eval_every: steps between validation decodes (the best checkpoint is kept).
         eval_steps: denoising steps of the validation decode.
+        init: an autoregressive checkpoint (run or checkpoint directory) to start from instead of random
+            weights: its size replaces ``n_layer, n_head, n_embd``, its tokenizer is kept and ``[MASK]``
+            added, attention becomes bidirectional, and the logits are *shifted* (the output at position
+            ``i - 1`` predicts token ``i``, as the autoregressive head was trained), the adaptation of
+            Gong et al. 2025 (*Scaling Diffusion Language Models via Adaptation from Autoregressive
+            Models*, DiffuLLaMA) and of Dream 7B. No time input: the masked context says the time.
+        suffix: the share of training rows that mask a *suffix* of the answer (at the row's masked
+            fraction) instead of random positions: the left-to-right curriculum of block diffusion
+            (Arriola et al. 2025), which asks for each step's result from the steps before it.
+        anneal: with ``init``, the steps over which attention opens from causal to bidirectional
+            (DiffuLLaMA's attention mask annealing): at step ``s`` a query reads each later key with
+            probability ``s / anneal``; 0 opens it at once.
+        tie_values: mask each intermediate number whole and everywhere it is written (its result and
+            its later uses together, :func:`ties`), so a result cannot be copied from the step that uses
+            it and must be computed from its operands.
     """
 
     n_layer: int = 4
@@ -156,6 +171,10 @@ class MGDMConfig:
     minutes: float | None = None
     eval_every: int = 250
     eval_steps: int = 8
+    init: str | None = None
+    suffix: float = 0.0
+    anneal: int = 0
+    tie_values: bool = False
 
     def __post_init__(self):
         if self.time_weighting not in ("linear", "elbo", "none"):
@@ -166,6 +185,12 @@ class MGDMConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise ConfigError(f"minutes must be > 0, got {self.minutes}")
+        if isinstance(self.anneal, bool) or not isinstance(self.anneal, int) or self.anneal < 0:
+            raise ConfigError(f"anneal must be a whole number of steps >= 0, got {self.anneal!r}")
+        if self.anneal and self.init is None:
+            raise ConfigError("anneal opens a causal model's attention: it needs init (--adapt)")
+        if not 0.0 <= self.suffix <= 1.0:
+            raise ConfigError(f"suffix must be a share in [0, 1], got {self.suffix}")
         if self.per_solution is not None and self.per_solution < 1:
             raise ConfigError(f"per_solution must be >= 1 (or None for every step order), got {self.per_solution}")
 
@@ -191,17 +216,56 @@ def encode(tok: CharTokenizer, pairs, length: int) -> tuple[torch.Tensor, torch.
     return ids, given
 
 
-def mgdm_loss(model, x: torch.Tensor, given: torch.Tensor, cfg: MGDMConfig, g: torch.Generator) -> torch.Tensor:
+def ties(pairs, length: int) -> torch.Tensor:
+    """(N, length) long: at each position of an intermediate number, the id (within its row) of that
+    number, else -1. A step's result and its later use as an operand share an id (an operand equal to
+    several open results takes the latest; one not among them is a puzzle number and stays -1), so
+    :func:`mgdm_loss` with ``tie_values`` masks a number whole and everywhere it is written."""
+    out = torch.full((len(pairs), length), -1, dtype=torch.long)
+    for i, (p, a) in enumerate(pairs):
+        pos, open_ = len(p), []  # results not yet used: (text, id)
+        for k, line in enumerate(a.rstrip(PAD).split(PAD)):
+            left, op, right, _, res = line.split(" ")
+            for start, text in ((pos, left), (pos + len(left) + len(op) + 2, right)):
+                hit = next((j for j in range(len(open_) - 1, -1, -1) if open_[j][0] == text), None)
+                if hit is not None:
+                    out[i, start:start + len(text)] = open_.pop(hit)[1]
+            start = pos + len(line) - len(res)
+            out[i, start:start + len(res)] = k
+            open_.append((res, k))
+            pos += len(line) + 1
+    return out
+
+
+def mgdm_loss(model, x: torch.Tensor, given: torch.Tensor, cfg: MGDMConfig, g: torch.Generator, *,
+              future: float = 1.0, tie: torch.Tensor | None = None) -> torch.Tensor:
     """MGDM's training loss on a batch: mask answer positions at a random discrete time, weight each
-    masked position's cross-entropy by the token and time weights, divide by the masked count."""
+    masked position's cross-entropy by the token and time weights, divide by the masked count.
+
+    ``future`` < 1 (attention mask annealing, a denoiser adapted from a causal model): each query reads
+    every key before it and each later key with probability ``future``, drawn per row. ``tie``: the
+    rows' :func:`ties` (with ``cfg.tie_values``): the positions of one number share their draw."""
     B, L = x.shape
     T = cfg.diffusion_steps
     t = torch.randint(0, T, (B,), generator=g)
     u = torch.rand((B, L), generator=g)
+    if cfg.tie_values:
+        if tie is None:
+            raise ConfigError("tie_values needs the rows' ties (mgdm.ties)")
+        u = torch.where(tie >= 0, torch.rand((B, L), generator=g).gather(1, tie.clamp(min=0)), u)
     masked = (u < ((t + 1).float() / T)[:, None]) & ~given
+    if cfg.suffix > 0:  # these rows mask a suffix of the answer instead, at the same fraction
+        rows = torch.rand(B, generator=g) < cfg.suffix
+        n = (~given).sum(1)
+        start = L - ((t + 1).float() / T * n).ceil().long()
+        masked = torch.where(rows[:, None], torch.arange(L)[None, :] >= start[:, None], masked) & ~given
     masked[:, -1] |= ~masked.any(1)  # a row with nothing masked still teaches something (the last pad)
     x_t = torch.where(masked, torch.full_like(x, mask_id(model)), x)
-    logits, _ = denoiser_logits(model, x_t, masked_fraction(masked, given))
+    attn = None
+    if future < 1.0:
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        attn = (causal | (torch.rand((B, 1, L, L), generator=g) < future)).to(x.device)
+    logits = logits_of(model, x_t, masked_fraction(masked, given), shift=cfg.init is not None, attn_mask=attn)
     ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
     ce = torch.where(masked, ce, torch.zeros_like(ce))
     if cfg.token_weighting:
@@ -215,9 +279,38 @@ def mgdm_loss(model, x: torch.Tensor, given: torch.Tensor, cfg: MGDMConfig, g: t
     return (ce * w[:, None]).sum() / masked.sum()
 
 
+def logits_of(model, x_t: torch.Tensor, t: torch.Tensor, *, shift: bool, attn_mask=None) -> torch.Tensor:
+    """(B, L, V+1) logits of every position's clean token (``[MASK]`` at -inf). ``shift``: the model
+    was adapted from an autoregressive one, so position ``i``'s token is read from output ``i - 1``
+    (position 0, always given, keeps its own output). ``attn_mask``: as for the model (default all)."""
+    logits, _ = denoiser_logits(model, x_t, t, attn_mask=attn_mask)
+    return torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits
+
+
 def masked_fraction(masked: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
     """(B,) the time input: the masked fraction of each row's answer positions."""
     return (masked.sum(1).float() / (~given).sum(1).clamp(min=1).float()).clamp(1e-3, 1.0)
+
+
+def adapt(ck, cfg: MGDMConfig, generator: torch.Generator):
+    """The denoiser adapted from the autoregressive checkpoint ``ck``: the same weights, bidirectional
+    attention, a block of ``cfg.length``, no time input, and ``[MASK]`` added as the last id (its
+    embedding, tied to the head, drawn as the model's own were, std 0.02)."""
+    import dataclasses
+
+    from ..models.transformer import Transformer
+
+    mc = ck.model.config
+    if mc.has_thoughts:
+        raise ConfigError(f"{ck.path} has thought layers: start the denoiser from a plain autoregressive run")
+    new = Transformer(dataclasses.replace(mc, vocab_size=mc.vocab_size + 1, block_size=cfg.length, causal=False,
+                                          time_conditioning=False))
+    state = ck.model.state_dict()
+    mask = torch.randn(1, state["wte.weight"].shape[1], generator=generator) * 0.02
+    state["wte.weight"] = torch.cat([state["wte.weight"].float(), mask])
+    state["lm_head.weight"] = state["wte.weight"]  # tied
+    new.load_state_dict(state)
+    return new.float()
 
 
 def build_model(cfg: MGDMConfig, vocab_size: int):
@@ -242,19 +335,32 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
     from ..training.trainer import prepare_out_dir
 
     out = Path(out)
-    prepare_out_dir(out, resume=False, force=force)
-    out.mkdir(parents=True, exist_ok=True)
     pairs = examples(train_puzzles, per_solution=cfg.per_solution, seed=cfg.train.seed)
     if not pairs:
         raise ConfigError("no training puzzles with a solution: nothing to train on")
-    tok = tokenizer_for(pairs)
+    if cfg.init is None:
+        tok = tokenizer_for(pairs)
+        model = build_model(cfg, tok.vocab_size)
+    else:
+        from ..training.checkpoint import load_checkpoint
+
+        ck = load_checkpoint(cfg.init, expect="ar")
+        tok = ck.tokenizer
+        lacking = sorted(set(tokenizer_for(pairs).chars) - set(tok.chars))
+        if lacking:
+            raise ConfigError(f"{cfg.init}'s tokenizer lacks {lacking!r}: start from a Game of 24 run")
+        model = adapt(ck, cfg, torch.Generator().manual_seed(cfg.train.seed))
+    model.train()
     x_all, given_all = encode(tok, pairs, cfg.length)
-    model = build_model(cfg, tok.vocab_size).train()
+    tie_all = ties(pairs, cfg.length) if cfg.tie_values else None
+    prepare_out_dir(out, resume=False, force=force)  # once the model and data are ready: a bad start writes nothing
+    out.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     opt = make_optimizer(model, tc, torch.device("cpu"))
     g = torch.Generator().manual_seed(tc.seed + 1)
-    meta = {"mgdm": asdict(cfg), "train": asdict(tc), "data": f"{len(pairs)} traces of {len(train_puzzles)} "
-            "training puzzles (mot game24 train --kind mgdm)", "answer_format": "mgdm-answer/1"}
+    meta = {"mgdm": asdict(cfg), "shift": cfg.init is not None, "train": asdict(tc),
+            "data": f"{len(pairs)} traces of {len(train_puzzles)} training puzzles (mot game24 train --kind mgdm)",
+            "answer_format": "mgdm-answer/1"}
     best, summary, t0, step = -1.0, {}, time.time(), 0
     metrics = (out / "metrics.jsonl").open("w", encoding="utf-8")
     running = []
@@ -263,17 +369,21 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
             idx = torch.randint(0, len(pairs), (tc.batch_size,), generator=g)
-            loss = mgdm_loss(model, x_all[idx], given_all[idx], cfg, g)
+            future = min(1.0, step / cfg.anneal) if cfg.anneal else 1.0
+            loss = mgdm_loss(model, x_all[idx], given_all[idx], cfg, g, future=future,
+                             tie=None if tie_all is None else tie_all[idx])
             optimizer_step(opt, loss, model.parameters(), tc.grad_clip)
             step += 1
             running.append(float(loss.detach()))
             over = cfg.minutes is not None and time.time() - t0 > 60 * cfg.minutes
             if step % cfg.eval_every == 0 or step == tc.max_steps or over:
                 model.eval()
-                solved = solve_rate(Denoiser(model, tok, steps=cfg.eval_steps), val_puzzles)
+                shift = cfg.init is not None
+                solved = solve_rate(Denoiser(model, tok, steps=cfg.eval_steps, shift=shift), val_puzzles)
+                first = first_result_accuracy(model, tok, val_puzzles, shift=shift)
                 model.train()
                 row = {"step": step, "train_loss": sum(running) / len(running), "val_solved": solved,
-                       "minutes": (time.time() - t0) / 60}
+                       "val_first_result": first, "minutes": (time.time() - t0) / 60}
                 running = []
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
@@ -307,17 +417,26 @@ class Denoiser:
             sequence at every step).
         temperature: 0 takes each position's most likely token (theirs); above 0 samples it.
         select_noise: the Gumbel scale on the choice of what to mask again (theirs: 0.5), times ``t / S``.
+        shift: the model was adapted from an autoregressive one (:func:`adapt`); :meth:`from_checkpoint`
+            reads it from the checkpoint.
     """
 
-    def __init__(self, model, tokenizer, *, steps: int = 8, temperature: float = 0.0, select_noise: float = 0.5):
+    def __init__(self, model, tokenizer, *, steps: int = 8, temperature: float = 0.0, select_noise: float = 0.5,
+                 shift: bool = False):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"the denoising steps must be a positive integer, got {steps!r}")
         if not temperature >= 0 or not select_noise >= 0:
             raise ConfigError(f"temperature and select_noise must be >= 0, got {temperature}, {select_noise}")
         self.model, self.tok = model.eval(), tokenizer
         self.steps, self.temperature, self.select_noise = steps, float(temperature), float(select_noise)
+        self.shift = bool(shift)
         self.length = model.config.block_size
         self.dev = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, ck, **kw) -> Denoiser:
+        """The denoiser of a checkpoint made by :func:`train_mgdm` (``kw`` as for the constructor)."""
+        return cls(ck.model, ck.tokenizer, shift=bool(ck.meta.get("shift", False)), **kw)
 
     @property
     def cost(self) -> int:
@@ -343,7 +462,7 @@ class Denoiser:
         positions = torch.arange(x.shape[1], device=x.device)
         for i in range(S):
             masked = x == M
-            logits, _ = denoiser_logits(self.model, x, masked_fraction(masked, given))
+            logits = logits_of(self.model, x, masked_fraction(masked, given), shift=self.shift)
             tok, conf = propose(logits, noise, i, positions, self.temperature)
             x = torch.where(masked, tok, x)
             score = torch.where(masked, conf.clamp_min(1e-30).log(), score)
@@ -373,10 +492,42 @@ def solve_rate(den: Denoiser, puzzles, *, batch: int = 100) -> float:
     return hits / len(puzzles)
 
 
+@torch.no_grad()
+def first_result_accuracy(model, tok: CharTokenizer, puzzles, *, shift: bool, later_given: bool = False,
+                          limit: int = 400) -> float:
+    """Arithmetic with the rest unwritten: the share of the answers of ``puzzles`` (up to ``limit``)
+    whose first step's result one greedy pass writes exactly when the prompt and the first step's
+    left side (``10 - 6 = ``) are given and everything after them is masked, as when an answer is
+    written from left to right. ``later_given``: mask the result alone, the later steps (which use it)
+    given. An autoregressive model (causal, nothing to mask: its attention hides what follows) is read
+    the same way, its output at ``i - 1`` predicting token ``i`` (pass ``shift=True``) with the true
+    digits before each one (teacher forcing)."""
+    pairs = examples(puzzles)[:limit]
+    if not pairs:
+        return float("nan")
+    causal = model.config.causal
+    length = max(len(p + a) for p, a in pairs) if causal else model.config.block_size
+    x, given = encode(tok, pairs, length)
+    x, given = x.to(model.wte.weight.device), given.to(model.wte.weight.device)
+    start = torch.tensor([len(p) + a.index("= ") + 2 for p, a in pairs], device=x.device)
+    end = torch.tensor([len(p) + a.index(PAD) for p, a in pairs], device=x.device)
+    pos = torch.arange(x.shape[1], device=x.device)[None, :]
+    result = (pos >= start[:, None]) & (pos < end[:, None])
+    if causal:
+        logits = model.eval()(x).logits
+        pred = (torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits).argmax(-1)
+    else:
+        masked = result if later_given else pos >= start[:, None]
+        x_t = torch.where(masked, torch.full_like(x, mask_id(model)), x)
+        pred = logits_of(model.eval(), x_t, masked_fraction(masked, given), shift=shift).argmax(-1)
+    return float(((pred == x) | ~result).all(1).float().mean())
+
+
 def max_length(puzzles) -> int:
     """The longest prompt + answer of ``puzzles``' solutions (what ``length`` must hold)."""
     return max((len(p + a) for p, a in examples(puzzles)), default=0)
 
 
 __all__ = ["MGDMConfig", "Denoiser", "examples", "replay", "read_solution", "train_mgdm", "solve_rate", "mgdm_loss",
-           "encode", "tokenizer_for", "step_line", "prompt_of", "answer_of", "max_length"]
+           "encode", "tokenizer_for", "adapt", "logits_of",
+           "first_result_accuracy", "ties", "step_line", "prompt_of", "answer_of", "max_length"]
