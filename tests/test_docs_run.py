@@ -194,9 +194,13 @@ def test_the_cut_is_only_sizes(tmp_path):
 # default test runs too: `make test-all` runs them. The wide grid (about 80 settings of the real SmolLM2,
 # 70 s); the tuning grid (34 s; the held-out grid below it runs the same path, and --report-only reads the
 # committed report the tour copies); the character comparisons (24-25 s each; tests/test_compare.py runs
-# the quick pipeline).
+# the quick pipeline). Four of the denoiser's validation trainings (4 s each here; the tour runs the
+# adapted one the eval reads, the annealed and tied one, and MGDM's own; tests/test_mgdm.py the rest).
 SLOW_COMMANDS = ("mot compare lm --model smollm2 --grid wide",
-                 "mot compare lm --model smollm2 --out docs/report-smollm2 ", "mot compare char ")
+                 "mot compare lm --model smollm2 --out docs/report-smollm2 ", "mot compare char ",
+                 "mot game24 train --kind mgdm --steps 1500", "mot game24 train --kind mgdm --adapt --suffix",
+                 "mot game24 train --kind mgdm --adapt --anneal 750 --steps",
+                 "mot game24 train --kind mgdm --tie-values")
 SLOW = {i for i, (_, c) in enumerate(RUNS) if c.startswith(SLOW_COMMANDS)}
 
 

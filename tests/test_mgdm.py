@@ -338,11 +338,12 @@ def test_cli_adapts_the_shipped_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(g, "load_puzzles", lambda: [])
     monkeypatch.setattr(g, "split", lambda ps: (PUZZLES[:6], PUZZLES[6:], []))
     out = tmp_path / "a"
-    assert main(["game24", "train", "--kind", "mgdm", "--adapt", "--suffix", "0.5", "--out", str(out),
-                 "--steps", "1"]) == 0
+    assert main(["game24", "train", "--kind", "mgdm", "--adapt", "--suffix", "0.5", "--anneal", "1", "--tie-values",
+                 "--out", str(out), "--steps", "1"]) == 0
     assert "first step's result written with the rest masked" in capsys.readouterr().out
     ck = load_checkpoint(out)
     assert ck.meta["shift"] and ck.meta["mgdm"]["init"] == _shipped_ar() and ck.meta["mgdm"]["suffix"] == 0.5
+    assert ck.meta["mgdm"]["anneal"] == 1 and ck.meta["mgdm"]["tie_values"]
     assert M.Denoiser.from_checkpoint(ck, steps=2).shift
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert 0.0 <= row["val_first_result"] <= 1.0
@@ -351,6 +352,8 @@ def test_cli_adapts_the_shipped_model(tmp_path, capsys, monkeypatch):
     assert "thought layers" in capsys.readouterr().err
     assert main(["game24", "train", "--kind", "mgdm", "--suffix", "2", "--out", str(tmp_path / "c")]) == 2
     assert "suffix must be" in capsys.readouterr().err
+    assert main(["game24", "train", "--kind", "mgdm", "--anneal", "5", "--out", str(tmp_path / "d")]) == 2
+    assert "needs init (--adapt)" in capsys.readouterr().err and not (tmp_path / "d").exists()
 
 
 def test_annealing_starts_from_the_autoregressive_model_and_opens_on_schedule(tmp_path, monkeypatch):
