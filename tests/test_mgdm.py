@@ -272,19 +272,25 @@ def test_adapting_keeps_the_autoregressive_weights_and_shifts_the_logits():
         M.adapt(load_checkpoint(E.SHIPPED_RUNS["mot_model"]), cfg, torch.Generator())
 
 
-def test_suffix_rows_mask_the_end_of_the_answer_at_their_fraction(monkeypatch):
-    cfg = M.MGDMConfig(**{**TINY, "suffix": 1.0})
-    pairs = M.examples(PUZZLES)[:16]
+def _loss_masks(cfg, n, *, seed, monkeypatch):
+    """``(ties, given, masked)`` of one :func:`mgdm_loss` call on the first ``n`` answers: what it masked,
+    read from the input it gave the model."""
+    pairs = M.examples(PUZZLES)[:n]
     tok = M.tokenizer_for(pairs)
     x, given = M.encode(tok, pairs, cfg.length)
+    tie = M.ties(pairs, cfg.length)
     model = M.build_model(cfg, tok.vocab_size)
-    seen = []
-    real = M.logits_of
+    seen, real = [], M.logits_of
     monkeypatch.setattr(M, "logits_of", lambda m, x_t, t, **kw: seen.append(x_t) or real(m, x_t, t, **kw))
-    M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(3))
+    M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(seed), tie=tie)
+    return tie, given, seen[0] == mask_id(model)
+
+
+def test_suffix_rows_mask_the_end_of_the_answer_at_their_fraction(monkeypatch):
+    cfg = M.MGDMConfig(**{**TINY, "suffix": 1.0})
+    _, given, masked = _loss_masks(cfg, 16, seed=3, monkeypatch=monkeypatch)
     gen = torch.Generator().manual_seed(3)
     t = torch.randint(0, cfg.diffusion_steps, (16,), generator=gen)
-    masked = seen[0] == mask_id(model)
     n = (~given).sum(1)
     expect = ((t + 1).float() / cfg.diffusion_steps * n).ceil().long()
     assert masked.sum(1).tolist() == expect.tolist()
@@ -377,7 +383,7 @@ def test_annealing_starts_from_the_autoregressive_model_and_opens_on_schedule(tm
         M.MGDMConfig(anneal=10)
 
 
-def test_ties_join_a_result_to_its_later_use_and_mask_numbers_whole():
+def test_ties_join_a_result_to_its_later_use_and_mask_numbers_whole(monkeypatch):
     pair = ("4 5 6 10:\n", "10 - 6 = 4\n5 * 4 = 20\n20 + 4 = 24\n")
     tie = M.ties([pair], 48)[0].tolist()
     text = pair[0] + pair[1]
@@ -390,17 +396,7 @@ def test_ties_join_a_result_to_its_later_use_and_mask_numbers_whole():
     assert as_text == {0: ["4", "4"], 1: ["2", "0", "2", "0"], 2: ["2", "4"]}
     assert text[spans[0][1] - 2:spans[0][1] + 1] == "* 4"
     cfg = M.MGDMConfig(**{**TINY, "tie_values": True})
-    pairs = M.examples(PUZZLES)[:32]
-    tok = M.tokenizer_for(pairs)
-    x, given = M.encode(tok, pairs, cfg.length)
-    tie = M.ties(pairs, cfg.length)
-    seen = []
-    real = M.logits_of
-    model = M.build_model(cfg, tok.vocab_size)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(M, "logits_of", lambda m, x_t, t, **kw: seen.append(x_t) or real(m, x_t, t, **kw))
-        M.mgdm_loss(model, x, given, cfg, torch.Generator().manual_seed(4), tie=tie)
-    masked = seen[0] == mask_id(model)
+    tie, given, masked = _loss_masks(cfg, 32, seed=4, monkeypatch=monkeypatch)
     split = 0
     for row, ids, prompt in zip(masked, tie, given, strict=True):
         for k in ids[ids >= 0].unique():
@@ -409,5 +405,7 @@ def test_ties_join_a_result_to_its_later_use_and_mask_numbers_whole():
         free = (ids < 0) & ~prompt
         split += int((row & free).any() and (~row & free).any())
     assert split > 0  # the other positions are still drawn one by one
+    pairs = M.examples(PUZZLES)[:4]
+    tok = M.tokenizer_for(pairs)
     with pytest.raises(ConfigError, match="ties"):
-        M.mgdm_loss(model, x, given, cfg, torch.Generator())
+        M.mgdm_loss(M.build_model(cfg, tok.vocab_size), *M.encode(tok, pairs, cfg.length), cfg, torch.Generator())

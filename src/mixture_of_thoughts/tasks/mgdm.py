@@ -176,6 +176,11 @@ class MGDMConfig:
     anneal: int = 0
     tie_values: bool = False
 
+    @property
+    def shift(self) -> bool:
+        """The outputs are read one position on (:func:`logits_of`): a model adapted from ``init``."""
+        return self.init is not None
+
     def __post_init__(self):
         if self.time_weighting not in ("linear", "elbo", "none"):
             raise ConfigError(f"time_weighting must be linear, elbo or none, got {self.time_weighting!r}")
@@ -258,14 +263,15 @@ def mgdm_loss(model, x: torch.Tensor, given: torch.Tensor, cfg: MGDMConfig, g: t
         rows = torch.rand(B, generator=g) < cfg.suffix
         n = (~given).sum(1)
         start = L - ((t + 1).float() / T * n).ceil().long()
-        masked = torch.where(rows[:, None], torch.arange(L)[None, :] >= start[:, None], masked) & ~given
+        after = torch.arange(L, device=x.device)[None, :] >= start[:, None].to(x.device)
+        masked = torch.where(rows[:, None].to(x.device), after, masked) & ~given
     masked[:, -1] |= ~masked.any(1)  # a row with nothing masked still teaches something (the last pad)
     x_t = torch.where(masked, torch.full_like(x, mask_id(model)), x)
     attn = None
     if future < 1.0:
-        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        causal = torch.ones(L, L, dtype=torch.bool).tril()  # every earlier key, and later ones by chance
         attn = (causal | (torch.rand((B, 1, L, L), generator=g) < future)).to(x.device)
-    logits = logits_of(model, x_t, masked_fraction(masked, given), shift=cfg.init is not None, attn_mask=attn)
+    logits = logits_of(model, x_t, masked_fraction(masked, given), shift=cfg.shift, attn_mask=attn)
     ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
     ce = torch.where(masked, ce, torch.zeros_like(ce))
     if cfg.token_weighting:
@@ -284,7 +290,12 @@ def logits_of(model, x_t: torch.Tensor, t: torch.Tensor, *, shift: bool, attn_ma
     was adapted from an autoregressive one, so position ``i``'s token is read from output ``i - 1``
     (position 0, always given, keeps its own output). ``attn_mask``: as for the model (default all)."""
     logits, _ = denoiser_logits(model, x_t, t, attn_mask=attn_mask)
-    return torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits
+    return shifted(logits) if shift else logits
+
+
+def shifted(logits: torch.Tensor) -> torch.Tensor:
+    """Output ``i - 1`` as position ``i``'s prediction (position 0 keeps its own)."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], 1)
 
 
 def masked_fraction(masked: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
@@ -358,7 +369,7 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
     tc = cfg.train
     opt = make_optimizer(model, tc, torch.device("cpu"))
     g = torch.Generator().manual_seed(tc.seed + 1)
-    meta = {"mgdm": asdict(cfg), "shift": cfg.init is not None, "train": asdict(tc),
+    meta = {"mgdm": asdict(cfg), "shift": cfg.shift, "train": asdict(tc),
             "data": f"{len(pairs)} traces of {len(train_puzzles)} training puzzles (mot game24 train --kind mgdm)",
             "answer_format": "mgdm-answer/1"}
     best, summary, t0, step = -1.0, {}, time.time(), 0
@@ -378,7 +389,7 @@ def train_mgdm(train_puzzles, val_puzzles, cfg: MGDMConfig, out: str | Path, *,
             over = cfg.minutes is not None and time.time() - t0 > 60 * cfg.minutes
             if step % cfg.eval_every == 0 or step == tc.max_steps or over:
                 model.eval()
-                shift = cfg.init is not None
+                shift = cfg.shift
                 solved = solve_rate(Denoiser(model, tok, steps=cfg.eval_steps, shift=shift), val_puzzles)
                 first = first_result_accuracy(model, tok, val_puzzles, shift=shift)
                 model.train()
@@ -515,7 +526,7 @@ def first_result_accuracy(model, tok: CharTokenizer, puzzles, *, shift: bool, la
     result = (pos >= start[:, None]) & (pos < end[:, None])
     if causal:
         logits = model.eval()(x).logits
-        pred = (torch.cat([logits[:, :1], logits[:, :-1]], 1) if shift else logits).argmax(-1)
+        pred = (shifted(logits) if shift else logits).argmax(-1)
     else:
         masked = result if later_given else pos >= start[:, None]
         x_t = torch.where(masked, torch.full_like(x, mask_id(model)), x)
