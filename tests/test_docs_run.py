@@ -59,7 +59,7 @@ SIZES = {
     "branch-data": ["--prompts", "4", "--responses", "3", "--max-new-tokens", "12"],
     "train-branches": ["--max-steps", "2"],
     "game24 train": ["--steps", "3"],
-    "game24 train-value": ["--epochs", "1", "--limit", "40"],
+    "game24 train-value": ["--epochs", "1", "--limit", "10"],
     "game24 eval": ["--limit", "1", "--budgets", "60"],
 }
 

@@ -101,6 +101,14 @@ def test_training_learns_the_labels_and_is_reproducible(small_value):
     assert np.array_equal(again.probs_of(keys), once.probs_of(keys))
 
 
+def test_training_of_any_length_runs():
+    # 10 steps in all once broke the learning-rate schedule (a warm-up ending on step 0 divided by zero)
+    for epochs in (1, 10):
+        v = V.train_value(*_small_split(), V.ValueConfig(d_model=16, n_layers=1, n_heads=2, epochs=epochs,
+                                                         batch_size=10_000))
+        assert len(v.meta["history"]) == epochs and np.isfinite(v.meta["history"][-1]["train_loss"])
+
+
 def _small_split():
     return [(4, 5, 6, 10), (1, 1, 4, 6), (1, 1, 1, 1)], [(3, 3, 8, 8)]
 
@@ -281,11 +289,22 @@ def test_cli_train_value(tmp_path, capsys, monkeypatch):
     assert seen == [((PUZZLES[:6], 13), {"exclude": PUZZLES[6:]})]
     assert len(real(*seen[0][0], **seen[0][1])) == math.comb(16, 4) - 4
     assert V.load_value(more).meta["data"]["train_puzzles"] == 9
+    argv += ["--limit", "2", "--force"]  # 2 training puzzles, 2 validation ones and 2 of the extra multisets
+    assert main(argv) == 0
+    assert {k: V.load_value(more).meta["data"][k] for k in ("train_puzzles", "val_puzzles")} == \
+        {"train_puzzles": 4, "val_puzzles": 2}
     assert main(["game24", "train-value", "--out", str(tmp_path / "m"), "--synthetic-up-to", "99"]) == 2
     assert "up to something between 13" in capsys.readouterr().err
     assert main(["game24", "train-value", "--kind", "head", "--out", str(tmp_path / "h"), "--epochs", "1"]) == 0
     assert "a value head on the shipped model" in capsys.readouterr().out
     assert isinstance(V.load_value(tmp_path / "h"), V.HeadValue)
+    assert V.load_value(tmp_path / "h").meta["data"]["val_puzzles"] == len(PUZZLES) - 6
+    # --limit N: the first N training and N validation puzzles
+    argv = ["game24", "train-value", "--out", str(tmp_path / "l"), "--epochs", "1", "--limit", "2", "--quiet"]
+    assert main(argv) == 0
+    assert {k: V.load_value(tmp_path / "l").meta["data"][k] for k in ("train_puzzles", "val_puzzles")} == \
+        {"train_puzzles": 2, "val_puzzles": 2}
+    capsys.readouterr()
     assert main(["game24", "train-value", "--kind", "mot", "--out", str(tmp_path / "k")]) == 2
     assert "--kind 'mot'" in capsys.readouterr().err
     head_more = ["game24", "train-value", "--kind", "head", "--out", str(tmp_path / "k"), "--synthetic-up-to", "16"]

@@ -206,7 +206,7 @@ def _train_value(args) -> int:
     if args.limit is not None:
         if args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
-        train = train[:args.limit]
+        train, val = train[:args.limit], val[:args.limit]  # a quick run: its AUC and threshold read N puzzles
     if args.kind == "head":
         if args.synthetic_up_to is not None:
             raise ConfigError("train-value --kind head learns from the training puzzles' step lines: leave out "
@@ -216,7 +216,8 @@ def _train_value(args) -> int:
         raise ConfigError(f"train-value --kind {args.kind!r}: use head (a value head on --model's hidden states) "
                           "or leave it out (a network of its own)")
     if args.synthetic_up_to is not None:
-        train = value_puzzles(train, args.synthetic_up_to, exclude=val + test)
+        more = value_puzzles(train, args.synthetic_up_to, exclude=val + test)
+        train = more if args.limit is None else more[:len(train) + args.limit]  # N of the extra multisets too
 
     def log(row):
         if not args.quiet:
@@ -370,7 +371,9 @@ def register(add) -> None:
     g.add_argument("--methods", default="sample,beam,random", help="eval: methods, comma-separated")
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
     _method_arguments(g)
-    g.add_argument("--limit", type=int, default=None, help="eval: the first N test puzzles; train-value: N training")
+    g.add_argument("--limit", type=int, default=None,
+                   help="eval: the first N test puzzles; train-value: the first N training and N validation "
+                   "puzzles, and N of --synthetic-up-to's (a quick run)")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
     g.add_argument("--thoughts-temperature", type=float, default=None,

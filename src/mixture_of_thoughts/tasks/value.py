@@ -469,7 +469,9 @@ def train_value(train_puzzles, val_puzzles, cfg: ValueConfig | None = None, *, t
     g = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
+    # OneCycleLR divides by zero when its warm-up ends on step 0 (0.1 x 10 steps): warm up a little longer then
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps,
+                                                pct_start=0.1 if steps != 10 else 0.15)
     value = Value(net, vocab, cfg)
     for epoch in range(cfg.epochs):
         net.train()
