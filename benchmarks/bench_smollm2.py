@@ -9,7 +9,8 @@
    early, so all contenders do the same work): our sampler on the plain model through the model's own
    forward (the reference) and through the lean step (``hf/fast.py``) in float32 and bfloat16,
    transformers' ``model.generate(do_sample=True, num_return_sequences=8)``, and the grafted model at
-   creativity 1 (all 30 layers, and the upper half), each through both steps.
+   creativity 1 (all 30 layers, and the upper half; and all 30 layers with k = 1, one slot a token),
+   each through both steps.
    The grafted model's floor: its thought layers reduced to each token's k = 2 slots through the MLP
    (no router, no noise), what any fusion of the rest could at best reach.
 3. 8 branches in one batch vs 8 one-branch runs (grafted, all layers, creativity 1).
@@ -142,17 +143,18 @@ def generation(n: int, grafted: bool = True) -> list[dict]:
     t_hf = _timed(hf_generate)
     rows.append({"contender": "plain, model.generate (float32)", "tokens/s": 8 * n / t_hf,
                  "vs reference": t_ref / t_hf})
-    for name, layers in (("grafted, all 30 layers, c = 1", "all"), ("grafted, upper 15 layers, c = 1",
-                                                                      list(range(15, 30))))[:2 if grafted else 0]:
+    grafts = (("grafted, all 30 layers, c = 1", "all", 2), ("grafted, upper 15 layers, c = 1", list(range(15, 30)), 2),
+              ("grafted, all 30 layers, k = 1 (one slot a token), c = 1", "all", 1))
+    for name, layers, k in grafts[:3 if grafted else 0]:
         m, tk, _ = load_pretrained("smollm2")
-        graft(m, layers)
+        graft(m, layers, k=k)
         with _no_eos():
             for lean in (False, None):
                 t = _timed(lambda m=m, tk=tk, lean=lean: think_hf(m, tk, PROMPT, branch_seeds=seeds, creativity=1.0,
                                                                   max_new_tokens=n, lean=lean))
                 how = "model's own forward" if lean is False else "lean step, float32"
                 rows.append({"contender": f"{name}, {how}", "tokens/s": 8 * n / t, "vs reference": t_ref / t})
-            if layers == "all":
+            if layers == "all" and k == 2:
                 with _mlp_only():
                     t = _timed(lambda m=m, tk=tk: think_hf(m, tk, PROMPT, branch_seeds=seeds, creativity=1.0,
                                                            max_new_tokens=n))

@@ -26,6 +26,7 @@ from mixture_of_thoughts.hf.graft import (  # noqa: E402
     load_grafted,
     save_grafted,
     thought_noise,
+    untie_branches,
 )
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,\n")
@@ -64,12 +65,13 @@ def tiny_model(family: str, seed: int = 0):
 IDS = torch.tensor([[1, 5, 9, 2, 27, 4, 8, 3, 12, 20], [7, 7, 1, 2, 3, 27, 9, 9, 10, 11]])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_graft_at_zero_creativity_equals_original(family):
+@pytest.mark.parametrize("family,k", [(f, 2) for f in FAMILIES] + [("llama", 1)])
+def test_graft_at_zero_creativity_equals_original(family, k):
+    # k = 1 too: the one branch's output is kept whole (it was scaled by the router's 1 / E)
     model = tiny_model(family)
     with torch.no_grad():
         ref = model(IDS).logits
-        graft(model, "all", n_branches=4, k=2)
+        graft(model, "all", n_branches=4, k=k)
         with thought_noise(model, [1, 2], creativity=0.0):
             same = model(IDS).logits
         with thought_noise(model, None):  # no noise source: deterministic top-k
@@ -82,6 +84,26 @@ def test_graft_at_zero_creativity_equals_original(family):
     layers = grafted_layers(model)
     assert sorted(layers) == [0, 1] and all(isinstance(m, GraftedThoughts) for m in layers.values())
     assert all(not m.router.weight.detach().any() for m in layers.values())
+
+
+def test_a_one_branch_graft_keeps_the_mlp_whole_and_its_router_learns():
+    from mixture_of_thoughts.layers.thoughts import slot_weights
+
+    z = torch.tensor([[[0.3, -1.0, 2.0, 0.1]]], requires_grad=True)
+    idx, active = torch.tensor([[[2]]]), torch.ones(1, 1, 1, dtype=torch.bool)
+    w_switch, _ = slot_weights(z, idx, active)
+    w_unit, _ = slot_weights(z, idx, active, unit=True)
+    assert w_unit.item() == 1.0 and 0 < w_switch.item() < 1
+    g_switch, = torch.autograd.grad(w_switch.sum(), z)
+    g_unit, = torch.autograd.grad(w_unit.sum(), z)
+    torch.testing.assert_close(g_unit, g_switch)  # Switch's gradient, the renormalised value
+    model = tiny_model("llama")
+    graft(model, "all", n_branches=4, k=1)
+    untie_branches(model)
+    model.train()
+    with thought_noise(model, [1, 2], creativity=1.0):
+        model(IDS).logits.square().mean().backward()
+    assert all(m.router.weight.grad.abs().sum() > 0 for m in grafted_layers(model).values())
 
 
 def test_graft_chosen_layers_and_errors():

@@ -195,6 +195,7 @@ class GraftedThoughts(ThoughtsFFN):
     """
 
     is_thought_layer = True
+    unit_gate = True  # k = 1 keeps the MLP's output whole (the router's gradient as Switch's): c = 0 is the MLP
 
     def __init__(self, n_embd: int, hidden: int, cfg: ThoughtConfig, *, form: str, act: nn.Module, bias: bool,
                  dropout: float, layer_idx: int, state: GraftState, tied: bool = False):
@@ -299,12 +300,12 @@ class GraftedThoughts(ThoughtsFFN):
         if k_range or self.router._forward_hooks or self.router._forward_pre_hooks:  # a hook may ban branches
             r = self.route(x, noise=noise, positions=positions, creativity=creativity)
             idx, active = r.idx, r.active
-            w, _ = slot_weights(r.z, idx, active)  # (B, T, K)
+            w, _ = slot_weights(r.z, idx, active, unit=True)  # (B, T, K)
         else:  # finite logits: scaled_logits, gumbel_top_k and slot_weights with every slot active
             z = self.router(x) / self.tau  # (B, T, E)
             idx = (z + c * self.router_draws(noise, positions, None, x)[0] if draws else z).topk(K, dim=-1).indices
             active = None
-            w = torch.log_softmax(z.gather(-1, idx), dim=-1).exp() if K > 1 else torch.softmax(z, -1).gather(-1, idx)
+            w = torch.log_softmax(z.gather(-1, idx), dim=-1).exp()  # k = 1: exactly 1 (slot_weights' unit)
         k = K if draws else 1  # rows of the branch per token: one without noise
         xin = x.reshape(N, d)
         if draws:

@@ -175,18 +175,22 @@ def gumbel_top_k(z: Tensor, k: int, k_min: int | None, c: float | Tensor, gumbel
     return idx, active
 
 
-def slot_weights(z: Tensor, idx: Tensor, active: Tensor, probs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def slot_weights(z: Tensor, idx: Tensor, active: Tensor, probs: Tensor | None = None, *,
+                 unit: bool = False) -> tuple[Tensor, Tensor]:
     """``(w, logw)``: each slot's combination weight and the log of its renormalised router weight.
 
     ``w`` is the renormalised weight, except for k = 1, where it is the router probability (a
-    renormalised weight is always 1, and the router would learn nothing). ``probs``:
-    ``softmax(z)`` when the caller has it.
+    renormalised weight is always 1, and the router would learn nothing). ``unit``: for k = 1, the
+    value of the renormalised weight (1) with the gradient of the router probability (``1 + p - sg(p)``),
+    so that a layer grafted from an MLP stays that MLP at creativity 0. ``probs``: ``softmax(z)`` when
+    the caller has it.
     """
     logw = torch.log_softmax(z.gather(-1, idx).masked_fill(~active, float("-inf")), dim=-1)
     if idx.shape[-1] != 1:
         return logw.exp(), logw
     probs = torch.softmax(z, dim=-1) if probs is None else probs
-    return probs.gather(-1, idx) * active, logw
+    p = probs.gather(-1, idx)
+    return (p - p.detach() + 1 if unit else p) * active, logw
 
 
 def orthogonal_rows(n: Tensor) -> Tensor:
@@ -215,6 +219,8 @@ class ThoughtsFFN(nn.Module):
         dropout: dropout on the output.
         layer_idx: separates this layer's noise streams from the other layers'.
     """
+
+    unit_gate = False  # k = 1 weighs the branch by its router probability (Switch); see slot_weights
 
     def __init__(self, n_embd: int, cfg: ThoughtConfig, *, bias: bool = False, dropout: float = 0.0,
                  layer_idx: int = 0):
@@ -281,7 +287,7 @@ class ThoughtsFFN(nn.Module):
             positions = torch.arange(T, device=x.device)
         r = self.route(x, noise=noise, positions=positions, creativity=creativity, route=route)
         probs = torch.softmax(r.z, dim=-1)  # (B, T, E)
-        w, logw = slot_weights(r.z, r.idx, r.active, probs)  # (B, T, k) each
+        w, logw = slot_weights(r.z, r.idx, r.active, probs, unit=self.unit_gate)  # (B, T, k) each
         dispatch = self._dispatch(r.idx, r.active)
         c, draws = self._creativity(creativity, noise, B, x)
         out_sorted = self._run_branches(x, dispatch, noise if draws else None, c, positions)
