@@ -147,6 +147,26 @@ def test_mot_think_takes_a_precision_for_a_pretrained_model_only(make_tiny_llama
     assert err.startswith("mot: error: --precision") and "--model" in err and "Traceback" not in err
 
 
+def test_mot_think_grafts_with_one_slot_a_token_on_request(make_tiny_llama, hf_tokenizer, save_hf_dir, capsys):
+    import json
+
+    from mixture_of_thoughts.cli import main
+
+    d = save_hf_dir(make_tiny_llama(hf_tokenizer.vocab_size), hf_tokenizer, name="tiny_k1")
+    base = ["think", "--model", str(d), "--prompt", "the", "--branches", "3", "--max-new-tokens", "12", "--json"]
+    texts = {}
+    for k, c in (("1", "0"), ("2", "0"), ("1", "1")):
+        assert main(base + ["--k", k, "--creativity", c, "--temperature", "0"]) == 0
+        texts[k, c] = [(b["text"], b["mean_loglik"]) for b in json.loads(capsys.readouterr().out)["branches"]]
+    assert texts["1", "0"] == texts["2", "0"]  # at creativity 0 either graft is the model itself
+    assert len(set(texts["1", "1"])) > 1  # one noisy slot a token makes the greedy branches differ
+    for argv, needle in ((base + ["--k", "5"], "k must be in [1, n_branches=4]"),
+                         (["think", "--prompt", "ROMEO:", "--k", "1"], "--k shapes a graft")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the weights' loading bar
+        assert err.startswith("mot: error:") and needle in err
+
+
 def test_one_packed_product_of_stacked_weights_equals_the_separate_ones():
     from mixture_of_thoughts.layers.kernels import PackedLinear, packed_linear_available
 

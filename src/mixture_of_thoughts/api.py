@@ -99,8 +99,11 @@ def is_char_model(path: str | Path) -> bool:
 
 
 def load(spec: str | Path | None = None, *, graft: str | list[int] | None = "all", noise_mode: str = "token",
-         device: str | None = None) -> Thinker:
+         k: int = 2, device: str | None = None) -> Thinker:
     """Load ``spec`` (see the module docstring) on ``device`` (default: the best available).
+
+    ``graft``, ``noise_mode`` and ``k`` (branches each token uses) shape a graft made on the fly, for a
+    pretrained model that is not grafted yet; k = 1 is the cheaper graft (one MLP row a token).
 
     Raises:
         ConfigError, CheckpointError, MissingDependency: a spec that is not a model, a corrupt
@@ -124,7 +127,7 @@ def load(spec: str | Path | None = None, *, graft: str | list[int] | None = "all
     if now:
         from .hf.graft import graft as do_graft
 
-        do_graft(model, graft, noise_mode=noise_mode)
+        do_graft(model, graft, noise_mode=noise_mode, k=k)
     return Thinker("hf", model, tok, f"{src.kind} {model.config.model_type}", grafted_now=now)
 
 

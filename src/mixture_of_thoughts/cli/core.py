@@ -160,6 +160,9 @@ def cmd_think(args) -> int:
         if args.precision != "float32":
             raise ConfigError("--precision sets a pretrained model's decode step: give --model (char runs decode "
                               "in float32)")
+        if args.k != 2:
+            raise ConfigError("--k shapes a graft made on the fly for --model; a run keeps the k it was trained "
+                              "with: drop it")
         ck = load_run(args.run, expect="ar", which=args.checkpoint, device=args.device)
         res = think(ck.model, ck.tokenizer, args.prompt, branches=args.branches, seed=args.seed, branch_seeds=seeds,
                     creativity=parse_creativity(args.creativity), max_new_tokens=args.max_new_tokens,
@@ -206,10 +209,14 @@ def think_pretrained(args, branch_seeds, creativity):
         return None
     if args.compile:
         raise ConfigError("--compile decodes the project's own models (a run directory); drop it for --model")
-    th = load(name, graft=args.layers, noise_mode=args.noise_mode, device=args.device)
+    th = load(name, graft=args.layers, noise_mode=args.noise_mode, k=args.k, device=args.device)
     model, tok, kind = th.model, th.tokenizer, th.source
+    if args.k != 2 and not th.grafted_now:
+        raise ConfigError(f"--k shapes a graft made on the fly: {name} is grafted already (with the k in its "
+                          "graft.json): drop it")
     if th.grafted_now:
         kind += f", grafted on the fly on {args.layers} layers, {args.noise_mode} noise"
+        kind += f", k = {args.k}" if args.k != 2 else ""
     chat = uses_chat(tok, False if args.no_chat else None)
     kw = dict(branches=args.branches, seed=args.seed, branch_seeds=branch_seeds, creativity=creativity,
               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -240,6 +247,8 @@ def _think_learned(args, branch_seeds, creativity):
     if args.precision != "float32":
         raise ConfigError("--precision sets a grafted model's decode step; learned branches decode in float32: "
                           "drop it for --learned")
+    if args.k != 2:
+        raise ConfigError("--k shapes a graft made on the fly; learned branches are not grafted: drop it")
     if args.run:
         raise ConfigError("--learned decodes a pretrained model: give it with --model (default: the model the "
                           "branches were trained on), not as RUN")
@@ -341,18 +350,7 @@ def register(add) -> None:
     th.add_argument("--creativity", default=None, help="a value, LO:HI spread over the branches, or a list a,b,c")
     th.add_argument("--seed", type=int, default=0, help="branch i uses seed SEED+i")
     th.add_argument("--branch-seed", type=int, default=None, help="regenerate the one branch with this seed")
-    th.add_argument("--model", default=None,
-                    help="a pretrained causal LM: smollm2 (offline), a Hugging Face or grafted directory, or a hub id")
-    th.add_argument("--layers", default="all", help="--model: decoder layers to graft: all, lower, upper, or 0,2,5")
-    th.add_argument("--no-chat", action="store_true", help="--model: continue the raw prompt (no chat template)")
-    th.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                    help="--model: the lean decode step's weights; bfloat16 is faster on CPUs with AVX512-BF16 "
-                         "and gives other texts than float32 (the reference)")
-    th.add_argument("--noise-mode", choices=["token", "persistent", "orthogonal"], default="token",
-                    help="--model: fresh branch noise per token, one direction per branch (persistent), or "
-                         "persistent directions orthogonal across the branches")
-    th.add_argument("--noise-tokens", type=int, default=None,
-                    help="--model: thought noise for the prompt and the first N new tokens only")
+    _think_model_flags(th)
     th.add_argument("--learned", default=None, metavar="DIR",
                     help="decode with the learned branches of mot train-branches (row i: branch i mod B); "
                          "--model defaults to the model they were trained on")
@@ -365,3 +363,22 @@ def register(add) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of thought-layer noise and diffusion t draws")
     e.add_argument("--draws", type=int, default=4, help="diffusion: draws of t per sequence (K)")
     e.add_argument("--json", action="store_true")
+
+
+def _think_model_flags(th) -> None:
+    """``mot think``'s flags for a pretrained model (``--model``) and the graft made on the fly."""
+    th.add_argument("--model", default=None,
+                    help="a pretrained causal LM: smollm2 (offline), a Hugging Face or grafted directory, or a hub id")
+    th.add_argument("--layers", default="all", help="--model: decoder layers to graft: all, lower, upper, or 0,2,5")
+    th.add_argument("--no-chat", action="store_true", help="--model: continue the raw prompt (no chat template)")
+    th.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                    help="--model: the lean decode step's weights; bfloat16 is faster on CPUs with AVX512-BF16 "
+                         "and gives other texts than float32 (the reference)")
+    th.add_argument("--noise-mode", choices=["token", "persistent", "orthogonal"], default="token",
+                    help="--model: fresh branch noise per token, one direction per branch (persistent), or "
+                         "persistent directions orthogonal across the branches")
+    th.add_argument("--k", type=int, default=2,
+                    help="--model: branches of 4 each token uses in a graft made on the fly (1: one MLP row a "
+                         "token, the cheaper graft)")
+    th.add_argument("--noise-tokens", type=int, default=None,
+                    help="--model: thought noise for the prompt and the first N new tokens only")
