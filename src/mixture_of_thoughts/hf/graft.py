@@ -300,7 +300,7 @@ class GraftedThoughts(ThoughtsFFN):
         if k_range or self.router._forward_hooks or self.router._forward_pre_hooks:  # a hook may ban branches
             r = self.route(x, noise=noise, positions=positions, creativity=creativity)
             idx, active = r.idx, r.active
-            w, _ = slot_weights(r.z, idx, active, unit=True)  # (B, T, K)
+            w, _ = slot_weights(r.z, idx, active, unit=self.unit_gate)  # (B, T, K)
         else:  # finite logits: scaled_logits, gumbel_top_k and slot_weights with every slot active
             z = self.router(x) / self.tau  # (B, T, E)
             idx = (z + c * self.router_draws(noise, positions, None, x)[0] if draws else z).topk(K, dim=-1).indices
