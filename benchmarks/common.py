@@ -36,11 +36,11 @@ def timeit(fn, *, repeat: int = 5, warmup: int = 1) -> float:
 def table(rows: list[dict], title: str) -> str:
     if not rows:
         return title
-    keys = list(rows[0])
-    widths = {k: max(len(k), *(len(_fmt(r[k])) for r in rows)) for k in keys}
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns, in order; a missing cell is blank
+    widths = {k: max(len(k), *(len(_fmt(r.get(k, ""))) for r in rows)) for k in keys}
     lines = [title, "| " + " | ".join(k.ljust(widths[k]) for k in keys) + " |",
              "|" + "|".join("-" * (widths[k] + 2) for k in keys) + "|"]
-    lines += ["| " + " | ".join(_fmt(r[k]).ljust(widths[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(k, "")).ljust(widths[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
 
 

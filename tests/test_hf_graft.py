@@ -309,3 +309,65 @@ def test_tied_branches_take_the_dispatch_free_path_with_the_same_numbers(family,
     layer.untie()
     with torch.no_grad():
         assert not layer._shared_path(noise)
+
+
+@pytest.mark.parametrize("family", ("gpt2", "llama"))
+@pytest.mark.parametrize("k,scale,route", [(1, "relative", "token"), (2, "relative", "token"), (3, "absolute", "token"),
+                                           (2, "relative", "sequence")])
+def test_a_zero_router_over_tied_branches_is_skipped_with_the_same_numbers(family, k, scale, route, monkeypatch):
+    """A training-free graft (tied branches, one noise scale, the router at zero) cannot route: every slot
+    weighs the same whichever branch it picks. That layer skips its router; its output and routing
+    statistics equal the routed path's exactly, for prompts and single decode steps, at a float and a
+    per-row creativity (a row at 0) and without noise; the statistics of all layers counted at once
+    equal each layer's. An edit that makes routing matter turns the shortcut off."""
+    from mixture_of_thoughts.config import ThoughtConfig
+    from mixture_of_thoughts.hf.graft import RoutingCounts
+    from mixture_of_thoughts.rng import RowNoise
+
+    model = tiny_model(family)
+    graft(model, "all", thoughts=ThoughtConfig(n_branches=4, k=k, creativity=1.0, noise_init=0.3, noise_scale=scale,
+                                               route=route))
+    layers = grafted_layers(model)
+    layer = layers[1]
+    g = torch.Generator().manual_seed(0)
+    noise = RowNoise([4, 5, 6])
+    real_plan = GraftedThoughts._free_plan
+
+    def both(x, pos, creativity, noise=noise):
+        with torch.no_grad():
+            assert layer.routing_free()
+            out = layer._shared_forward(x, noise, pos, creativity)
+            monkeypatch.setattr(GraftedThoughts, "_free_plan", lambda self: (False, None))
+            ref = layer._shared_forward(x, noise, pos, creativity)
+            monkeypatch.setattr(GraftedThoughts, "_free_plan", real_plan)
+        assert isinstance(out.stats, RoutingCounts) and not isinstance(ref.stats, RoutingCounts)
+        assert torch.equal(out.y, ref.y)
+        for key in ("load", "row_load", "active_k"):
+            assert torch.equal(out.stats[key], ref.stats[key]), key
+        return out
+
+    for T, start in ((5, 0), (1, 9)):
+        x, pos = torch.randn(3, T, 32, generator=g), torch.arange(start, start + T)
+        noisy = both(x, pos, 1.0)
+        both(x, pos, torch.tensor([1.5, 0.0, 0.5]))
+        quiet = both(x, pos, None, noise=None)
+        assert not torch.allclose(noisy.y, quiet.y, atol=1e-3)  # the noise does reach the output
+    with torch.no_grad(), thought_noise(model, noise, torch.tensor([1.0, 0.0, 2.0])) as st:
+        model(input_ids=torch.randint(1, len(VOCAB), (3, 6), generator=g))
+        assert all(isinstance(s, RoutingCounts) for s in st.stats.values())
+        together = st.row_loads()
+        assert list(together) == sorted(layers)
+        for i in layers:
+            assert torch.equal(together[i], st.stats[i]["row_load"])
+    with torch.no_grad():
+        layer.s_in[0] += 0.1  # one branch noisier than the others: the branch picked matters
+        assert not layer.routing_free()
+        layer.s_in[0] -= 0.1
+        layer.s_in.copy_(layer.s_in[1:2].expand(4).clone())
+        assert layer.routing_free()
+        layer.router.weight[0, 0] = 1e-3  # a router that is not zero weighs the slots
+        assert not layer.routing_free()
+        layer.router.weight.zero_()
+        assert layer.routing_free()
+    layer.untie()
+    assert not layer.routing_free()

@@ -152,7 +152,8 @@ def decode(step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int, noise: R
     logprobs = torch.zeros(B, max_new_tokens, device=dev)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    routing: dict[int, torch.Tensor] = {}
+    routing: torch.Tensor | None = None  # (layers, B, E) running sums over the kept tokens
+    layers: list[int] = []
     stopper = _Stopper(stop_ids, stop_sequences, stop_strings, detokenize, dev)
     s = sampling
     out = step(tokens, T0)
@@ -163,9 +164,10 @@ def decode(step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int, noise: R
         nxt = sample_tokens(logits, noise, pos, s.temperature_at(i), s.top_k, s.top_p, s.min_p)
         tokens[:, pos] = nxt
         logprobs[:, i] = torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
-        if i > 0:  # routing of the step that read the previous generated token
-            for layer, load in out.routing.items():
-                routing[layer] = routing.get(layer, 0) + load.float().to(dev) * (~done)[:, None]
+        if i > 0 and out.routing:  # routing of the step that read the previous generated token, every layer at once
+            layers = layers or list(out.routing)  # the first step's order, kept
+            load = torch.stack([out.routing[k].to(dev, torch.float32) for k in layers]) * (~done)[:, None]
+            routing = load if routing is None else routing + load
         hit_id, hit_seq = stopper.check(tokens, pos, T0, done)
         lengths = torch.where(hit_id & ~done, i, torch.where(hit_seq & ~done, i + 1, lengths))
         done |= hit_id | hit_seq
@@ -175,8 +177,9 @@ def decode(step: StepFn, prompt_ids: torch.Tensor, max_new_tokens: int, noise: R
             n = i + 1
             break
         out = step(tokens, pos + 1)
-    routing = {k: v / v.sum(-1, keepdim=True).clamp_min(1e-9) for k, v in routing.items()}
-    return Generation(tokens[:, :T0 + n], logprobs[:, :n], lengths, routing)
+    fractions = {} if routing is None else dict(zip(layers, routing / routing.sum(-1, keepdim=True).clamp_min(1e-9),
+                                                     strict=True))
+    return Generation(tokens[:, :T0 + n], logprobs[:, :n], lengths, fractions)
 
 
 # ------------------------------------------------------------------------------------ branches

@@ -199,5 +199,5 @@ def think_hf(model: nn.Module, tokenizer, prompt: str, *, branches: int = 4, see
         return sample_branches(model, tokenizer, prompt, seeds, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop,
                                creativity=crea if crea is not None else [st.spec.thoughts.creativity] * len(seeds),
-                               step_stats=lambda: {k: v["row_load"] for k, v in st.stats.items()},
+                               step_stats=st.row_loads,
                                on_token=on_token, chat=chat, lean=lean, precision=precision)

@@ -26,6 +26,14 @@ on its seed and positions. ``model.generate(do_sample=True)`` still samples toke
 RNG: seed it (``torch.manual_seed``) or use :func:`mixture_of_thoughts.hf.generate.think_hf`, which
 samples with each branch's own noise and is reproducible branch by branch.
 
+**Routing-free layers.** A training-free graft's layer has a zero router over identical branches with
+one noise scale: whichever branch the Gumbel draws pick, the output is the same (the noise is drawn per
+slot, the slots weigh ``exp(log_softmax(0))``). Such a layer skips its router
+(:meth:`GraftedThoughts.routing_free`) and reports the branches picked as :class:`RoutingCounts`, counted
+when read and, by :meth:`GraftState.row_loads`, for all layers in one pass: the same outputs and routing,
+bit for bit, for ~12% more tokens/s on SmolLM2 (BENCHMARKS.md). Training the router or the branches, or
+one branch's own noise scale, turns it off.
+
 Files written by :func:`save_grafted`: the original architecture's ``save_pretrained`` output (base
 weights, loadable by ``AutoModelForCausalLM`` alone), ``graft.json`` (the spec) and
 ``thoughts.safetensors`` (the thought parameters).
@@ -37,6 +45,8 @@ import contextlib
 import json
 import logging
 import shutil
+import weakref
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +57,7 @@ from torch.utils.hooks import RemovableHandle
 from .. import rng
 from ..config import ThoughtConfig, layer_set
 from ..errors import CheckpointError, GraftError
-from ..layers.kernels import packed_matmul, row_rms
+from ..layers.kernels import PackedLinear, packed_linear_available, packed_matmul, row_rms
 from ..layers.thoughts import BRANCH_WEIGHTS, Routing, ThoughtOutput, ThoughtsFFN, slot_weights
 from ..rng import GeneratorNoise, RowNoise
 from ._compat import require_transformers
@@ -135,6 +145,7 @@ class GraftState:
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     base_mlps: dict[int, nn.Module] = field(default_factory=dict)
     hook: RemovableHandle | None = None
+    call: dict = field(default_factory=dict)  # what every layer of the current call shares (see call_plan)
 
     @classmethod
     def new(cls, spec: GraftSpec) -> GraftState:
@@ -170,6 +181,27 @@ class GraftState:
         self.positions = positions
         self.aux.clear()
         self.stats.clear()
+        self.call.clear()
+
+    def call_plan(self, layer: GraftedThoughts, x: torch.Tensor):
+        """``(noise, creativity, (c, draws))`` of the current call: the same for every grafted layer (one
+        config), so worked out by the first layer and kept until the next :meth:`begin_call`."""
+        key = (x.shape[0], x.device, x.dtype, id(self.positions), id(self.noise), id(self.creativity),
+               id(self.noise_until))
+        plan = self.call.get(key)
+        if plan is None:
+            noise, creativity = self.noise_for(x.shape[0], x.device), self.creativity_for(layer.cfg.creativity)
+            plan = self.call[key] = (noise, creativity, layer._creativity(creativity, noise, x.shape[0], x))
+        return plan
+
+    def row_loads(self) -> dict[int, torch.Tensor]:
+        """``{layer: (B, E)}`` row load of the last call; the layers that skipped their router
+        (:class:`RoutingCounts`) are counted together, in one pass over a stacked index."""
+        lazy = {i: s for i, s in self.stats.items() if isinstance(s, RoutingCounts)}
+        out = {i: s["row_load"] for i, s in self.stats.items() if i not in lazy}
+        if lazy:
+            out.update(RoutingCounts.row_loads(lazy))
+        return dict(sorted(out.items()))
 
     def aux_loss(self) -> torch.Tensor:
         """The sum of the grafted layers' auxiliary losses over the last forward call."""
@@ -260,9 +292,9 @@ class GraftedThoughts(ThoughtsFFN):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         st = self.state
-        noise, creativity = st.noise_for(x.shape[0], x.device), st.creativity_for(self.cfg.creativity)
+        noise, creativity, c_draws = st.call_plan(self, x)
         if self._shared_path(noise):
-            out = self._shared_forward(x, noise, st.positions, creativity)
+            out = self._shared_forward(x, noise, st.positions, creativity, c_draws)
         else:
             out = super().forward(x, noise=noise, positions=st.positions, creativity=creativity,
                                   aux=torch.is_grad_enabled())
@@ -278,7 +310,7 @@ class GraftedThoughts(ThoughtsFFN):
         return (self.tied and not self.training and not torch.is_grad_enabled() and cfg.combine == "weighted"
                 and cfg.noise_mode == "token" and (noise is None or noise.per_row))
 
-    def _shared_forward(self, x: torch.Tensor, noise, positions, creativity) -> ThoughtOutput:
+    def _shared_forward(self, x: torch.Tensor, noise, positions, creativity, c_draws=None) -> ThoughtOutput:
         """The layer's forward for tied branches at inference, without dispatch.
 
         Every branch is the same MLP, so the (token, slot) pairs need no sorting by branch: they run
@@ -295,9 +327,14 @@ class GraftedThoughts(ThoughtsFFN):
         N, K = B * T, self.cfg.k
         if positions is None:
             positions = torch.arange(T, device=x.device)
-        c, draws = self._creativity(creativity, noise, B, x)
+        c, draws = self._creativity(creativity, noise, B, x) if c_draws is None else c_draws
         k_range = self.cfg.k_min is not None and self.cfg.k_min < K
-        if k_range or self.router._forward_hooks or self.router._forward_pre_hooks:  # a hook may ban branches
+        hooked = bool(self.router._forward_hooks or self.router._forward_pre_hooks)  # a hook may ban branches
+        if not (k_range or hooked):
+            free, packed = self._free_plan()
+            if free:
+                return self._free_forward(x, noise, positions, c, draws, packed)
+        if k_range or hooked:
             r = self.route(x, noise=noise, positions=positions, creativity=creativity)
             idx, active = r.idx, r.active
             w, _ = slot_weights(r.z, idx, active, unit=self.unit_gate)  # (B, T, K)
@@ -343,6 +380,88 @@ class GraftedThoughts(ThoughtsFFN):
                      "active_k": torch.full((), float(K), device=x.device)}
         return ThoughtOutput(self.dropout(y), x.new_zeros(()), stats)
 
+    def routing_free(self) -> bool:
+        """Whether the router cannot change this layer's output: every branch is the same function (tied
+        weights, one input and one hidden noise scale for all) and the router's weights are zero, as a
+        graft starts them, so each slot weighs ``exp(log_softmax(0))`` whichever branch it picks; the
+        noise is drawn per slot, not per branch. Worked out again when a parameter changes."""
+        return self._free_plan()[0]
+
+    def _free_plan(self) -> tuple[bool, tuple[PackedLinear, PackedLinear] | None]:
+        """``(routing_free, packed)``: ``packed`` holds the gate/up and down products prepacked for
+        oneDNN (a gated MLP without biases, float32 on CPU), the ones :func:`packed_matmul` would make,
+        kept for this layer (weakly, outside it, as there) so that a decode step reaches them without a
+        cache lookup per product; else ``None``."""
+        params = [p for p in (self.router.weight, self.s_in, self.s_hid, self.w_in, getattr(self, "w_up", None),
+                              self.w_out) if p is not None]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        plan = _FREE_PLANS.get(self)
+        if plan is None or plan[0] != key:
+            with torch.no_grad():
+                same = all(bool((p == p[0]).all()) for p in (self.s_in, self.s_hid))
+                free = self.tied and same and not bool(self.router.weight.any())
+                w = self.w_in
+                lean = (free and self.form == "gated" and self.b_in is None and self.b_up is None
+                        and self.b_out is None and w.device.type == "cpu" and w.dtype == torch.float32
+                        and packed_linear_available())
+                packed = (PackedLinear(torch.cat([self.w_in[0].t(), self.w_up[0].t()]).contiguous()),
+                          PackedLinear(self.w_out[0].t().contiguous())) if lean else None
+            plan = _FREE_PLANS[self] = (key, free, packed)
+        return plan[1], plan[2]
+
+    def _free_forward(self, x: torch.Tensor, noise, positions, c, draws: bool, packed=None) -> ThoughtOutput:
+        """:meth:`_shared_forward` for a :meth:`routing_free` layer: the same numbers without the router.
+
+        The router's logits are 0, so the slots' weights are constants and the branches chosen are the top
+        k of ``0 + c g`` (the Gumbel draws alone): they only feed the routing statistics, which are
+        counted when read (:class:`RoutingCounts`, all layers at once). Each slot's noise scale is the
+        one scale every branch shares. The arithmetic is :meth:`_shared_forward`'s, operation for
+        operation (tests compare the two paths' outputs and routing for equality)."""
+        B, T, d = x.shape
+        N, K, E = B * T, self.cfg.k, self.cfg.n_branches
+        g = self.router_draws(noise, positions, None, x)[0] if draws else None
+        w = self._slot_weight(K, x)  # (K,)
+        k = K if draws else 1
+        xin = x.reshape(N, d)
+        relative = self.cfg.noise_scale == "relative"
+        if draws:
+            c_row = c if isinstance(c, float) else c.reshape(B, 1)
+            a1 = _per_token(c_row * self.s_in[:1], B, T).view(N, 1, 1)
+            if relative:
+                a1 = a1 * row_rms(xin).view(N, 1, 1)
+            n1 = self.slot_normals(noise, rng.INPUT_NOISE, positions, d, x).view(N, k, d)
+            xin = torch.addcmul(xin.view(N, 1, d), a1, n1).view(N * k, d)
+        if packed is not None:
+            hid, up = packed[0](xin).split(self.hidden, dim=-1)
+        else:
+            hid, up = self._shared_in(xin)
+        if draws:
+            a2 = _per_token(c_row * self.s_hid[:1], B, T * k)
+            if relative:
+                a2 = a2 * row_rms(hid)
+            n2 = self.slot_normals(noise, rng.HIDDEN_NOISE, positions, self.hidden, x).view(N * k, -1)
+            hid = hid.addcmul_(a2.unsqueeze(1), n2)
+        a = self.act(hid) if up is None else self.act(hid) * up
+        down = packed[1] if packed is not None else (lambda v: self._grouped(v, self.w_out, None))
+        if k > 1:
+            out = down((a.view(N, k, -1) * w.view(1, k, 1)).sum(1))
+            if self.b_out is not None:
+                out = out + w.sum() * self.b_out[0]
+            y = out.view(B, T, d)
+        else:
+            out = down(a)
+            if self.b_out is not None:
+                out = out + self.b_out[0]
+            y = out.view(B, T, d) if K == 1 else (out.view(B, T, 1, d) * w.view(1, 1, K, 1)).sum(2)
+        return ThoughtOutput(y, _zero(x), RoutingCounts(B, T, K, E, w.dtype, c, g, x.device))
+
+    def _slot_weight(self, K: int, x: torch.Tensor) -> torch.Tensor:
+        """``exp(log_softmax(0))`` over ``K`` slots in ``x``'s dtype: a zero router's slot weights (kept)."""
+        w = self.__dict__.get("_zero_weights")
+        if w is None or w.shape[0] != K or w.dtype != x.dtype or w.device != x.device:
+            w = self.__dict__["_zero_weights"] = torch.log_softmax(x.new_zeros(1, 1, K), dim=-1).exp().view(K)
+        return w
+
     def _shared_in(self, xin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The shared branch's hidden pre-activation and (gated form) its up projection."""
         if self.form != "gated":
@@ -358,6 +477,92 @@ class GraftedThoughts(ThoughtsFFN):
         if self.b_up is not None:
             up = up + self.b_up[0]
         return hid, up
+
+
+def _zero(x: torch.Tensor) -> torch.Tensor:
+    """A zero scalar of ``x``'s dtype and device (the aux loss of an inference call), made once."""
+    z = _ZEROS.get((x.device, x.dtype))
+    if z is None:
+        z = _ZEROS[(x.device, x.dtype)] = x.new_zeros(())
+    return z
+
+
+_ZEROS: dict = {}
+# layer -> (parameter versions, routing_free(), packed products): held weakly, outside the module, so that
+# copying or pickling a layer never meets a packed tensor
+_FREE_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _per_token(v: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """``(B * T,)``: a value per row (``(B, 1)``) or for all (``(1,)``) repeated for each of the row's ``T``
+    tokens (a view where nothing repeats)."""
+    v = v.reshape(-1, 1)
+    return v.reshape(-1) if T == 1 and v.shape[0] == B else v.expand(B, T).reshape(-1)
+
+
+class RoutingCounts(Mapping):
+    """The routing statistics of a call that skipped its router (:meth:`GraftedThoughts._free_forward`):
+    ``load``, ``row_load`` and ``active_k`` as :meth:`GraftedThoughts._shared_forward` reports them,
+    worked out when first read. The router's logits are 0, so the branches chosen are the top k of
+    ``0 + c g`` over the Gumbel draws ``g`` ``(B, T or 1, E)`` (no draws: of the zero logits)."""
+
+    def __init__(self, B: int, T: int, k: int, E: int, dtype: torch.dtype, c, g: torch.Tensor | None,
+                 device: torch.device):
+        self.shape, self.E, self.dtype, self.c, self.g, self.device = (B, T, k), E, dtype, c, g, device
+        self._stats: dict[str, torch.Tensor] | None = None
+
+    def idx(self) -> torch.Tensor:
+        """The chosen branches ``(B, T, k)``, as the router would choose them."""
+        return self.choose(self.g, self.c, self.shape, self.E, self.dtype, self.device)
+
+    @staticmethod
+    def choose(g, c, shape: tuple[int, int, int], E: int, dtype, device) -> torch.Tensor:
+        """Top k of ``0 + c g`` (``g`` ``(..., B, T or 1, E)``, ``c`` a float or ``(B, 1, 1)``), ``(..., B, T, k)``."""
+        B, T, K = shape
+        if g is None:
+            return torch.zeros(B, T, E, dtype=dtype, device=device).topk(K, dim=-1).indices
+        scores = (c * g).add_(0.0)  # + 0.0: the zero logits (a -0.0 draw at creativity 0 becomes +0.0, as there)
+        return scores.expand(*scores.shape[:-2], T, E).topk(K, dim=-1).indices
+
+    @staticmethod
+    def counts(idx: torch.Tensor, E: int, dtype) -> torch.Tensor:
+        """``(..., B, E)`` slots per branch and row of ``idx`` ``(..., B, T, k)``."""
+        *lead, T, K = idx.shape
+        return (idx.reshape(*lead, T * K, 1) == torch.arange(E, device=idx.device)).sum(-2, dtype=dtype)
+
+    @classmethod
+    def row_loads(cls, layers: dict[int, RoutingCounts]) -> dict[int, torch.Tensor]:
+        """``{layer: row_load}`` of several layers' counts, their draws stacked and counted in one pass."""
+        first = next(iter(layers.values()))
+        same = all(s.shape == first.shape and s.c is first.c
+                   and (s.g is None) == (first.g is None) and (s.g is None or s.g.shape == first.g.shape)
+                   for s in layers.values())
+        if len(layers) == 1 or not same:
+            return {i: s["row_load"] for i, s in layers.items()}
+        g = None if first.g is None else torch.stack([s.g for s in layers.values()])
+        idx = cls.choose(g, first.c, first.shape, first.E, first.dtype, first.device)
+        if g is None:
+            idx = idx.expand(len(layers), *idx.shape)
+        _, T, K = first.shape
+        loads = cls.counts(idx, first.E, first.dtype) / (T * K)
+        return dict(zip(layers, loads.unbind(0), strict=True))
+
+    def _compute(self) -> dict[str, torch.Tensor]:
+        if self._stats is None:
+            B, T, K = self.shape
+            counts = self.counts(self.idx(), self.E, self.dtype)  # (B, E)
+            self._stats = {"load": counts.sum(0) / (B * T * K), "row_load": counts / (T * K),
+                           "active_k": torch.full((), float(K), device=self.device)}
+        return self._stats
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._compute()[key]
+
+    def __iter__(self):
+        return iter(("load", "row_load", "active_k"))
+
+    def __len__(self) -> int:
+        return 3
 
 
 def get_path(obj, dotted: str):
