@@ -172,6 +172,8 @@ def _dense(tok):
     (["train", "--kind", "codes", "--out", "x", "--eps", "1"], "eps must be in [0, 1)"),
     (["train", "--kind", "modes", "--out", "x", "--modes", "0"], "modes must be a positive integer"),
     (["train", "--kind", "modes", "--out", "x", "--minutes", "-1"], "minutes must be > 0"),
+    (["train", "--kind", "codes", "--out", "x", "--limit", "0"], "--limit must be >= 1"),
+    (["train", "--kind", "ar", "--out", "x", "--limit", "5"], "--kind ar trains on the traces of --data: drop --limit"),
     (["solve", "4 5 6 10", "--method", "modes", "--modes-model", "/nonexistent/run"], "does not exist"),
 ])
 def test_cli_errors_are_one_line(args, match, capsys):
@@ -180,6 +182,21 @@ def test_cli_errors_are_one_line(args, match, capsys):
     assert main(["game24", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mot: error:") and match in err and len(err.splitlines()) == 1
+
+
+def test_cli_limit_trains_codes_on_the_first_puzzles_only(tmp_path, capsys):
+    """``--limit N``: the answers of the first N training puzzles, validated on the first N validation
+    ones (a quick run; the docs tour's)."""
+    from mixture_of_thoughts.cli import main
+    from mixture_of_thoughts.tasks import game24
+
+    out = str(tmp_path / "c")
+    assert main(["game24", "train", "--kind", "codes", "--steps", "1", "--limit", "3", "--out", out]) == 0
+    train = game24.split(game24.load_puzzles())[0][:3]
+    n = len(MD.answers(train))
+    meta = json.loads((tmp_path / "c" / "best" / "config.json").read_text())
+    assert f"{n} answers of 3 training puzzles" in json.dumps(meta)
+    assert f"on {n} answers" in capsys.readouterr().out
 
 
 def _codes(M=3, seed=0):

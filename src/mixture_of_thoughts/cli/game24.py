@@ -63,6 +63,9 @@ def _train(args) -> int:
 
     if args.kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
+    if args.limit is not None and args.kind not in ("modes", "codes"):
+        raise ConfigError(f"--limit caps the puzzles of train --kind modes or codes (and eval, train-value); "
+                          f"--kind {args.kind} trains on the traces of --data: drop --limit")
     if args.kind == "mgdm":
         return _train_mgdm(args)
     if args.kind in ("modes", "codes"):
@@ -145,7 +148,11 @@ def _train_mgdm(args) -> int:
                      minutes=args.minutes)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     train, val, _ = game24.split(game24.load_puzzles())
+    if args.limit is not None:
+        train, val = train[:args.limit], val[:args.limit]  # a quick run: N puzzles' answers to train and validate on
 
     def log(row):
         if not args.quiet:
@@ -176,7 +183,11 @@ def _train_modes(args) -> int:
     cfg = ModesConfig(modes=args.modes, kind="codes" if codes else "branches", minutes=args.minutes, **eps)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     train, val, _ = game24.split(game24.load_puzzles())
+    if args.limit is not None:
+        train, val = train[:args.limit], val[:args.limit]  # a quick run: N puzzles' answers to train and validate on
 
     def log(row):
         if not args.quiet:
@@ -372,8 +383,8 @@ def register(add) -> None:
     g.add_argument("--split", default="test", help="eval: test (rows 900-999) or val (rows 800-899, for tuning)")
     _method_arguments(g)
     g.add_argument("--limit", type=int, default=None,
-                   help="eval: the first N test puzzles; train-value: the first N training and N validation "
-                   "puzzles, and N of --synthetic-up-to's (a quick run)")
+                   help="eval: the first N test puzzles; train --kind modes/codes: the first N training and N "
+                   "validation puzzles; train-value: those, and N of --synthetic-up-to's (a quick run)")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--creativity", type=float, default=1.0, help="thoughts: the MoT model's creativity")
     g.add_argument("--thoughts-temperature", type=float, default=None,
