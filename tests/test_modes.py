@@ -173,7 +173,7 @@ def _dense(tok):
     (["train", "--kind", "modes", "--out", "x", "--modes", "0"], "modes must be a positive integer"),
     (["train", "--kind", "modes", "--out", "x", "--minutes", "-1"], "minutes must be > 0"),
     (["train", "--kind", "codes", "--out", "x", "--limit", "0"], "--limit must be >= 1"),
-    (["train", "--kind", "ar", "--out", "x", "--limit", "5"], "--kind ar trains on the traces of --data: drop --limit"),
+    (["train", "--kind", "ar", "--out", "x", "--limit", "5"], "not of --kind ar: drop --limit"),
     (["solve", "4 5 6 10", "--method", "modes", "--modes-model", "/nonexistent/run"], "does not exist"),
 ])
 def test_cli_errors_are_one_line(args, match, capsys):

@@ -64,8 +64,10 @@ def _train(args) -> int:
     if args.kind not in KINDS:
         raise ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {args.kind!r}")
     if args.limit is not None and args.kind not in ("modes", "codes"):
-        raise ConfigError(f"--limit caps the puzzles of train --kind modes or codes (and eval, train-value); "
-                          f"--kind {args.kind} trains on the traces of --data: drop --limit")
+        raise ConfigError(f"--limit caps the puzzles of train --kind modes or codes (and of eval and train-value), "
+                          f"not of --kind {args.kind}: drop --limit")
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     if args.kind == "mgdm":
         return _train_mgdm(args)
     if args.kind in ("modes", "codes"):
@@ -148,11 +150,7 @@ def _train_mgdm(args) -> int:
                      minutes=args.minutes)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     train, val, _ = game24.split(game24.load_puzzles())
-    if args.limit is not None:
-        train, val = train[:args.limit], val[:args.limit]  # a quick run: N puzzles' answers to train and validate on
 
     def log(row):
         if not args.quiet:
@@ -183,8 +181,6 @@ def _train_modes(args) -> int:
     cfg = ModesConfig(modes=args.modes, kind="codes" if codes else "branches", minutes=args.minutes, **eps)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     cfg.train = dataclasses.replace(cfg.train, seed=args.seed, **steps)
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {args.limit}")
     train, val, _ = game24.split(game24.load_puzzles())
     if args.limit is not None:
         train, val = train[:args.limit], val[:args.limit]  # a quick run: N puzzles' answers to train and validate on

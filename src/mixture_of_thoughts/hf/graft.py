@@ -31,7 +31,7 @@ one noise scale: whichever branch the Gumbel draws pick, the output is the same 
 slot, the slots weigh ``exp(log_softmax(0))``). Such a layer skips its router
 (:meth:`GraftedThoughts.routing_free`) and reports the branches picked as :class:`RoutingCounts`, counted
 when read and, by :meth:`GraftState.row_loads`, for all layers in one pass: the same outputs and routing,
-bit for bit, for ~12% more tokens/s on SmolLM2 (BENCHMARKS.md). Training the router or the branches, or
+bit for bit, for 7-17% more tokens/s on SmolLM2 (BENCHMARKS.md). Training the router or the branches, or
 one branch's own noise scale, turns it off.
 
 Files written by :func:`save_grafted`: the original architecture's ``save_pretrained`` output (base
@@ -374,10 +374,7 @@ class GraftedThoughts(ThoughtsFFN):
         if active is not None:
             stats = self._routing_stats(Routing(None, None, None, idx, active), w.dtype)
         else:  # every slot active: each row's T K slots counted by branch
-            E = self.cfg.n_branches
-            counts = (idx.view(B, T * K, 1) == torch.arange(E, device=x.device)).sum(1, dtype=w.dtype)  # (B, E)
-            stats = {"load": counts.sum(0) / (N * K), "row_load": counts / (T * K),
-                     "active_k": torch.full((), float(K), device=x.device)}
+            stats = RoutingCounts.stats(RoutingCounts.counts(idx, self.cfg.n_branches, w.dtype), B, T, K, x.device)
         return ThoughtOutput(self.dropout(y), x.new_zeros(()), stats)
 
     def routing_free(self) -> bool:
@@ -547,12 +544,15 @@ class RoutingCounts(Mapping):
         loads = cls.counts(idx, first.E, first.dtype) / (T * K)
         return dict(zip(layers, loads.unbind(0), strict=True))
 
+    @staticmethod
+    def stats(counts: torch.Tensor, B: int, T: int, K: int, device) -> dict[str, torch.Tensor]:
+        """``load``, ``row_load`` and ``active_k`` from ``(B, E)`` counts of every slot active."""
+        return {"load": counts.sum(0) / (B * T * K), "row_load": counts / (T * K),
+                "active_k": torch.full((), float(K), device=device)}
+
     def _compute(self) -> dict[str, torch.Tensor]:
         if self._stats is None:
-            B, T, K = self.shape
-            counts = self.counts(self.idx(), self.E, self.dtype)  # (B, E)
-            self._stats = {"load": counts.sum(0) / (B * T * K), "row_load": counts / (T * K),
-                           "active_k": torch.full((), float(K), device=self.device)}
+            self._stats = self.stats(self.counts(self.idx(), self.E, self.dtype), *self.shape, self.device)
         return self._stats
 
     def __getitem__(self, key: str) -> torch.Tensor:
