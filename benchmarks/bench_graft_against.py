@@ -19,11 +19,10 @@ import importlib
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, table  # noqa: E402
+from common import alternating_best, machine, table  # noqa: E402
 
 import mixture_of_thoughts.hf.generate as G  # noqa: E402
 from mixture_of_thoughts.hf.graft import graft  # noqa: E402
@@ -55,15 +54,9 @@ def compare(k: int, n: int, rounds: int, other_graft, other_gen) -> dict:
             "base": lambda: other_gen.think_hf(theirs, tok_theirs, PROMPT, branch_seeds=seeds, creativity=1.0,
                                                max_new_tokens=n),
             "this": lambda: G.think_hf(ours, tok_ours, PROMPT, branch_seeds=seeds, creativity=1.0, max_new_tokens=n)}
-    texts = {name: [b.text for b in runs[name]().branches] for name in ("base", "this")}  # also the warm-up
-    runs["plain"]()
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t)
-    tps = {name: 8 * n / t for name, t in best.items()}
+    texts = {name: [b.text for b in runs[name]().branches] for name in ("base", "this")}
+    best = alternating_best(*runs.values(), rounds=rounds)
+    tps = {name: 8 * n / t for name, t in zip(runs, best, strict=True)}
     return {"graft": f"k = {k}", "plain tokens/s": tps["plain"], "base tokens/s": tps["base"],
             "this tokens/s": tps["this"], "base / plain": tps["base"] / tps["plain"],
             "this / plain": tps["this"] / tps["plain"], "this / base": tps["this"] / tps["base"],

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, table  # noqa: E402
+from common import alternating_best, machine, table  # noqa: E402
 
 import mixture_of_thoughts.hf.generate as G  # noqa: E402
 from mixture_of_thoughts.hf.generate import sample_branches, think_hf  # noqa: E402
@@ -110,20 +110,6 @@ def _timed(fn, repeat: int = 2) -> float:
     return best
 
 
-def _paired(a, b, rounds: int = 3) -> tuple[float, float]:
-    """The best times of ``a`` and ``b`` run in alternation (after a warm-up of each): the machine's
-    drift over minutes (10-20%) touches both alike."""
-    a(), b()
-    ta = tb = float("inf")
-    for _ in range(rounds):
-        for fn, which in ((a, "a"), (b, "b")):
-            t = time.perf_counter()
-            fn()
-            t = time.perf_counter() - t
-            ta, tb = (min(ta, t), tb) if which == "a" else (ta, min(tb, t))
-    return ta, tb
-
-
 def read_bandwidth() -> float:
     """GB/s of one pass summing a 1 GiB float32 tensor (every byte read once from memory)."""
     x = torch.ones(256 * 1024 * 1024)
@@ -159,6 +145,7 @@ def generation(n: int, grafted: bool = True) -> list[dict]:
                  "vs reference": t_ref / t_hf})
     grafts = (("grafted, all 30 layers, c = 1", "all", 2), ("grafted, upper 15 layers, c = 1", list(range(15, 30)), 2),
               ("grafted, all 30 layers, k = 1 (one slot a token), c = 1", "all", 1))
+
     def plain_lean():
         sample_branches(model, tok, PROMPT, seeds, max_new_tokens=n, chat=True)
 
@@ -169,14 +156,16 @@ def generation(n: int, grafted: bool = True) -> list[dict]:
             t = _timed(lambda m=m, tk=tk: think_hf(m, tk, PROMPT, branch_seeds=seeds, creativity=1.0,
                                                    max_new_tokens=n, lean=False))
             rows.append({"contender": f"{name}, model's own forward", "tokens/s": 8 * n / t, "vs reference": t_ref / t})
-            t_plain, t = _paired(plain_lean, lambda m=m, tk=tk: think_hf(m, tk, PROMPT, branch_seeds=seeds,
-                                                                         creativity=1.0, max_new_tokens=n))
-            rows.append({"contender": f"{name}, lean step, float32", "tokens/s": 8 * n / t, "vs reference": t_ref / t,
-                         "vs plain lean (paired)": t_plain / t})
+
+            def grafted_lean(m=m, tk=tk):
+                think_hf(m, tk, PROMPT, branch_seeds=seeds, creativity=1.0, max_new_tokens=n)
+
+            t_plain, t_graft = alternating_best(plain_lean, grafted_lean)
+            rows.append({"contender": f"{name}, lean step, float32", "tokens/s": 8 * n / t_graft,
+                         "vs reference": t_ref / t_graft, "vs plain lean (paired)": t_plain / t_graft})
             if layers == "all" and k == 2:
                 with _mlp_only():
-                    t_plain, t = _paired(plain_lean, lambda m=m, tk=tk: think_hf(m, tk, PROMPT, branch_seeds=seeds,
-                                                                                 creativity=1.0, max_new_tokens=n))
+                    t_plain, t = alternating_best(plain_lean, grafted_lean)
                 rows.append({"contender": "grafted all, the floor: each token's k = 2 slots through the MLP, "
                                           "no router, no noise (lean)",
                              "tokens/s": 8 * n / t, "vs reference": t_ref / t, "vs plain lean (paired)": t_plain / t})
@@ -184,7 +173,7 @@ def generation(n: int, grafted: bool = True) -> list[dict]:
                                                              max_new_tokens=n) for s in seeds], repeat=1)
                 rows.append({"contender": "grafted all, 8 one-branch runs in turn (lean)", "tokens/s": 8 * n / t_one,
                              "vs reference": t_ref / t_one})
-                rows.append({"contender": "=> 8 branches batched vs one at a time", "tokens/s": t_one / t,
+                rows.append({"contender": "=> 8 branches batched vs one at a time", "tokens/s": t_one / t_graft,
                              "vs reference": float("nan")})
     bw = read_bandwidth()
     rows.append({"contender": f"memory-bound ceiling: {weights_gb:.2f} GB of float32 weights a step at {bw:.0f} GB/s "
